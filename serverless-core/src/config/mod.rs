@@ -1,0 +1,701 @@
+//! The config file: TOML (ours) or the seed's `now.json` (one app).
+//!
+//! Parsing is two steps: serde reads the document into raw structs that reject unknown keys, then
+//! [`validate`](RawConfig) checks every value and builds the domain types, naming the field, the
+//! value and the accepted range in each error.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{AppSpec, ImageRef, Limits, Scale};
+use crate::{ConfigError, Slot};
+
+/// Limits across all apps of one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GlobalLimits {
+    /// Requests in flight across all apps (seed default 500).
+    pub max_concurrent_requests: u32,
+    /// Instances running across all apps (default 100).
+    pub max_instances: u32,
+}
+
+impl Default for GlobalLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 500,
+            max_instances: 100,
+        }
+    }
+}
+
+/// How to reach containerd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerdConfig {
+    /// The containerd gRPC socket.
+    pub socket: PathBuf,
+    /// The containerd namespace our objects live in (default `serverless`).
+    pub namespace: String,
+}
+
+/// TLS for the gateway listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Gateway server settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerConfig {
+    /// Time a client has to send a complete request header section (default 10 s).
+    #[serde(with = "duration_str")]
+    pub header_read_timeout: Duration,
+    /// Largest request header section in bytes (default 64 KiB); larger → 431.
+    pub max_header_bytes: usize,
+    /// Largest request body in bytes; larger → 413. None = unlimited.
+    pub max_body_bytes: Option<u64>,
+    /// TLS with ALPN (h2, http/1.1) when set.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: None,
+            tls: None,
+        }
+    }
+}
+
+/// A whole engine configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// Gateway address (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// Admin API + `/metrics` address (default `127.0.0.1:8081`).
+    pub admin: SocketAddr,
+    /// Bearer token for the admin API; required when `admin` is not a loopback address.
+    pub admin_token: Option<String>,
+    /// Where the engine keeps its state (embedded containerd, logs). Default `/var/lib/serverless`.
+    pub data_dir: PathBuf,
+    /// An existing containerd; `None` = the engine starts its own.
+    pub containerd: Option<ContainerdConfig>,
+    /// Limits across apps.
+    pub limits: GlobalLimits,
+    /// Gateway server settings.
+    pub server: ServerConfig,
+    /// The apps.
+    pub apps: Vec<AppSpec>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            admin_token: None,
+            data_dir: PathBuf::from("/var/lib/serverless"),
+            containerd: None,
+            limits: GlobalLimits::default(),
+            server: ServerConfig::default(),
+            apps: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file: `*.json` is taken as the seed's `now.json`, anything else as TOML.
+    /// Relative `oci-archive:` paths are resolved against the file's directory.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = if path.extension().is_some_and(|e| e == "json") {
+            Self::from_now_json(&text)?
+        } else {
+            Self::from_toml(&text)?
+        };
+        if let Some(dir) = path.parent() {
+            for app in &mut config.apps {
+                if let ImageRef::OciArchive(p) = &mut app.image {
+                    if p.is_relative() {
+                        *p = dir.join(&*p);
+                    }
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses our TOML format.
+    ///
+    /// ```
+    /// let config = serverless_core::Config::from_toml(r#"
+    ///     [[apps]]
+    ///     name = "hello"
+    ///     image = "oci-archive:./hello.tar"
+    ///     [apps.limits]
+    ///     max_concurrent_requests = 4
+    /// "#).unwrap();
+    /// assert_eq!(config.apps[0].limits.max_concurrent_requests, 4);
+    /// assert_eq!(config.apps[0].hosts, ["hello.localhost"]);
+    ///
+    /// let err = serverless_core::Config::from_toml(r#"
+    ///     [[apps]]
+    ///     name = "hello"
+    ///     image = "oci-archive:./hello.tar"
+    ///     limits = { max_concurrent_requests = 300 }
+    /// "#).unwrap_err();
+    /// assert_eq!(err.to_string(),
+    ///     "invalid apps[0].limits.max_concurrent_requests = 300: expected an integer in 1..=256");
+    /// ```
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            format: "toml",
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        raw.validate()
+    }
+
+    /// Parses the seed's `now.json` (one app):
+    /// `{"name", "image", "slot", "limits": {"maxConcurrentReqs", "duration", "timeout"}}`,
+    /// durations in milliseconds.
+    pub fn from_now_json(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawNowJson = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
+            format: "json",
+            message: e.to_string(),
+        })?;
+        let limits = raw.limits.unwrap_or_default();
+        let app = RawApp {
+            name: raw.name,
+            image: raw.image,
+            slot: raw.slot,
+            limits: Some(RawLimits {
+                max_concurrent_requests: limits.max_concurrent_reqs,
+                max_duration: limits.duration.map(RawDuration::Millis),
+                idle_timeout: limits.timeout.map(RawDuration::Millis),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut config = RawConfig {
+            apps: vec![app],
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| match e {
+            // Name the now.json keys, not ours.
+            ConfigError::Invalid {
+                field,
+                value,
+                expected,
+            } => ConfigError::Invalid {
+                field: field
+                    .replace(
+                        "apps[0].limits.max_concurrent_requests",
+                        "limits.maxConcurrentReqs",
+                    )
+                    .replace("apps[0].limits.max_duration", "limits.duration")
+                    .replace("apps[0].limits.idle_timeout", "limits.timeout")
+                    .replace("apps[0].", ""),
+                value,
+                expected,
+            },
+            other => other,
+        })?;
+        config.apps.truncate(1);
+        Ok(config)
+    }
+
+    /// The app named `name`.
+    pub fn app(&self, name: &str) -> Option<&AppSpec> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+}
+
+impl AppSpec {
+    /// Parses and validates one app from JSON (the admin API's `PUT /v1/apps/{name}` body), with
+    /// the same keys as a TOML `[[apps]]` entry.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawApp = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
+            format: "json",
+            message: e.to_string(),
+        })?;
+        raw.validate("")
+    }
+}
+
+/// Serializes durations as humantime strings (`"5m"`), for the normalized config.
+pub(crate) mod duration_str {
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    admin: Option<String>,
+    admin_token: Option<String>,
+    data_dir: Option<PathBuf>,
+    containerd: Option<RawContainerd>,
+    limits: Option<RawGlobalLimits>,
+    server: Option<RawServer>,
+    #[serde(default)]
+    apps: Vec<RawApp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainerd {
+    socket: Option<PathBuf>,
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGlobalLimits {
+    max_concurrent_requests: Option<i64>,
+    max_instances: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    header_read_timeout: Option<RawDuration>,
+    max_header_bytes: Option<i64>,
+    max_body_bytes: Option<i64>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: Option<String>,
+    image: Option<String>,
+    hosts: Option<Vec<String>>,
+    slot: Option<String>,
+    pids_limit: Option<i64>,
+    env: Option<BTreeMap<String, String>>,
+    command: Option<Vec<String>>,
+    port: Option<i64>,
+    limits: Option<RawLimits>,
+    scale: Option<RawScale>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_concurrent_requests: Option<i64>,
+    max_duration: Option<RawDuration>,
+    idle_timeout: Option<RawDuration>,
+    max_queued_requests: Option<i64>,
+    queue_timeout: Option<RawDuration>,
+    startup_timeout: Option<RawDuration>,
+    stop_grace: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScale {
+    min: Option<i64>,
+    max: Option<i64>,
+}
+
+/// A duration written as `"5m"`/`"250ms"` or as an integer number of milliseconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Millis(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNowJson {
+    name: Option<String>,
+    image: Option<String>,
+    slot: Option<String>,
+    limits: Option<RawNowLimits>,
+    // Other now.json keys that do not concern us are accepted and ignored.
+    #[serde(default, rename = "type")]
+    _type: Option<serde_json::Value>,
+    #[serde(default, rename = "version")]
+    _version: Option<serde_json::Value>,
+    #[serde(default, rename = "features")]
+    _features: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawNowLimits {
+    max_concurrent_reqs: Option<i64>,
+    duration: Option<i64>,
+    timeout: Option<i64>,
+}
+
+fn int_in<T: TryFrom<i64>>(
+    field: &str,
+    v: Option<i64>,
+    default: T,
+    lo: i64,
+    hi: i64,
+) -> Result<T, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) if (lo..=hi).contains(&v) => {
+            T::try_from(v).map_err(|_| ConfigError::invalid(field, v, range_text(lo, hi)))
+        }
+        Some(v) => Err(ConfigError::invalid(field, v, range_text(lo, hi))),
+    }
+}
+
+fn range_text(lo: i64, hi: i64) -> String {
+    format!("an integer in {lo}..={hi}")
+}
+
+fn duration_in(
+    field: &str,
+    v: Option<RawDuration>,
+    default: Duration,
+    lo: Duration,
+    hi: Duration,
+) -> Result<Duration, ConfigError> {
+    let expected = || {
+        format!(
+            "a duration in {}..={} (\"250ms\", \"30s\", \"5m\" or integer milliseconds)",
+            humantime::format_duration(lo),
+            humantime::format_duration(hi)
+        )
+    };
+    let (d, shown) = match v {
+        None => return Ok(default),
+        Some(RawDuration::Millis(ms)) => {
+            let d = u64::try_from(ms)
+                .map(Duration::from_millis)
+                .map_err(|_| ConfigError::invalid(field, ms, expected()))?;
+            (d, ms.to_string())
+        }
+        Some(RawDuration::Text(s)) => {
+            let d = humantime::parse_duration(s.trim())
+                .map_err(|_| ConfigError::invalid(field, format!("{s:?}"), expected()))?;
+            (d, format!("{s:?}"))
+        }
+    };
+    if d < lo || d > hi {
+        return Err(ConfigError::invalid(field, shown, expected()));
+    }
+    Ok(d)
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_host_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let addr = |field: &str, v: Option<String>, default: SocketAddr| match v {
+            None => Ok(default),
+            Some(s) => s.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::invalid(
+                    field,
+                    format!("{s:?}"),
+                    "an IP:port address, e.g. \"127.0.0.1:8080\"",
+                )
+            }),
+        };
+        let listen = addr("listen", self.listen, d.listen)?;
+        let admin = addr("admin", self.admin, d.admin)?;
+        if let Some(token) = &self.admin_token {
+            if token.len() < 16 {
+                return Err(ConfigError::invalid(
+                    "admin_token",
+                    "(hidden)",
+                    "at least 16 characters",
+                ));
+            }
+        }
+        let containerd = match self.containerd {
+            None => None,
+            Some(c) => {
+                let socket = c.socket.ok_or_else(|| {
+                    ConfigError::invalid("containerd.socket", "(missing)", "the path of containerd's socket; omit [containerd] to start an embedded containerd")
+                })?;
+                let namespace = c.namespace.unwrap_or_else(|| "serverless".into());
+                if !is_dns_label(&namespace) {
+                    return Err(ConfigError::invalid(
+                        "containerd.namespace",
+                        format!("{namespace:?}"),
+                        "lowercase letters, digits and '-', 1..=63 characters",
+                    ));
+                }
+                Some(ContainerdConfig { socket, namespace })
+            }
+        };
+        let gl = self.limits.unwrap_or_default();
+        let limits = GlobalLimits {
+            max_concurrent_requests: int_in(
+                "limits.max_concurrent_requests",
+                gl.max_concurrent_requests,
+                d.limits.max_concurrent_requests,
+                1,
+                1_000_000,
+            )?,
+            max_instances: int_in(
+                "limits.max_instances",
+                gl.max_instances,
+                d.limits.max_instances,
+                1,
+                10_000,
+            )?,
+        };
+        let rs = self.server.unwrap_or_default();
+        let server = ServerConfig {
+            header_read_timeout: duration_in(
+                "server.header_read_timeout",
+                rs.header_read_timeout,
+                d.server.header_read_timeout,
+                Duration::from_millis(100),
+                Duration::from_secs(600),
+            )?,
+            max_header_bytes: int_in(
+                "server.max_header_bytes",
+                rs.max_header_bytes,
+                d.server.max_header_bytes,
+                1024,
+                16 * 1024 * 1024,
+            )?,
+            max_body_bytes: match rs.max_body_bytes {
+                None => None,
+                Some(v) => Some(int_in("server.max_body_bytes", Some(v), 0u64, 0, i64::MAX)?),
+            },
+            tls: rs.tls.map(|t| TlsConfig {
+                cert: t.cert,
+                key: t.key,
+            }),
+        };
+        let mut apps = Vec::with_capacity(self.apps.len());
+        let mut names = HashSet::new();
+        let mut hosts = HashSet::new();
+        for (i, raw) in self.apps.into_iter().enumerate() {
+            let prefix = format!("apps[{i}].");
+            let app = raw.validate(&prefix)?;
+            if !names.insert(app.name.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("{prefix}name"),
+                    format!("{:?}", app.name),
+                    "a name not used by another app",
+                ));
+            }
+            for (j, h) in app.hosts.iter().enumerate() {
+                if !hosts.insert(h.clone()) {
+                    return Err(ConfigError::invalid(
+                        format!("{prefix}hosts[{j}]"),
+                        format!("{h:?}"),
+                        "a host not routed to another app",
+                    ));
+                }
+            }
+            apps.push(app);
+        }
+        let total_min: u64 = apps.iter().map(|a| u64::from(a.scale.min)).sum();
+        if total_min > u64::from(limits.max_instances) {
+            return Err(ConfigError::invalid(
+                "limits.max_instances",
+                limits.max_instances,
+                format!("at least the sum of the apps' scale.min ({total_min})"),
+            ));
+        }
+        Ok(Config {
+            listen,
+            admin,
+            admin_token: self.admin_token,
+            data_dir: self.data_dir.unwrap_or(d.data_dir),
+            containerd,
+            limits,
+            server,
+            apps,
+        })
+    }
+}
+
+impl RawApp {
+    fn validate(self, prefix: &str) -> Result<AppSpec, ConfigError> {
+        let f = |name: &str| format!("{prefix}{name}");
+        let name = self.name.ok_or_else(|| {
+            ConfigError::invalid(
+                f("name"),
+                "(missing)",
+                "a DNS label: lowercase letters, digits and '-', 1..=63 characters",
+            )
+        })?;
+        if !is_dns_label(&name) {
+            return Err(ConfigError::invalid(
+                f("name"),
+                format!("{name:?}"),
+                "a DNS label: lowercase letters, digits and '-', 1..=63 characters",
+            ));
+        }
+        let image_text = self.image.ok_or_else(|| {
+            ConfigError::invalid(
+                f("image"),
+                "(missing)",
+                "oci-archive:PATH or a registry reference",
+            )
+        })?;
+        let image = ImageRef::parse(&image_text).map_err(|expected| {
+            ConfigError::invalid(f("image"), format!("{image_text:?}"), expected)
+        })?;
+        let mut spec = AppSpec::new(name, image);
+        if let Some(hosts) = self.hosts {
+            if hosts.is_empty() {
+                return Err(ConfigError::invalid(
+                    f("hosts"),
+                    "[]",
+                    "at least one host name",
+                ));
+            }
+            spec.hosts = Vec::with_capacity(hosts.len());
+            for (j, h) in hosts.into_iter().enumerate() {
+                let lower = h.to_ascii_lowercase();
+                if !is_host_name(&lower) {
+                    return Err(ConfigError::invalid(
+                        f(&format!("hosts[{j}]")),
+                        format!("{h:?}"),
+                        "a host name without port, e.g. \"hello.example.com\"",
+                    ));
+                }
+                spec.hosts.push(lower);
+            }
+        }
+        if let Some(slot) = self.slot {
+            spec.slot = slot.parse::<Slot>().map_err(|_| {
+                ConfigError::invalid(f("slot"), format!("{slot:?}"), crate::slot::SLOT_FORM)
+            })?;
+        }
+        spec.pids_limit = int_in(
+            &f("pids_limit"),
+            self.pids_limit,
+            spec.pids_limit,
+            16,
+            65_536,
+        )?;
+        if let Some(env) = self.env {
+            for (k, v) in &env {
+                if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                    return Err(ConfigError::invalid(
+                        f(&format!("env.{k}")),
+                        format!("{v:?}"),
+                        "a name without '=' or NUL and a value without NUL",
+                    ));
+                }
+            }
+            spec.env = env;
+        }
+        if let Some(cmd) = self.command {
+            if cmd.is_empty() || cmd[0].is_empty() {
+                return Err(ConfigError::invalid(
+                    f("command"),
+                    format!("{cmd:?}"),
+                    "a non-empty argument list, e.g. [\"/bin/app\", \"--flag\"]",
+                ));
+            }
+            spec.command = Some(cmd);
+        }
+        spec.port = int_in(&f("port"), self.port, spec.port, 1, 65_535)?;
+
+        let rl = self.limits.unwrap_or_default();
+        let dl = Limits::DEFAULT;
+        let ms = Duration::from_millis;
+        let secs = Duration::from_secs;
+        spec.limits = Limits {
+            max_concurrent_requests: int_in(
+                &f("limits.max_concurrent_requests"),
+                rl.max_concurrent_requests,
+                dl.max_concurrent_requests,
+                1,
+                256,
+            )?,
+            max_duration: duration_in(
+                &f("limits.max_duration"),
+                rl.max_duration,
+                dl.max_duration,
+                secs(1),
+                secs(86_400),
+            )?,
+            idle_timeout: duration_in(
+                &f("limits.idle_timeout"),
+                rl.idle_timeout,
+                dl.idle_timeout,
+                ms(100),
+                secs(86_400),
+            )?,
+            max_queued_requests: int_in(
+                &f("limits.max_queued_requests"),
+                rl.max_queued_requests,
+                dl.max_queued_requests,
+                0,
+                100_000,
+            )?,
+            queue_timeout: duration_in(
+                &f("limits.queue_timeout"),
+                rl.queue_timeout,
+                dl.queue_timeout,
+                ms(100),
+                secs(600),
+            )?,
+            startup_timeout: duration_in(
+                &f("limits.startup_timeout"),
+                rl.startup_timeout,
+                dl.startup_timeout,
+                ms(100),
+                secs(600),
+            )?,
+            stop_grace: duration_in(
+                &f("limits.stop_grace"),
+                rl.stop_grace,
+                dl.stop_grace,
+                ms(0),
+                secs(600),
+            )?,
+        };
+        let rs = self.scale.unwrap_or_default();
+        let max = int_in(&f("scale.max"), rs.max, Scale::default().max, 1, 1000)?;
+        let min = int_in(&f("scale.min"), rs.min, 0, 0, i64::from(max))?;
+        spec.scale = Scale { min, max };
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests;

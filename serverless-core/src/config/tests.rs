@@ -1,0 +1,214 @@
+use super::*;
+
+fn invalid(text: &str) -> (String, String, String) {
+    match Config::from_toml(text) {
+        Err(ConfigError::Invalid {
+            field,
+            value,
+            expected,
+        }) => (field, value, expected),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+const APP: &str = "[[apps]]\nname = \"hello\"\nimage = \"oci-archive:./hello.tar\"\n";
+
+#[test]
+fn full_example_parses() {
+    let config = Config::from_toml(
+        r#"
+        listen = "127.0.0.1:8080"
+        admin  = "127.0.0.1:8081"
+        [containerd]
+        socket = "/run/containerd/containerd.sock"
+        [[apps]]
+        name  = "hello"
+        image = "oci-archive:./hello.tar"
+        hosts = ["hello.localhost"]
+        slot  = "c.125-m512"
+        env   = { GREETING = "hi" }
+        [apps.limits]
+        max_concurrent_requests = 10
+        max_duration = "5m"
+        idle_timeout = "60s"
+        [apps.scale]
+        min = 0
+        max = 10
+        "#,
+    )
+    .unwrap();
+    let app = &config.apps[0];
+    assert_eq!(app.name, "hello");
+    assert_eq!(app.image, ImageRef::OciArchive("./hello.tar".into()));
+    assert_eq!(app.env["GREETING"], "hi");
+    assert_eq!(app.limits.max_duration, Duration::from_secs(300));
+    assert_eq!(app.limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(app.scale, Scale { min: 0, max: 10 });
+    let cd = config.containerd.unwrap();
+    assert_eq!(cd.socket, PathBuf::from("/run/containerd/containerd.sock"));
+    assert_eq!(cd.namespace, "serverless");
+}
+
+#[test]
+fn defaults_are_the_seeds() {
+    let config = Config::from_toml(APP).unwrap();
+    let app = &config.apps[0];
+    assert_eq!(app.limits.max_concurrent_requests, 10);
+    assert_eq!(app.limits.max_duration, Duration::from_secs(5 * 60));
+    assert_eq!(app.limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(app.slot.to_string(), "c.125-m512");
+    assert_eq!(app.port, 8080);
+    assert_eq!(config.limits.max_concurrent_requests, 500);
+    assert!(config.containerd.is_none());
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+}
+
+#[test]
+fn errors_name_field_value_and_range() {
+    let cases = [
+        (
+            "[apps.limits]\nmax_concurrent_requests = 0",
+            "apps[0].limits.max_concurrent_requests",
+            "0",
+            "1..=256",
+        ),
+        (
+            "[apps.limits]\nmax_concurrent_requests = 257",
+            "apps[0].limits.max_concurrent_requests",
+            "257",
+            "1..=256",
+        ),
+        (
+            "[apps.limits]\nmax_duration = \"25h\"",
+            "apps[0].limits.max_duration",
+            "\"25h\"",
+            "1s..=1day",
+        ),
+        (
+            "[apps.limits]\nidle_timeout = \"soon\"",
+            "apps[0].limits.idle_timeout",
+            "\"soon\"",
+            "100ms..=1day",
+        ),
+        (
+            "[apps.limits]\nidle_timeout = -5",
+            "apps[0].limits.idle_timeout",
+            "-5",
+            "100ms",
+        ),
+        (
+            "[apps.scale]\nmax = 0",
+            "apps[0].scale.max",
+            "0",
+            "1..=1000",
+        ),
+        (
+            "[apps.scale]\nmin = 3\nmax = 2",
+            "apps[0].scale.min",
+            "3",
+            "0..=2",
+        ),
+    ];
+    for (extra, field, value, expected) in cases {
+        let (f, v, e) = invalid(&format!("{APP}{extra}"));
+        assert_eq!(f, field, "{extra}");
+        assert_eq!(v, value, "{extra}");
+        assert!(e.contains(expected), "{extra}: {e}");
+    }
+    let (f, v, e) = invalid(&APP.replace("]\n", "]\nslot = \"big\"\n"));
+    assert_eq!((f.as_str(), v.as_str()), ("apps[0].slot", "\"big\""));
+    assert!(e.contains("c.125-m512"), "{e}");
+    let (f, _, _) = invalid(&APP.replace("hello\"", "Hello_World\""));
+    assert_eq!(f, "apps[0].name");
+    let (f, _, _) = invalid("listen = \"localhost\"");
+    assert_eq!(f, "listen");
+    let (f, _, _) = invalid(&format!(
+        "{APP}{}",
+        APP.replace("image", "hosts = [\"x\"]\nimage")
+    ));
+    assert_eq!(f, "apps[1].name");
+    let (f, _, _) = invalid(&format!(
+        "{APP}{}",
+        APP.replace("hello\"", "other\"\nhosts = [\"hello.localhost\"]")
+    ));
+    assert_eq!(f, "apps[1].hosts[0]");
+    let (f, _, _) = invalid(&APP.replace("hello\"\n", "hello\"\nhosts = [\"a b\"]\n"));
+    assert_eq!(f, "apps[0].hosts[0]");
+    let (f, _, _) = invalid(&APP.replace("oci-archive:./hello.tar", "oci-archive:"));
+    assert_eq!(f, "apps[0].image");
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    for text in [
+        format!("{APP}[apps.limits]\nmax_concurent_requests = 5"),
+        format!("{APP}imagee = \"x\""),
+        "lisen = \"127.0.0.1:1\"".to_string(),
+        "[containerd]\nsocket = \"/x\"\nnamepsace = \"y\"".to_string(),
+    ] {
+        let err = Config::from_toml(&text).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{text}: {err:?}");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}
+
+#[test]
+fn durations_accept_text_and_millis() {
+    let config = Config::from_toml(&format!(
+        "{APP}[apps.limits]\nmax_duration = 1500\nidle_timeout = \"250ms\"\nqueue_timeout = \"2s\""
+    ))
+    .unwrap();
+    let l = &config.apps[0].limits;
+    assert_eq!(l.max_duration, Duration::from_millis(1500));
+    assert_eq!(l.idle_timeout, Duration::from_millis(250));
+    assert_eq!(l.queue_timeout, Duration::from_secs(2));
+}
+
+#[test]
+fn now_json_is_accepted_as_is() {
+    let config = Config::from_now_json(
+        r#"{"name":"hello","image":"oci-archive:hello.tar","slot":"c1-m1024",
+            "limits":{"maxConcurrentReqs":4,"duration":120000,"timeout":30000}}"#,
+    )
+    .unwrap();
+    let app = &config.apps[0];
+    assert_eq!(app.limits.max_concurrent_requests, 4);
+    assert_eq!(app.limits.max_duration, Duration::from_secs(120));
+    assert_eq!(app.limits.idle_timeout, Duration::from_secs(30));
+    assert_eq!(app.slot.to_string(), "c1-m1024");
+
+    let err =
+        Config::from_now_json(r#"{"name":"x","image":"a/b","limits":{"maxConcurrentReqs":900}}"#)
+            .unwrap_err();
+    assert_eq!(err.field(), Some("limits.maxConcurrentReqs"));
+    assert!(err.to_string().contains("1..=256"), "{err}");
+
+    let err =
+        Config::from_now_json(r#"{"name":"x","image":"a/b","limits":{"maxConcurentReqs":9}}"#)
+            .unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
+}
+
+#[test]
+fn app_from_json_uses_toml_keys() {
+    let app = AppSpec::from_json(
+        r#"{"name":"api","image":"registry.local:5000/api:1","limits":{"idle_timeout":"5s"}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        app.image,
+        ImageRef::Registry("registry.local:5000/api:1".into())
+    );
+    assert_eq!(app.limits.idle_timeout, Duration::from_secs(5));
+    let err = AppSpec::from_json(r#"{"name":"api","image":"x","scale":{"max":5000}}"#).unwrap_err();
+    assert_eq!(err.field(), Some("scale.max"));
+}
+
+#[test]
+fn normalized_config_serializes() {
+    let config = Config::from_toml(APP).unwrap();
+    let json = serde_json::to_value(&config).unwrap();
+    assert_eq!(json["apps"][0]["limits"]["max_duration"], "5m");
+    assert_eq!(json["apps"][0]["slot"], "c.125-m512");
+    assert_eq!(json["apps"][0]["image"], "oci-archive:./hello.tar");
+}

@@ -1,0 +1,39 @@
+//! Core model of the serverless container engine: the app spec ([`AppSpec`], [`Slot`],
+//! [`Limits`], [`Scale`]), the config file ([`Config`], TOML or the seed's `now.json`) with
+//! validation that names field, value and range, and the [`ContainerBackend`] trait that the
+//! containerd backend implements.
+//!
+//! ```
+//! use serverless_core::{Config, Slot};
+//!
+//! let config = Config::from_toml(r#"
+//!     [[apps]]
+//!     name = "hello"
+//!     image = "oci-archive:./hello.tar"
+//!     slot = "c.5-m256"
+//! "#)?;
+//! assert_eq!(config.apps[0].slot, "c.5-m256".parse::<Slot>()?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `test-util`: [`fake::FakeBackend`], an in-process backend whose instances are tokio tasks
+//!   serving HTTP on loopback, with configurable start delay, boot failure and refusal to listen.
+
+pub mod backend;
+pub mod config;
+mod error;
+pub mod slot;
+pub mod spec;
+
+#[cfg(feature = "test-util")]
+pub mod fake;
+
+pub use backend::{
+    BackendError, Connection, ContainerBackend, ErrorKind, Exit, InstanceId, OwnedInstance, Started,
+};
+pub use config::{Config, ContainerdConfig, GlobalLimits, ServerConfig, TlsConfig};
+pub use error::ConfigError;
+pub use slot::{Slot, SlotError};
+pub use spec::{AppSpec, ImageRef, Limits, Scale};

@@ -1,0 +1,170 @@
+//! The app spec: what to run and how to scale it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Slot;
+
+/// Where an app's image comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ImageRef {
+    /// `oci-archive:PATH`: an OCI image layout tar or a `docker save` tar.
+    OciArchive(PathBuf),
+    /// A registry reference such as `docker.io/library/nginx:1.27` or `host:5000/app@sha256:…`.
+    Registry(String),
+}
+
+impl ImageRef {
+    /// Parses `oci-archive:PATH` or a registry reference.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("oci-archive:") {
+            if path.is_empty() {
+                return Err("oci-archive: needs a path, e.g. oci-archive:./hello.tar".into());
+            }
+            return Ok(Self::OciArchive(PathBuf::from(path)));
+        }
+        let valid = !s.is_empty()
+            && s.len() <= 512
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'.' | b'-' | b'_' | b'/' | b':' | b'@')
+                    || b.is_ascii_uppercase()
+            })
+            && !s.starts_with(['/', ':', '@', '.', '-']);
+        if valid {
+            Ok(Self::Registry(s.to_owned()))
+        } else {
+            Err("oci-archive:PATH or a registry reference like docker.io/library/nginx:1.27".into())
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OciArchive(p) => write!(f, "oci-archive:{}", p.display()),
+            Self::Registry(r) => f.write_str(r),
+        }
+    }
+}
+
+impl TryFrom<String> for ImageRef {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<ImageRef> for String {
+    fn from(i: ImageRef) -> String {
+        i.to_string()
+    }
+}
+
+/// Per-instance request and lifetime limits of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Requests in flight per instance, 1..=256 (seed default 10).
+    pub max_concurrent_requests: u32,
+    /// Age after which an instance takes no new requests and is recycled (default 5 min).
+    #[serde(with = "crate::config::duration_str")]
+    pub max_duration: Duration,
+    /// Time with nothing in flight after which an instance is stopped (default 60 s).
+    #[serde(with = "crate::config::duration_str")]
+    pub idle_timeout: Duration,
+    /// Requests that may wait for a free slot (cold start or all instances full), 0..=100000.
+    pub max_queued_requests: u32,
+    /// How long a request may wait in that queue before it is answered 504 (default 30 s).
+    #[serde(with = "crate::config::duration_str")]
+    pub queue_timeout: Duration,
+    /// How long an instance may take to listen after it starts (default 10 s).
+    #[serde(with = "crate::config::duration_str")]
+    pub startup_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when stopping, also the bound on draining (default 10 s).
+    #[serde(with = "crate::config::duration_str")]
+    pub stop_grace: Duration,
+}
+
+impl Limits {
+    /// The seed's defaults.
+    pub const DEFAULT: Limits = Limits {
+        max_concurrent_requests: 10,
+        max_duration: Duration::from_secs(300),
+        idle_timeout: Duration::from_secs(60),
+        max_queued_requests: 100,
+        queue_timeout: Duration::from_secs(30),
+        startup_timeout: Duration::from_secs(10),
+        stop_grace: Duration::from_secs(10),
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Instance count bounds of an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Scale {
+    /// Instances kept running even with no traffic (default 0: scale to zero).
+    pub min: u32,
+    /// Most instances at once (default 10).
+    pub max: u32,
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Self { min: 0, max: 10 }
+    }
+}
+
+/// Everything needed to run one app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppSpec {
+    /// DNS-label name, unique per engine.
+    pub name: String,
+    /// Image to run.
+    pub image: ImageRef,
+    /// Host names routed to this app (lowercase, no port). Default: `<name>.localhost`.
+    pub hosts: Vec<String>,
+    /// CPU/memory slot.
+    pub slot: Slot,
+    /// Most processes/threads per instance (cgroup pids limit), default 512.
+    pub pids_limit: u32,
+    /// Extra environment; `PORT` is always set too.
+    pub env: BTreeMap<String, String>,
+    /// Replaces the image's ENTRYPOINT+CMD when set.
+    pub command: Option<Vec<String>>,
+    /// Value of `PORT` given to the app and preferred when it listens on several ports.
+    pub port: u16,
+    /// Request and lifetime limits.
+    pub limits: Limits,
+    /// Instance count bounds.
+    pub scale: Scale,
+}
+
+impl AppSpec {
+    /// A spec with the seed's defaults for everything but name and image.
+    pub fn new(name: impl Into<String>, image: ImageRef) -> Self {
+        let name = name.into();
+        Self {
+            hosts: vec![format!("{name}.localhost")],
+            name,
+            image,
+            slot: Slot::DEFAULT,
+            pids_limit: 512,
+            env: BTreeMap::new(),
+            command: None,
+            port: 8080,
+            limits: Limits::DEFAULT,
+            scale: Scale::default(),
+        }
+    }
+}
