@@ -1,0 +1,922 @@
+//! [`ContainerdBackend`]: the [`ContainerBackend`] over containerd.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::snapshots::{
+    ListSnapshotsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+};
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetRequest, KillRequest,
+    ListContainersRequest, ListRequest as ListLeasesRequest, StartRequest,
+};
+use containerd_client::types::v1::Status as ProcessStatus;
+use containerd_client::types::Mount;
+use serverless_core::{
+    AppSpec, BackendError, Connection, ContainerBackend, ErrorKind, Exit, ImageRef, InstanceId,
+    OwnedInstance, Started,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::client::{failed, is_not_found, Client, Lease};
+use crate::daemon::Daemon;
+use crate::events::{self, Exits};
+use crate::image::{import_archive, PreparedImage};
+use crate::netns::Dialer;
+use crate::{cgroup, labels, ports, spec};
+
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// How much of an instance's log [`ContainerBackend::logs`] returns.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+/// How much of the log a boot failure carries.
+const BOOT_LOG_BYTES: u64 = 4 * 1024;
+
+/// Builds a [`ContainerdBackend`]: which containerd, which namespace, where files go.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    data_dir: PathBuf,
+    namespace: String,
+    socket: Option<PathBuf>,
+    containerd: PathBuf,
+    snapshotter: String,
+    runtime: String,
+}
+
+impl Builder {
+    /// Uses the containerd at `socket` instead of starting a private one.
+    pub fn socket(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.socket = Some(socket.into());
+        self
+    }
+
+    /// The containerd namespace for everything we create (default `serverless`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The `containerd` binary of the embedded mode (default: `containerd` on `PATH`).
+    pub fn containerd_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.containerd = path.into();
+        self
+    }
+
+    /// The snapshotter (default `overlayfs`).
+    pub fn snapshotter(mut self, name: impl Into<String>) -> Self {
+        self.snapshotter = name.into();
+        self
+    }
+
+    /// Connects (or starts the embedded containerd and connects) and subscribes to events.
+    pub async fn build(self) -> Result<ContainerdBackend, BackendError> {
+        let io = |what: String, e: std::io::Error| {
+            BackendError::new(ErrorKind::Unavailable, format!("{what} failed")).with_source(e)
+        };
+        let logs = self.data_dir.join("logs");
+        tokio::fs::create_dir_all(&logs)
+            .await
+            .map_err(|e| io(format!("creating {}", logs.display()), e))?;
+        let (daemon, channel, socket) = match &self.socket {
+            Some(socket) => {
+                let channel = containerd_client::connect(socket).await.map_err(|e| {
+                    BackendError::new(
+                        ErrorKind::Unavailable,
+                        format!("connecting to containerd at {} failed", socket.display()),
+                    )
+                    .with_source(e)
+                })?;
+                (None, channel, socket.clone())
+            }
+            None => {
+                let (daemon, channel) =
+                    Daemon::start(&self.containerd, &self.data_dir.join("containerd")).await?;
+                let socket = daemon.socket.clone();
+                (Some(daemon), channel, socket)
+            }
+        };
+        let client = Client::new(channel, &self.namespace)?;
+        let exits = Arc::new(Exits::default());
+        let (ready_tx, mut ready) = watch::channel(false);
+        let events = tokio::spawn(events::run(client.clone(), exits.clone(), ready_tx));
+        let subscribed =
+            tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r)).await;
+        if !matches!(subscribed, Ok(Ok(_))) {
+            events.abort();
+            if let Some(mut d) = daemon {
+                d.stop().await;
+            }
+            return Err(BackendError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "subscribing to containerd events at {} failed within 10s",
+                    socket.display()
+                ),
+            ));
+        }
+        Ok(ContainerdBackend {
+            inner: Arc::new(Inner {
+                client,
+                socket,
+                logs,
+                snapshotter: self.snapshotter,
+                runtime: self.runtime,
+                exits,
+                instances: Mutex::new(HashMap::new()),
+                images: tokio::sync::Mutex::new(HashMap::new()),
+                daemon: tokio::sync::Mutex::new(daemon),
+                events,
+            }),
+        })
+    }
+}
+
+/// Runs instances as containerd containers: see the [crate docs](crate).
+///
+/// Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct ContainerdBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ContainerdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerdBackend")
+            .field("socket", &self.inner.socket)
+            .field("namespace", &self.inner.client.namespace_name)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    client: Client,
+    socket: PathBuf,
+    logs: PathBuf,
+    snapshotter: String,
+    runtime: String,
+    exits: Arc<Exits>,
+    instances: Mutex<HashMap<String, Arc<Instance>>>,
+    /// Prepared images, by reference; the lock also serializes imports.
+    images: tokio::sync::Mutex<HashMap<ImageRef, (Fingerprint, Arc<PreparedImage>)>>,
+    daemon: tokio::sync::Mutex<Option<Daemon>>,
+    events: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.events.abort();
+    }
+}
+
+/// What identifies an archive's contents without reading it.
+type Fingerprint = Option<(u64, Option<SystemTime>)>;
+
+struct Instance {
+    app: String,
+    addr: SocketAddr,
+    dialer: Dialer,
+}
+
+impl ContainerdBackend {
+    /// A builder whose logs (and, in embedded mode, containerd's root, state and socket) live
+    /// under `data_dir`. Without [`Builder::socket`] it starts a private containerd.
+    pub fn builder(data_dir: impl Into<PathBuf>) -> Builder {
+        Builder {
+            data_dir: data_dir.into(),
+            namespace: "serverless".to_owned(),
+            socket: None,
+            containerd: PathBuf::from("containerd"),
+            snapshotter: "overlayfs".to_owned(),
+            runtime: "io.containerd.runc.v2".to_owned(),
+        }
+    }
+
+    /// Connects to the containerd at `socket`, using `namespace`, logs under `data_dir`.
+    pub async fn connect(
+        socket: impl Into<PathBuf>,
+        namespace: &str,
+        data_dir: impl Into<PathBuf>,
+    ) -> Result<Self, BackendError> {
+        Self::builder(data_dir)
+            .socket(socket)
+            .namespace(namespace)
+            .build()
+            .await
+    }
+
+    /// Starts a private containerd under `data_dir` and connects to it.
+    pub async fn embedded(data_dir: impl Into<PathBuf>) -> Result<Self, BackendError> {
+        Self::builder(data_dir).build().await
+    }
+
+    /// The containerd socket in use.
+    pub fn socket(&self) -> &Path {
+        &self.inner.socket
+    }
+
+    /// The containerd namespace in use.
+    pub fn namespace(&self) -> &str {
+        &self.inner.client.namespace_name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Instance>>> {
+        self.inner
+            .instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.inner.logs.join(format!("{id}.log"))
+    }
+
+    fn cgroup(&self, id: &str) -> String {
+        cgroup::path(self.namespace(), id)
+    }
+
+    /// Removes every container, task, snapshot and lease with our labels that this backend is
+    /// not running (leftovers of a previous run), their cgroups and logs. Returns how many
+    /// instances it removed.
+    pub async fn reconcile(&self) -> Result<usize, BackendError> {
+        let known: Vec<String> = self.lock().keys().cloned().collect();
+        let starting = self.inner.exits.len();
+        let mut removed = 0;
+        for owned in self.list().await? {
+            let id = owned.id.as_str();
+            if known.iter().any(|k| k == id) || self.inner.exits.watch(id).is_some() {
+                continue;
+            }
+            self.teardown(id, Duration::ZERO).await?;
+            removed += 1;
+        }
+        let client = &self.inner.client;
+        // Snapshots of instances whose container is already gone.
+        let snapshots = client
+            .snapshots()
+            .list(client.req(ListSnapshotsRequest {
+                snapshotter: self.inner.snapshotter.clone(),
+                filters: vec![format!("labels.\"{}\"", labels::INSTANCE)],
+            }))
+            .await
+            .map_err(|s| failed("snapshot list", s))?;
+        let mut stream = snapshots.into_inner();
+        let mut keys = Vec::new();
+        while let Some(page) = stream
+            .message()
+            .await
+            .map_err(|s| failed("snapshot list", s))?
+        {
+            keys.extend(page.info.into_iter().map(|i| i.name));
+        }
+        for key in keys {
+            if known.contains(&key) || self.inner.exits.watch(&key).is_some() {
+                continue;
+            }
+            self.remove_snapshot(&key).await?;
+        }
+        let leases = client
+            .leases()
+            .list(client.req(ListLeasesRequest {
+                filters: vec![format!("labels.\"{}\"", labels::MANAGED)],
+            }))
+            .await
+            .map_err(|s| failed("lease list", s))?
+            .into_inner()
+            .leases;
+        // An import holds the image lock while its lease lives.
+        let _imports = self.inner.images.lock().await;
+        for lease in leases {
+            let _ = client
+                .leases()
+                .delete(client.req(DeleteLeaseRequest {
+                    id: lease.id,
+                    sync: false,
+                }))
+                .await;
+        }
+        for cg in cgroup::children(self.namespace()) {
+            let id = cg.rsplit('/').next().unwrap_or_default().to_owned();
+            if !known.contains(&id) && self.inner.exits.watch(&id).is_none() {
+                cgroup::remove(&cg);
+            }
+        }
+        if known.is_empty() && starting == 0 {
+            cgroup::remove_parent(self.namespace());
+        }
+        Ok(removed)
+    }
+
+    /// Stops every instance of ours (SIGKILL), removes leftovers, and stops the embedded
+    /// containerd if there is one. The backend is unusable afterwards.
+    pub async fn shutdown(&self) -> Result<(), BackendError> {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        for id in ids {
+            self.teardown(&id, Duration::ZERO).await?;
+        }
+        let result = self.reconcile_all().await;
+        self.inner.events.abort();
+        if let Some(mut daemon) = self.inner.daemon.lock().await.take() {
+            daemon.stop().await;
+        }
+        result
+    }
+
+    /// Like reconcile, but also instances still starting (shutdown only).
+    async fn reconcile_all(&self) -> Result<(), BackendError> {
+        for owned in self.list().await? {
+            self.teardown(owned.id.as_str(), Duration::ZERO).await?;
+        }
+        self.reconcile().await.map(|_| ())
+    }
+
+    async fn prepared(&self, app: &AppSpec) -> Result<Arc<PreparedImage>, BackendError> {
+        let fingerprint = match &app.image {
+            ImageRef::OciArchive(path) => tokio::fs::metadata(path)
+                .await
+                .ok()
+                .map(|m| (m.len(), m.modified().ok())),
+            ImageRef::Registry(_) => None,
+        };
+        let mut images = self.inner.images.lock().await;
+        if let Some((fp, image)) = images.get(&app.image) {
+            if *fp == fingerprint {
+                return Ok(image.clone());
+            }
+        }
+        let image = match &app.image {
+            ImageRef::OciArchive(path) => {
+                let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                import_archive(
+                    &self.inner.client,
+                    &self.inner.snapshotter,
+                    &format!("oci-archive:{}", path.display()),
+                    &path,
+                )
+                .await?
+            }
+            ImageRef::Registry(reference) => return Err(BackendError::new(
+                ErrorKind::Image,
+                format!(
+                    "image {reference}: registry pulls are not supported yet; use oci-archive:PATH"
+                ),
+            )),
+        };
+        let image = Arc::new(image);
+        images.insert(app.image.clone(), (fingerprint, image.clone()));
+        Ok(image)
+    }
+
+    async fn kill(&self, id: &str, signal: u32) -> Result<bool, BackendError> {
+        let client = &self.inner.client;
+        match client
+            .tasks()
+            .kill(client.req(KillRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+                signal,
+                all: signal == 9,
+            }))
+            .await
+        {
+            Ok(_) => Ok(true),
+            // No task, or its process already finished.
+            Err(s) if is_not_found(&s) => Ok(false),
+            Err(s) => Err(failed(format_args!("kill of {id}"), s)),
+        }
+    }
+
+    async fn task_status(&self, id: &str) -> Option<(ProcessStatus, u32)> {
+        let client = &self.inner.client;
+        let got = client
+            .tasks()
+            .get(client.req(GetRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            }))
+            .await
+            .ok()?;
+        let p = got.into_inner().process?;
+        Some((
+            ProcessStatus::try_from(p.status).unwrap_or(ProcessStatus::Unknown),
+            p.exit_status,
+        ))
+    }
+
+    /// Waits up to `limit` for the task of `id` to exit: via its exit watch when there is one,
+    /// and by asking containerd (a missed event, or no watch for leftovers).
+    async fn await_exit(&self, id: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut rx = self.inner.exits.watch(id);
+        loop {
+            if let Some(rx) = &rx {
+                if rx.borrow().is_some() {
+                    return true;
+                }
+            }
+            match self.task_status(id).await {
+                None | Some((ProcessStatus::Stopped, _)) => return true,
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let step = (deadline - now).min(Duration::from_millis(500));
+            match &mut rx {
+                Some(rx) => {
+                    let _ = tokio::time::timeout(step, rx.wait_for(|e| e.is_some())).await;
+                }
+                None => tokio::time::sleep(step.min(Duration::from_millis(20))).await,
+            }
+        }
+    }
+
+    /// SIGTERM (unless `grace` is zero), wait, SIGKILL, wait; then delete task, container,
+    /// snapshot, cgroup dirs and log. Idempotent.
+    async fn teardown(&self, id: &str, grace: Duration) -> Result<(), BackendError> {
+        self.terminate(id, grace).await?;
+        self.delete_objects(id).await?;
+        self.forget(id).await;
+        Ok(())
+    }
+
+    /// Makes sure the task of `id` is not running: SIGTERM (unless `grace` is zero), up to
+    /// `grace`, SIGKILL, up to 10 s.
+    async fn terminate(&self, id: &str, grace: Duration) -> Result<(), BackendError> {
+        self.lock().remove(id);
+        let exited = self
+            .inner
+            .exits
+            .watch(id)
+            .map(|rx| rx.borrow().is_some())
+            .unwrap_or(false);
+        if exited {
+            return Ok(());
+        }
+        let mut running = true;
+        if !grace.is_zero() {
+            running = self.kill(id, 15).await?;
+            if running {
+                running = !self.await_exit(id, grace).await;
+            }
+        }
+        if running && self.kill(id, 9).await? && !self.await_exit(id, Duration::from_secs(10)).await
+        {
+            return Err(BackendError::new(
+                ErrorKind::Unavailable,
+                format!("instance {id} did not exit within 10s of SIGKILL"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Drops what only this process holds about `id`: its log file and exit watch.
+    async fn forget(&self, id: &str) {
+        let _ = tokio::fs::remove_file(self.log_path(id)).await;
+        self.inner.exits.remove(id);
+        self.lock().remove(id);
+    }
+
+    async fn delete_objects(&self, id: &str) -> Result<(), BackendError> {
+        let client = &self.inner.client;
+        match client
+            .tasks()
+            .delete(client.req(DeleteTaskRequest {
+                container_id: id.to_owned(),
+            }))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if is_not_found(&s) => {}
+            Err(s) => return Err(failed(format_args!("task delete of {id}"), s)),
+        }
+        match client
+            .containers()
+            .delete(client.req(DeleteContainerRequest { id: id.to_owned() }))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if is_not_found(&s) => {}
+            Err(s) => return Err(failed(format_args!("container delete of {id}"), s)),
+        }
+        self.remove_snapshot(id).await?;
+        cgroup::remove(&self.cgroup(id));
+        Ok(())
+    }
+
+    async fn remove_snapshot(&self, key: &str) -> Result<(), BackendError> {
+        let client = &self.inner.client;
+        match client
+            .snapshots()
+            .remove(client.req(RemoveSnapshotRequest {
+                snapshotter: self.inner.snapshotter.clone(),
+                key: key.to_owned(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if is_not_found(&s) => Ok(()),
+            Err(s) => Err(failed(format_args!("snapshot remove of {key}"), s)),
+        }
+    }
+
+    async fn read_log_tail(&self, id: &str, max: u64) -> String {
+        tail(&self.log_path(id), max).await.unwrap_or_default()
+    }
+
+    async fn start_inner(
+        &self,
+        app: &AppSpec,
+        id: &str,
+        phases: &mut Vec<(&'static str, Duration)>,
+    ) -> Result<Started, BackendError> {
+        let client = &self.inner.client;
+        let image = self.prepared(app).await?;
+        let cgroup_path = self.cgroup(id);
+        let spec = spec::build(
+            app,
+            &spec::SpecInput {
+                id,
+                cgroup_path: &cgroup_path,
+                image: image.config.as_ref(),
+            },
+        )?;
+        let spec_json = serde_json::to_vec(&spec).map_err(|e| {
+            BackendError::new(ErrorKind::Image, "serializing the runtime spec failed")
+                .with_source(e)
+        })?;
+        let our_labels: HashMap<String, String> = [
+            (labels::MANAGED.to_owned(), "true".to_owned()),
+            (labels::APP.to_owned(), app.name.clone()),
+            (labels::INSTANCE.to_owned(), id.to_owned()),
+        ]
+        .into();
+        let mut exit = self.inner.exits.register(id, cgroup_path);
+
+        let mut t = Instant::now();
+        let mut phase = |name: &'static str, t: &mut Instant| {
+            let now = Instant::now();
+            phases.push((name, now - *t));
+            *t = now;
+        };
+
+        // The snapshot is unreferenced until the container exists: a lease keeps a garbage
+        // collection (after another instance's removal) from taking it meanwhile.
+        let lease = Lease::create(client, &format!("start-{id}")).await?;
+        let mounts = client
+            .snapshots()
+            .prepare(client.leased(
+                PrepareSnapshotRequest {
+                    snapshotter: self.inner.snapshotter.clone(),
+                    key: id.to_owned(),
+                    parent: image.chain_id.clone(),
+                    labels: our_labels.clone(),
+                },
+                &lease.value,
+            ))
+            .await
+            .map_err(|s| failed(format_args!("snapshot prepare for {id}"), s));
+        let mounts: Vec<Mount> = match mounts {
+            Ok(m) => m.into_inner().mounts,
+            Err(e) => {
+                lease.delete(client).await;
+                return Err(e);
+            }
+        };
+        phase("snapshot", &mut t);
+
+        let created = client
+            .containers()
+            .create(client.req(CreateContainerRequest {
+                container: Some(Container {
+                    id: id.to_owned(),
+                    labels: our_labels,
+                    image: image.name.clone(),
+                    runtime: Some(Runtime {
+                        name: self.inner.runtime.clone(),
+                        options: None,
+                    }),
+                    spec: Some(prost_types::Any {
+                        type_url: SPEC_TYPE_URL.to_owned(),
+                        value: spec_json,
+                    }),
+                    snapshotter: self.inner.snapshotter.clone(),
+                    snapshot_key: id.to_owned(),
+                    created_at: None,
+                    updated_at: None,
+                    extensions: HashMap::new(),
+                    sandbox: String::new(),
+                }),
+            }))
+            .await
+            .map_err(|s| failed(format_args!("container create of {id}"), s));
+        // The container references the snapshot now (or failed and start cleans up).
+        let lease_client = client.clone();
+        tokio::spawn(async move { lease.delete(&lease_client).await });
+        created?;
+        phase("container", &mut t);
+
+        let log = format!("file://{}", self.log_path(id).display());
+        let pid = client
+            .tasks()
+            .create(client.req(CreateTaskRequest {
+                container_id: id.to_owned(),
+                rootfs: mounts,
+                stdin: String::new(),
+                stdout: log.clone(),
+                stderr: log,
+                terminal: false,
+                checkpoint: None,
+                options: None,
+                runtime_path: String::new(),
+            }))
+            .await
+            .map_err(|s| failed(format_args!("task create of {id}"), s))?
+            .into_inner()
+            .pid;
+        let dialer = Dialer::spawn(pid, id).await.map_err(|e| {
+            BackendError::new(
+                ErrorKind::Unavailable,
+                format!("joining the network namespace of {id} (pid {pid}) failed"),
+            )
+            .with_source(e)
+        })?;
+        phase("task_create", &mut t);
+
+        client
+            .tasks()
+            .start(client.req(StartRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(|s| failed(format_args!("task start of {id}"), s))?;
+        phase("task_start", &mut t);
+
+        let listener = self.await_listener(app, id, pid, &mut exit).await?;
+        phase("port_ready", &mut t);
+
+        let addr = SocketAddr::new(listener.dial_addr(), listener.port);
+        self.lock().insert(
+            id.to_owned(),
+            Arc::new(Instance {
+                app: app.name.clone(),
+                addr,
+                dialer,
+            }),
+        );
+        Ok(Started {
+            port: listener.port,
+            phases: std::mem::take(phases),
+        })
+    }
+
+    /// Polls the instance's TCP tables until something listens, the process exits, or the
+    /// startup timeout passes.
+    async fn await_listener(
+        &self,
+        app: &AppSpec,
+        id: &str,
+        pid: u32,
+        exit: &mut watch::Receiver<Option<Exit>>,
+    ) -> Result<ports::Listener, BackendError> {
+        let started = Instant::now();
+        let timeout = app.limits.startup_timeout;
+        let mut polls = 0u32;
+        loop {
+            if let Some(code) = *exit.borrow() {
+                return Err(BackendError::boot_failed(code, String::new()));
+            }
+            let mut listeners = Vec::new();
+            for table in ["tcp", "tcp6"] {
+                if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+                    listeners.extend(ports::parse_listeners(&text));
+                }
+            }
+            if let Some(l) = ports::choose(&listeners, app.port) {
+                return Ok(l);
+            }
+            let elapsed = started.elapsed();
+            if elapsed >= timeout {
+                return Err(BackendError::new(
+                    ErrorKind::StartTimeout,
+                    format!(
+                        "instance {id} of app {} listened on no port within {}",
+                        app.name,
+                        humanize(timeout)
+                    ),
+                ));
+            }
+            polls += 1;
+            // 1 ms steps for the first ~100 ms (most apps listen by then), then 10 ms.
+            let step = if polls < 100 {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(10)
+            };
+            let step = step.min(timeout - elapsed);
+            let _ = tokio::time::timeout(step, exit.wait_for(|e| e.is_some())).await;
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// The last `max` bytes of a file, starting at a line boundary.
+async fn tail(path: &Path, max: u64) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await?;
+    let len = f.metadata().await?.len();
+    let start = len.saturating_sub(max);
+    f.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).await?;
+    let mut text = String::from_utf8_lossy(&buf).into_owned();
+    if start > 0 {
+        if let Some(nl) = text.find('\n') {
+            text.drain(..=nl);
+        }
+    }
+    Ok(text)
+}
+
+/// containerd ids: `[A-Za-z0-9]+([._-][A-Za-z0-9]+)*`, at most 76 characters. Also keeps ids
+/// safe in file and cgroup paths.
+fn validate_id(id: &InstanceId) -> Result<&str, BackendError> {
+    let s = id.as_str();
+    let mut prev_sep = true;
+    let mut ok = !s.is_empty() && s.len() <= 76;
+    for b in s.bytes() {
+        let sep = matches!(b, b'.' | b'_' | b'-');
+        if !(b.is_ascii_alphanumeric() || sep) || (sep && prev_sep) {
+            ok = false;
+            break;
+        }
+        prev_sep = sep;
+    }
+    if ok && !prev_sep {
+        Ok(s)
+    } else {
+        Err(BackendError::new(
+            ErrorKind::NotFound,
+            format!("invalid instance id {s:?}: expected letters and digits separated by single '.', '_' or '-', at most 76 characters"),
+        ))
+    }
+}
+
+#[async_trait]
+impl ContainerBackend for ContainerdBackend {
+    async fn prepare(&self, app: &AppSpec) -> Result<(), BackendError> {
+        self.prepared(app).await.map(|_| ())
+    }
+
+    async fn start(&self, app: &AppSpec, id: &InstanceId) -> Result<Started, BackendError> {
+        let id = validate_id(id)?;
+        if self.inner.exits.watch(id).is_some() {
+            return Err(BackendError::new(
+                ErrorKind::Unavailable,
+                format!("instance {id} already exists"),
+            ));
+        }
+        let mut phases = Vec::with_capacity(5);
+        let err = match self.start_inner(app, id, &mut phases).await {
+            Ok(started) => return Ok(started),
+            Err(err) => err,
+        };
+        // Free everything the attempt created. Deleting the task flushes its output, so the
+        // log is read after that.
+        let mut cleanup = self.terminate(id, Duration::ZERO).await;
+        if cleanup.is_ok() {
+            cleanup = self.delete_objects(id).await;
+        }
+        let logs = self.read_log_tail(id, BOOT_LOG_BYTES).await;
+        self.forget(id).await;
+        if let Err(c) = cleanup {
+            tracing::warn!(instance = id, error = %c, "cleanup after a failed start failed");
+        }
+        Err(match err.exit() {
+            Some(exit) if err.kind() == ErrorKind::BootFailed => {
+                BackendError::boot_failed(exit, logs)
+            }
+            _ if err.kind() == ErrorKind::StartTimeout => err.with_logs(logs),
+            _ => err,
+        })
+    }
+
+    async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<(), BackendError> {
+        let id = validate_id(id)?;
+        self.teardown(id, grace).await
+    }
+
+    async fn wait(&self, id: &InstanceId) -> Result<Exit, BackendError> {
+        let mut rx = self.inner.exits.watch(id.as_str()).ok_or_else(|| {
+            BackendError::new(ErrorKind::NotFound, format!("instance {id} not found"))
+        })?;
+        let exit = rx.wait_for(|e| e.is_some()).await.map_err(|_| {
+            BackendError::new(
+                ErrorKind::NotFound,
+                format!("instance {id} was removed before it exited"),
+            )
+        })?;
+        (*exit).ok_or_else(|| BackendError::new(ErrorKind::NotFound, format!("instance {id}")))
+    }
+
+    async fn connect(&self, id: &InstanceId) -> Result<Connection, BackendError> {
+        let instance = self.lock().get(id.as_str()).cloned().ok_or_else(|| {
+            BackendError::new(ErrorKind::NotFound, format!("instance {id} not found"))
+        })?;
+        let stream = instance.dialer.connect(instance.addr).await.map_err(|e| {
+            BackendError::new(
+                ErrorKind::Connect,
+                format!(
+                    "connecting to instance {id} of app {} at {} failed",
+                    instance.app, instance.addr
+                ),
+            )
+            .with_source(e)
+        })?;
+        Ok(Box::new(stream))
+    }
+
+    async fn list(&self) -> Result<Vec<OwnedInstance>, BackendError> {
+        let client = &self.inner.client;
+        let containers = client
+            .containers()
+            .list(client.req(ListContainersRequest {
+                filters: vec![format!("labels.\"{}\"", labels::INSTANCE)],
+            }))
+            .await
+            .map_err(|s| failed("container list", s))?
+            .into_inner()
+            .containers;
+        let mut out = Vec::with_capacity(containers.len());
+        for c in containers {
+            let running = matches!(
+                self.task_status(&c.id).await,
+                Some((
+                    ProcessStatus::Running | ProcessStatus::Created | ProcessStatus::Paused,
+                    _
+                ))
+            );
+            out.push(OwnedInstance {
+                app: c.labels.get(labels::APP).cloned().unwrap_or_default(),
+                id: InstanceId::new(c.id),
+                running,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn logs(&self, id: &InstanceId) -> Result<String, BackendError> {
+        let id = validate_id(id)?;
+        match tail(&self.log_path(id), LOG_TAIL_BYTES).await {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::new(
+                ErrorKind::NotFound,
+                format!("no logs for instance {id}"),
+            )),
+            Err(e) => Err(BackendError::new(
+                ErrorKind::Unavailable,
+                format!("reading the logs of {id} failed"),
+            )
+            .with_source(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        for ok in ["hello-1-abc", "a", "a.b_c-d", "A1"] {
+            assert!(validate_id(&InstanceId::new(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a--b",
+            "a/b",
+            "../x",
+            "a b",
+            &"x".repeat(77),
+        ] {
+            assert!(validate_id(&InstanceId::new(bad)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Runs serverless-container instances on [containerd]: any OCI image becomes instances of an
+//! app, each in its own network namespace, found by the port it listens on.
+//!
+//! [`ContainerdBackend`] implements [`serverless_core::ContainerBackend`]:
+//!
+//! - **containerd**: a given socket, or (the embedded default) a private `containerd` process
+//!   with root, state and socket under the data dir, stopped by [`ContainerdBackend::shutdown`].
+//!   Everything lives in our own containerd namespace (default `serverless`) and carries the
+//!   labels `serverless.managed`, `serverless.app`, `serverless.instance`.
+//! - **images**: `oci-archive:PATH` (an OCI image layout tar or a `docker save` tar) is written
+//!   into the content store and its layers unpacked into snapshots. [`ImageBuilder`] writes such
+//!   archives from Rust. Registry pulls are not supported yet (a clear
+//!   [`ErrorKind::Image`](serverless_core::ErrorKind::Image) error).
+//! - **instances**: an OCI runtime spec from the image config and the app (ENTRYPOINT/CMD or
+//!   `command`, ENV + `PORT`), the slot's CPU quota, memory limit without swap and pids limit,
+//!   containerd's default capabilities, masked and read-only paths, no-new-privileges, an own
+//!   cgroup and a new network namespace with only loopback.
+//! - **port discovery**: the LISTEN sockets of the instance's namespace (`/proc/<pid>/net/tcp`
+//!   and `tcp6`), polled every millisecond at first; `PORT` is preferred when several listen.
+//! - **dialing**: [`connect`](serverless_core::ContainerBackend::connect) creates the socket in
+//!   the instance's namespace (a per-instance helper thread that joined it with `setns`) and
+//!   connects to the loopback port.
+//! - **exits** come from containerd's events service (OOM kills are flagged from the OOM event
+//!   and the cgroup's `oom_kill` counter); **logs** (stdout and stderr) go to a file per
+//!   instance; [`ContainerdBackend::reconcile`] removes leftovers of a previous run.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use serverless_containerd::{ContainerdBackend, ImageBuilder};
+//! use serverless_core::{AppSpec, ContainerBackend, ImageRef, InstanceId};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // An image holding a static busybox, serving the current directory.
+//! ImageBuilder::new()
+//!     .file("/bin/busybox", std::fs::read("/bin/busybox")?, 0o755)
+//!     .file("/www/index.html", b"hello\n".to_vec(), 0o644)
+//!     .cmd(["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"])
+//!     .write_oci_archive("/tmp/hello.tar")?;
+//!
+//! let backend = ContainerdBackend::embedded("/tmp/serverless-data").await?;
+//! let app = AppSpec::new("hello", ImageRef::parse("oci-archive:/tmp/hello.tar")?);
+//! let id = InstanceId::new("hello-1");
+//! let started = backend.start(&app, &id).await?;
+//! println!("listening on {} after {:?}", started.port, started.phases);
+//!
+//! let mut conn = backend.connect(&id).await?;
+//! conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+//! let mut response = String::new();
+//! conn.read_to_string(&mut response).await?;
+//!
+//! backend.stop(&id, Duration::from_secs(1)).await?;
+//! backend.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The process needs root (namespaces, cgroups, mounts), `containerd` and `runc`.
+//!
+//! [containerd]: https://containerd.io
+
+mod backend;
+mod cgroup;
+mod client;
+mod daemon;
+mod events;
+mod image;
+mod netns;
+mod ports;
+mod spec;
+
+pub use backend::{Builder, ContainerdBackend};
+pub use image::{BuildError, ImageBuilder};
+
+/// Label keys on our containers, snapshots, images and leases.
+pub(crate) mod labels {
+    /// On everything we create.
+    pub(crate) const MANAGED: &str = "serverless.managed";
+    /// The app an instance belongs to.
+    pub(crate) const APP: &str = "serverless.app";
+    /// The instance id.
+    pub(crate) const INSTANCE: &str = "serverless.instance";
+}

@@ -1,0 +1,383 @@
+//! The OCI runtime spec of an instance: containerd's defaults (capabilities, mounts, masked and
+//! read-only paths, no-new-privileges) plus the image's and app's process, the slot's limits,
+//! an own cgroup and a new network namespace.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use serverless_core::{AppSpec, BackendError, ErrorKind, Slot};
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// containerd's (and Docker's) default capability set.
+const DEFAULT_CAPS: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// The command line: the app's `command` if set, else the image's ENTRYPOINT + CMD.
+pub(crate) fn args(
+    app: &AppSpec,
+    image: Option<&oci_spec::image::Config>,
+) -> Result<Vec<String>, BackendError> {
+    if let Some(cmd) = app.command.as_ref().filter(|c| !c.is_empty()) {
+        return Ok(cmd.clone());
+    }
+    let mut args = Vec::new();
+    if let Some(c) = image {
+        args.extend(c.entrypoint().iter().flatten().cloned());
+        args.extend(c.cmd().iter().flatten().cloned());
+    }
+    if args.is_empty() {
+        return Err(BackendError::new(
+            ErrorKind::Image,
+            format!(
+                "image {} has no ENTRYPOINT or CMD and app {} sets no command",
+                app.image, app.name
+            ),
+        ));
+    }
+    Ok(args)
+}
+
+/// Image ENV, then the app's env, then `PORT`; a later value replaces an earlier one in place.
+pub(crate) fn env(app: &AppSpec, image: Option<&oci_spec::image::Config>) -> Vec<String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| match out.iter_mut().find(|(key, _)| key == k) {
+        Some(slot) => slot.1 = v.to_owned(),
+        None => out.push((k.to_owned(), v.to_owned())),
+    };
+    let image_env = image.and_then(|c| c.env().clone()).unwrap_or_default();
+    if !image_env.iter().any(|e| e.starts_with("PATH=")) {
+        if let Some((k, v)) = DEFAULT_PATH.split_once('=') {
+            set(k, v);
+        }
+    }
+    for e in &image_env {
+        match e.split_once('=') {
+            Some((k, v)) => set(k, v),
+            None => set(e, ""),
+        }
+    }
+    for (k, v) in &app.env {
+        set(k, v);
+    }
+    set("PORT", &app.port.to_string());
+    out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// `uid[:gid]` from the image config (names need the image's /etc/passwd: not supported).
+fn user(image: Option<&oci_spec::image::Config>) -> Result<(u32, u32), BackendError> {
+    let spec = image.and_then(|c| c.user().clone()).unwrap_or_default();
+    if spec.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec.as_str(), None),
+    };
+    let parse = |s: &str| s.parse::<u32>().ok();
+    match (parse(u), g.map(parse)) {
+        (Some(uid), None) => Ok((uid, 0)),
+        (Some(uid), Some(Some(gid))) => Ok((uid, gid)),
+        _ => Err(BackendError::new(
+            ErrorKind::Image,
+            format!(
+                "image user {spec:?} is not numeric (uid[:gid]); user names are not supported yet"
+            ),
+        )),
+    }
+}
+
+fn tmpfs(dest: &str, source: &str, options: &[&str]) -> Result<Mount, BackendError> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ("tmpfs")
+        .source(source)
+        .options(options.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_error)
+}
+
+fn mount(dest: &str, typ: &str, options: &[&str]) -> Result<Mount, BackendError> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(typ)
+        .options(options.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_error)
+}
+
+fn spec_error(e: oci_spec::OciSpecError) -> BackendError {
+    BackendError::new(ErrorKind::Image, "building the OCI runtime spec failed").with_source(e)
+}
+
+/// Everything the spec needs besides the app.
+pub(crate) struct SpecInput<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) cgroup_path: &'a str,
+    pub(crate) image: Option<&'a oci_spec::image::Config>,
+}
+
+/// Builds the instance's runtime spec.
+pub(crate) fn build(app: &AppSpec, input: &SpecInput<'_>) -> Result<Spec, BackendError> {
+    let caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
+    let (uid, gid) = user(input.image)?;
+    let cwd = input
+        .image
+        .and_then(|c| c.working_dir().clone())
+        .filter(|w| w.starts_with('/'))
+        .unwrap_or_else(|| "/".to_owned());
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(
+            UserBuilder::default()
+                .uid(uid)
+                .gid(gid)
+                .build()
+                .map_err(spec_error)?,
+        )
+        .args(args(app, input.image)?)
+        .env(env(app, input.image))
+        .cwd(PathBuf::from(cwd))
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .permitted(caps.clone())
+                .effective(caps)
+                .build()
+                .map_err(spec_error)?,
+        )
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .hard(1024u64)
+            .soft(1024u64)
+            .build()
+            .map_err(spec_error)?])
+        .no_new_privileges(true)
+        .build()
+        .map_err(spec_error)?;
+
+    let slot: Slot = app.slot;
+    let memory = i64::try_from(slot.memory_bytes()).unwrap_or(i64::MAX);
+    let resources = LinuxResourcesBuilder::default()
+        .devices(vec![LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(spec_error)?])
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(memory)
+                // memory+swap = memory: no swap.
+                .swap(memory)
+                .build()
+                .map_err(spec_error)?,
+        )
+        .cpu(
+            LinuxCpuBuilder::default()
+                .quota(i64::try_from(slot.cpu_quota_us()).unwrap_or(i64::MAX))
+                .period(Slot::CPU_PERIOD_US)
+                .build()
+                .map_err(spec_error)?,
+        )
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::from(app.pids_limit))
+                .build()
+                .map_err(spec_error)?,
+        )
+        .build()
+        .map_err(spec_error)?;
+
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        // A new network namespace: runc brings its loopback up and nothing else.
+        LinuxNamespaceType::Network,
+    ]
+    .into_iter()
+    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(spec_error)?;
+
+    let linux = LinuxBuilder::default()
+        .resources(resources)
+        .cgroups_path(PathBuf::from(input.cgroup_path))
+        .namespaces(namespaces)
+        .masked_paths(oci_spec::runtime::get_default_maskedpaths())
+        .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
+        .build()
+        .map_err(spec_error)?;
+
+    let mounts = vec![
+        mount("/proc", "proc", &[])?,
+        tmpfs(
+            "/dev",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        tmpfs(
+            "/dev/shm",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        tmpfs(
+            "/run",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+    ];
+
+    let hostname: String = input.id.chars().take(63).collect();
+    SpecBuilder::default()
+        .version("1.0.2-dev")
+        .process(process)
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(false)
+                .build()
+                .map_err(spec_error)?,
+        )
+        .hostname(hostname)
+        .mounts(mounts)
+        .linux(linux)
+        .build()
+        .map_err(spec_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::image::ConfigBuilder;
+    use serverless_core::ImageRef;
+
+    fn app() -> AppSpec {
+        let mut app = AppSpec::new("hello", ImageRef::parse("oci-archive:/x.tar").unwrap());
+        app.slot = "c.5-m32".parse().unwrap();
+        app.pids_limit = 64;
+        app
+    }
+
+    #[test]
+    fn spec_carries_slot_limits_and_isolation() {
+        let image = ConfigBuilder::default()
+            .entrypoint(vec!["/bin/busybox".to_owned()])
+            .cmd(vec!["httpd".to_owned(), "-f".to_owned()])
+            .env(vec!["PATH=/bin".to_owned(), "PORT=1".to_owned()])
+            .build()
+            .unwrap();
+        let spec = build(
+            &app(),
+            &SpecInput {
+                id: "hello-1",
+                cgroup_path: "/serverless/hello-1",
+                image: Some(&image),
+            },
+        )
+        .unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        let res = &json["linux"]["resources"];
+        assert_eq!(res["memory"]["limit"], 32 << 20);
+        assert_eq!(res["memory"]["swap"], 32 << 20);
+        assert_eq!(res["cpu"]["quota"], 50_000);
+        assert_eq!(res["cpu"]["period"], 100_000);
+        assert_eq!(res["pids"]["limit"], 64);
+        assert_eq!(json["linux"]["cgroupsPath"], "/serverless/hello-1");
+        assert_eq!(
+            json["process"]["args"],
+            serde_json::json!(["/bin/busybox", "httpd", "-f"])
+        );
+        assert_eq!(
+            json["process"]["env"],
+            serde_json::json!(["PATH=/bin", "PORT=8080"])
+        );
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        let caps = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert_eq!(caps.len(), 14);
+        assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        let ns: Vec<&str> = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert!(ns.contains(&"network"));
+        assert!(json["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/proc/kcore"));
+    }
+
+    #[test]
+    fn command_overrides_image_and_env_merges() {
+        let mut app = app();
+        app.command = Some(vec!["/bin/sh".into(), "-c".into(), "exit 3".into()]);
+        app.env.insert("A".into(), "2".into());
+        let image = ConfigBuilder::default()
+            .cmd(vec!["nope".to_owned()])
+            .env(vec!["A=1".to_owned(), "B=x=y".to_owned()])
+            .build()
+            .unwrap();
+        assert_eq!(
+            args(&app, Some(&image)).unwrap(),
+            ["/bin/sh", "-c", "exit 3"]
+        );
+        assert_eq!(
+            env(&app, Some(&image)),
+            [DEFAULT_PATH, "A=2", "B=x=y", "PORT=8080"]
+        );
+        app.command = None;
+        let err = args(&app, None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Image);
+        assert!(err.to_string().contains("no ENTRYPOINT or CMD"), "{err}");
+    }
+
+    #[test]
+    fn users() {
+        let cfg = |u: &str| ConfigBuilder::default().user(u.to_owned()).build().unwrap();
+        assert_eq!(user(None).unwrap(), (0, 0));
+        assert_eq!(user(Some(&cfg("1000"))).unwrap(), (1000, 0));
+        assert_eq!(user(Some(&cfg("1000:50"))).unwrap(), (1000, 50));
+        assert!(user(Some(&cfg("nginx"))).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! Shared test harness: a private containerd per test (embedded mode, in a temp dir), a busybox
+//! image built by our own image builder, and leak checks through `ctr`.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serverless_containerd::{ContainerdBackend, ImageBuilder};
+use serverless_core::{AppSpec, Connection, ImageRef, InstanceId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// Whether this machine can run the real-containerd tests; prints a loud message if not.
+pub fn can_run(test: &str) -> bool {
+    let missing: Vec<&str> = ["containerd", "runc", "ctr"]
+        .into_iter()
+        .filter(|bin| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false);
+    let busybox = Path::new(BUSYBOX).exists();
+    if missing.is_empty() && root && busybox {
+        return true;
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPING {test}: needs root, containerd, runc, ctr and {BUSYBOX} \
+         (missing: {missing:?}, root: {root}, busybox: {busybox}) !!!!!!!!\n"
+    );
+    false
+}
+
+pub struct Harness {
+    pub backend: ContainerdBackend,
+    pub dir: tempfile::TempDir,
+    pub image: PathBuf,
+    next: AtomicU32,
+}
+
+static HARNESSES: AtomicU32 = AtomicU32::new(0);
+
+impl Harness {
+    /// A private containerd in a temp dir, in a namespace of its own (tests run in parallel and
+    /// the namespace names the cgroup parent).
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sl-cd-")
+            .tempdir()
+            .expect("temp dir");
+        let n = HARNESSES.fetch_add(1, Ordering::Relaxed);
+        let namespace = format!("serverless-t{}-{n}", std::process::id());
+        let backend = ContainerdBackend::builder(dir.path().join("data"))
+            .namespace(namespace)
+            .build()
+            .await
+            .expect("embedded containerd starts");
+        let image = dir.path().join("busybox.tar");
+        busybox_image().write_oci_archive(&image).expect("image");
+        Self {
+            backend,
+            dir,
+            image,
+            next: AtomicU32::new(0),
+        }
+    }
+
+    pub fn app(&self, name: &str) -> AppSpec {
+        AppSpec::new(
+            name,
+            ImageRef::parse(&format!("oci-archive:{}", self.image.display())).expect("ref"),
+        )
+    }
+
+    pub fn id(&self, app: &str) -> InstanceId {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        InstanceId::new(format!("{app}-{n}-{}", std::process::id()))
+    }
+
+    fn ctr(&self, args: &[&str]) -> Vec<String> {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(self.backend.socket())
+            .arg("--namespace")
+            .arg(self.backend.namespace())
+            .args(args)
+            .output()
+            .expect("ctr runs");
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Containers, tasks and active (instance) snapshots containerd still holds in our
+    /// namespace, seen through `ctr`, plus leftover cgroups and netns helper threads.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        out.extend(
+            self.ctr(&["containers", "ls"])
+                .into_iter()
+                .map(|l| format!("container {l}")),
+        );
+        out.extend(
+            self.ctr(&["tasks", "ls"])
+                .into_iter()
+                .map(|l| format!("task {l}")),
+        );
+        out.extend(
+            self.ctr(&["snapshots", "ls"])
+                .into_iter()
+                .filter(|l| l.contains("Active"))
+                .map(|l| format!("snapshot {l}")),
+        );
+        let cg = Path::new("/sys/fs/cgroup/memory").join(self.backend.namespace());
+        if let Ok(entries) = std::fs::read_dir(&cg) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    out.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+        out
+    }
+
+    pub async fn shutdown(self) {
+        self.backend.shutdown().await.expect("shutdown");
+        let cg = Path::new("/sys/fs/cgroup/memory").join(self.backend.namespace());
+        assert!(!cg.exists(), "cgroup parent {} left behind", cg.display());
+    }
+}
+
+/// busybox httpd serving /www on 8080 (overridable by the app's command).
+pub fn busybox_image() -> ImageBuilder {
+    let busybox = std::fs::read(BUSYBOX).expect("read busybox");
+    ImageBuilder::new()
+        .file("/bin/busybox", busybox, 0o755)
+        .symlink("/bin/sh", "/bin/busybox")
+        .file("/www/index.html", b"hello from busybox\n".to_vec(), 0o644)
+        .dir("/tmp", 0o1777)
+        .cmd(["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"])
+}
+
+/// Sends `GET /` and returns the whole response (HTTP/1.0: the server closes).
+pub async fn http_get(mut conn: Connection) -> String {
+    conn.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write request");
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response)
+        .await
+        .expect("read response");
+    String::from_utf8_lossy(&response).into_owned()
+}
