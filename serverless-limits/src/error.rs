@@ -1,0 +1,71 @@
+//! Errors of the pool and the layers. Each maps to one HTTP status at the edge.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Why a request could not get a slot on an instance.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The queue is full, or no instance may be started: answer `503` with `Retry-After`.
+    #[error("app {app} is overloaded: {reason}")]
+    Overloaded {
+        /// The app.
+        app: String,
+        /// Which limit was hit.
+        reason: &'static str,
+    },
+    /// The request waited `waited` without getting a slot: answer `504`.
+    #[error("app {app} had no free instance within {}", humantime::format_duration(*waited))]
+    Elapsed {
+        /// The app.
+        app: String,
+        /// The queue timeout.
+        waited: Duration,
+    },
+    /// The app's instances fail to start; the pool is backing off: answer `503`.
+    #[error("app {app} failed to start: {message}")]
+    BootFailed {
+        /// The app.
+        app: String,
+        /// One line: `exited with code 3 before listening`, `listened on no port within 10s`.
+        message: String,
+        /// The exit code, when the process exited.
+        exit_code: Option<i32>,
+        /// The last log lines, when known.
+        logs: Option<String>,
+    },
+    /// The app is being removed or the engine is shutting down: answer `503`.
+    #[error("app {app} is shutting down")]
+    Closed {
+        /// The app.
+        app: String,
+    },
+}
+
+impl PoolError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Elapsed { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `Retry-After` to send, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Overloaded { .. } | Self::BootFailed { .. } => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}
+
+/// The engine-wide limit of concurrent requests is reached: answer `503` with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("server overloaded: {max} requests in flight across all apps")]
+pub struct GlobalOverloaded {
+    /// The limit.
+    pub max: u32,
+}
