@@ -245,6 +245,11 @@ impl ContainerdBackend {
     /// not running (leftovers of a previous run), their cgroups and logs. Returns how many
     /// instances it removed.
     pub async fn reconcile(&self) -> Result<usize, BackendError> {
+        self.reconcile_inner(Duration::from_secs(60)).await
+    }
+
+    /// `lease_age`: leases younger than this may belong to a start or import in flight.
+    async fn reconcile_inner(&self, lease_age: Duration) -> Result<usize, BackendError> {
         let known: Vec<String> = self.lock().keys().cloned().collect();
         let starting = self.inner.exits.len();
         let mut removed = 0;
@@ -292,7 +297,18 @@ impl ContainerdBackend {
             .leases;
         // An import holds the image lock while its lease lives.
         let _imports = self.inner.images.lock().await;
+        let now = SystemTime::now();
         for lease in leases {
+            let created = lease
+                .created_at
+                .and_then(|t| u64::try_from(t.seconds).ok())
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+            let young = created
+                .and_then(|c| now.duration_since(c).ok())
+                .is_some_and(|age| age < lease_age);
+            if young {
+                continue;
+            }
             let _ = client
                 .leases()
                 .delete(client.req(DeleteLeaseRequest {
@@ -333,7 +349,7 @@ impl ContainerdBackend {
         for owned in self.list().await? {
             self.teardown(owned.id.as_str(), Duration::ZERO).await?;
         }
-        self.reconcile().await.map(|_| ())
+        self.reconcile_inner(Duration::ZERO).await.map(|_| ())
     }
 
     async fn prepared(&self, app: &AppSpec) -> Result<Arc<PreparedImage>, BackendError> {
@@ -361,12 +377,14 @@ impl ContainerdBackend {
                 )
                 .await?
             }
-            ImageRef::Registry(reference) => return Err(BackendError::new(
-                ErrorKind::Image,
-                format!(
+            ImageRef::Registry(reference) => {
+                return Err(BackendError::new(
+                    ErrorKind::Image,
+                    format!(
                     "image {reference}: registry pulls are not supported yet; use oci-archive:PATH"
                 ),
-            )),
+                ))
+            }
         };
         let image = Arc::new(image);
         images.insert(app.image.clone(), (fingerprint, image.clone()));
@@ -414,26 +432,32 @@ impl ContainerdBackend {
     async fn await_exit(&self, id: &str, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         let mut rx = self.inner.exits.watch(id);
+        let mut first = true;
         loop {
-            if let Some(rx) = &rx {
-                if rx.borrow().is_some() {
+            if rx.as_ref().is_some_and(|rx| rx.borrow().is_some()) {
+                return true;
+            }
+            // With a watch, the events loop publishes the exit (after deleting the task); asking
+            // containerd covers a missed event (after 500 ms quiet) and instances with no watch.
+            if rx.is_none() || !first {
+                if let None | Some((ProcessStatus::Stopped, _)) = self.task_status(id).await {
                     return true;
                 }
             }
-            match self.task_status(id).await {
-                None | Some((ProcessStatus::Stopped, _)) => return true,
-                _ => {}
-            }
+            first = false;
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            let step = (deadline - now).min(Duration::from_millis(500));
             match &mut rx {
                 Some(rx) => {
+                    let step = (deadline - now).min(Duration::from_millis(500));
                     let _ = tokio::time::timeout(step, rx.wait_for(|e| e.is_some())).await;
                 }
-                None => tokio::time::sleep(step.min(Duration::from_millis(20))).await,
+                None => {
+                    let step = (deadline - now).min(Duration::from_millis(20));
+                    tokio::time::sleep(step).await;
+                }
             }
         }
     }
@@ -495,6 +519,8 @@ impl ContainerdBackend {
         {
             Ok(_) => {}
             Err(s) if is_not_found(&s) => {}
+            // The events loop deletes exited tasks too; losing that race is fine.
+            Err(_) if self.task_status(id).await.is_none() => {}
             Err(s) => return Err(failed(format_args!("task delete of {id}"), s)),
         }
         match client
@@ -882,7 +908,8 @@ impl ContainerBackend for ContainerdBackend {
 
     async fn logs(&self, id: &InstanceId) -> Result<String, BackendError> {
         let id = validate_id(id)?;
-        match tail(&self.log_path(id), LOG_TAIL_BYTES).await {
+        let path = self.log_path(id);
+        match tail(&path, LOG_TAIL_BYTES).await {
             Ok(text) => Ok(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::new(
                 ErrorKind::NotFound,

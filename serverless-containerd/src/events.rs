@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use containerd_client::events::{TaskExit, TaskOom};
-use containerd_client::services::v1::{GetRequest, PublishRequest, SubscribeRequest};
+use containerd_client::services::v1::{
+    DeleteTaskRequest, GetRequest, PublishRequest, SubscribeRequest,
+};
 use containerd_client::tonic::{Status, Streaming};
 use containerd_client::types::v1::Status as ProcessStatus;
 use containerd_client::types::Envelope;
@@ -26,6 +28,8 @@ const PING_TOPIC: &str = "/serverless/ping";
 struct Slot {
     tx: watch::Sender<Option<Exit>>,
     oom: bool,
+    /// The exit is known and being published.
+    exiting: bool,
     cgroup: String,
 }
 
@@ -48,6 +52,7 @@ impl Exits {
             Slot {
                 tx,
                 oom: false,
+                exiting: false,
                 cgroup,
             },
         );
@@ -72,24 +77,31 @@ impl Exits {
         }
     }
 
-    /// Records an exit. The cgroup still exists until the task is deleted, so its OOM counter
-    /// tells an OOM kill even when the OOM event arrives after the exit event.
-    pub(crate) fn on_exit(&self, id: &str, status: u32) {
-        let map = self.lock();
-        if let Some(slot) = map.get(id) {
-            if slot.tx.borrow().is_some() {
-                return;
-            }
-            let oom_killed = slot.oom || cgroup::oom_killed(&slot.cgroup);
-            let code = i32::try_from(status).unwrap_or(i32::MAX);
-            slot.tx.send_replace(Some(Exit { code, oom_killed }));
+    /// Takes note of an exit and returns it if it is news. The cgroup still exists until the
+    /// task is deleted, so its OOM counter tells an OOM kill even when the OOM event arrives
+    /// after the exit event.
+    fn on_exit(&self, id: &str, status: u32) -> Option<Exit> {
+        let mut map = self.lock();
+        let slot = map.get_mut(id)?;
+        if slot.exiting || slot.tx.borrow().is_some() {
+            return None;
+        }
+        slot.exiting = true;
+        let oom_killed = slot.oom || cgroup::oom_killed(&slot.cgroup);
+        let code = i32::try_from(status).unwrap_or(i32::MAX);
+        Some(Exit { code, oom_killed })
+    }
+
+    fn publish(&self, id: &str, exit: Exit) {
+        if let Some(slot) = self.lock().get(id) {
+            slot.tx.send_replace(Some(exit));
         }
     }
 
     fn pending(&self) -> Vec<String> {
         self.lock()
             .iter()
-            .filter(|(_, s)| s.tx.borrow().is_none())
+            .filter(|(_, s)| !s.exiting && s.tx.borrow().is_none())
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -106,7 +118,7 @@ pub(crate) async fn run(client: Client, exits: Arc<Exits>, ready: watch::Sender<
                 resync(&client, &exits).await;
                 loop {
                     match stream.message().await {
-                        Ok(Some(envelope)) => handle(&exits, envelope),
+                        Ok(Some(envelope)) => handle(&client, &exits, envelope),
                         Ok(None) => {
                             tracing::warn!("containerd event stream ended; resubscribing");
                             break;
@@ -154,7 +166,29 @@ async fn subscribe(client: &Client) -> Result<Streaming<Envelope>, Status> {
     }
 }
 
-fn handle(exits: &Exits, envelope: Envelope) {
+/// Publishes an exit once the task is deleted: deleting waits for the shim to copy the last
+/// output into the log and frees the shim, so whoever wakes up on the exit reads complete logs.
+/// Container and snapshot stay until `stop`.
+fn exited(client: &Client, exits: &Arc<Exits>, id: &str, status: u32) {
+    let Some(exit) = exits.on_exit(id, status) else {
+        return;
+    };
+    let (client, exits, id) = (client.clone(), exits.clone(), id.to_owned());
+    tokio::spawn(async move {
+        let deleted = client
+            .tasks()
+            .delete(client.req(DeleteTaskRequest {
+                container_id: id.clone(),
+            }))
+            .await;
+        if let Err(e) = deleted {
+            tracing::debug!(instance = %id, error = %e.message(), "deleting an exited task failed");
+        }
+        exits.publish(&id, exit);
+    });
+}
+
+fn handle(client: &Client, exits: &Arc<Exits>, envelope: Envelope) {
     let Some(event) = envelope.event else {
         return;
     };
@@ -163,7 +197,7 @@ fn handle(exits: &Exits, envelope: Envelope) {
             if let Ok(e) = TaskExit::decode(&event.value[..]) {
                 // Only the init process ends the instance (`id` is the exec id).
                 if e.id == e.container_id {
-                    exits.on_exit(&e.container_id, e.exit_status);
+                    exited(client, exits, &e.container_id, e.exit_status);
                 }
             }
         }
@@ -176,7 +210,7 @@ fn handle(exits: &Exits, envelope: Envelope) {
     }
 }
 
-async fn resync(client: &Client, exits: &Exits) {
+async fn resync(client: &Client, exits: &Arc<Exits>) {
     for id in exits.pending() {
         let got = client
             .tasks()
@@ -188,7 +222,7 @@ async fn resync(client: &Client, exits: &Exits) {
         if let Ok(resp) = got {
             if let Some(p) = resp.into_inner().process {
                 if p.status == ProcessStatus::Stopped as i32 {
-                    exits.on_exit(&id, p.exit_status);
+                    exited(client, exits, &id, p.exit_status);
                 }
             }
         }

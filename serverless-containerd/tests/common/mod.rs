@@ -45,6 +45,7 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub image: PathBuf,
     next: AtomicU32,
+    clean: bool,
 }
 
 static HARNESSES: AtomicU32 = AtomicU32::new(0);
@@ -71,6 +72,7 @@ impl Harness {
             dir,
             image,
             next: AtomicU32::new(0),
+            clean: false,
         }
     }
 
@@ -139,7 +141,8 @@ impl Harness {
         out
     }
 
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        self.clean = true;
         self.backend.shutdown().await.expect("shutdown");
         let cg = Path::new("/sys/fs/cgroup/memory").join(self.backend.namespace());
         assert!(!cg.exists(), "cgroup parent {} left behind", cg.display());
@@ -167,4 +170,35 @@ pub async fn http_get(mut conn: Connection) -> String {
         .await
         .expect("read response");
     String::from_utf8_lossy(&response).into_owned()
+}
+
+impl Drop for Harness {
+    /// A test that failed before `shutdown` still removes its instances (no shims, mounts or
+    /// cgroups left on the machine): a second engine on a fresh runtime reconciles them away,
+    /// then the embedded containerd is stopped when the backend drops.
+    fn drop(&mut self) {
+        if self.clean {
+            return;
+        }
+        let socket = self.backend.socket().to_owned();
+        let namespace = self.backend.namespace().to_owned();
+        let dir = self.dir.path().join("cleanup");
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                match ContainerdBackend::connect(&socket, &namespace, &dir).await {
+                    Ok(b) => {
+                        if let Err(e) = b.reconcile().await {
+                            eprintln!("cleanup after failed test: {e}");
+                        }
+                    }
+                    Err(e) => eprintln!("cleanup after failed test: {e}"),
+                }
+            })
+        })
+        .join();
+    }
 }
