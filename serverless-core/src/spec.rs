@@ -144,6 +144,8 @@ pub struct AppSpec {
     pub command: Option<Vec<String>>,
     /// Value of `PORT` given to the app and preferred when it listens on several ports.
     pub port: u16,
+    /// The app speaks HTTP/2 without TLS (h2c, prior knowledge): forward with HTTP/2.
+    pub h2c: bool,
     /// Request and lifetime limits.
     pub limits: Limits,
     /// Instance count bounds.
@@ -163,6 +165,7 @@ impl AppSpec {
             env: BTreeMap::new(),
             command: None,
             port: 8080,
+            h2c: false,
             limits: Limits::DEFAULT,
             scale: Scale::default(),
         }

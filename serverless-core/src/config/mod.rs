@@ -299,6 +299,7 @@ struct RawApp {
     env: Option<BTreeMap<String, String>>,
     command: Option<Vec<String>>,
     port: Option<i64>,
+    h2c: Option<bool>,
     limits: Option<RawLimits>,
     scale: Option<RawScale>,
 }
@@ -633,6 +634,7 @@ impl RawApp {
             spec.command = Some(cmd);
         }
         spec.port = int_in(&f("port"), self.port, spec.port, 1, 65_535)?;
+        spec.h2c = self.h2c.unwrap_or(false);
 
         let rl = self.limits.unwrap_or_default();
         let dl = Limits::DEFAULT;

@@ -1,0 +1,182 @@
+//! The admin API and `/metrics`.
+//!
+//! - `GET /v1/apps` → `[{"name", "hosts", "image", "instances": [...]}]`
+//! - `GET /v1/apps/{name}` → `{"name", …, "instances": [{"id", "state", "in_flight", "age_ms"}], "queued"}`
+//! - `GET /v1/apps/{name}/logs` → each instance's recent stdout/stderr, as text
+//! - `PUT /v1/apps/{name}` with a JSON app spec (the keys of a TOML `[[apps]]` entry) → deploy
+//! - `DELETE /v1/apps/{name}` → drain, stop and remove
+//! - `GET /metrics` → Prometheus text format
+//!
+//! With a token configured, every request needs `Authorization: Bearer <token>`.
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+use serverless_core::AppSpec;
+
+use crate::engine::{App, DeployError, Engine};
+use crate::response::{failure, ResBody};
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResBody> {
+    let mut res = Response::new(
+        Full::new(Bytes::from(value.to_string() + "\n"))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("static"),
+    );
+    res
+}
+
+fn text_response(content_type: &'static str, text: String) -> Response<ResBody> {
+    let mut res = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, content_type.parse().expect("static"));
+    res
+}
+
+fn app_json(app: &App) -> serde_json::Value {
+    let snap = app.pool.snapshot();
+    json!({
+        "name": app.spec.name,
+        "image": app.spec.image.to_string(),
+        "hosts": app.spec.hosts,
+        "slot": app.spec.slot.to_string(),
+        "scale": {"min": app.spec.scale.min, "max": app.spec.scale.max},
+        "queued": snap.queued,
+        "instances": snap.instances.iter().map(|i| json!({
+            "id": i.id.as_str(),
+            "state": i.state.as_str(),
+            "in_flight": i.in_flight,
+            "age_ms": i.age.as_millis() as u64,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Answers one admin request.
+pub async fn handle(
+    engine: Engine,
+    token: Option<String>,
+    req: Request<Incoming>,
+) -> Response<ResBody> {
+    if let Some(token) = &token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            let mut res = failure(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token",
+                None,
+            );
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+            return res;
+        }
+    }
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::GET, ["metrics"]) => text_response(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            engine.metrics().encode(&engine),
+        ),
+        (Method::GET, ["v1", "apps"]) => {
+            let apps: Vec<_> = engine.apps().iter().map(|a| app_json(a)).collect();
+            json_response(StatusCode::OK, &json!(apps))
+        }
+        (Method::GET, ["v1", "apps", name]) => match engine.app(name) {
+            Some(app) => json_response(StatusCode::OK, &app_json(&app)),
+            None => failure(StatusCode::NOT_FOUND, &format!("no app named {name}"), None),
+        },
+        (Method::GET, ["v1", "apps", name, "logs"]) => match engine.app(name) {
+            Some(app) => {
+                let mut out = String::new();
+                for inst in app.pool.snapshot().instances {
+                    let logs = match engine.backend().logs(&inst.id).await {
+                        Ok(logs) => logs,
+                        Err(err) => format!("(logs unavailable: {err})\n"),
+                    };
+                    for line in logs.lines() {
+                        out.push_str(&format!("[{}] {line}\n", inst.id));
+                    }
+                }
+                text_response("text/plain; charset=utf-8", out)
+            }
+            None => failure(StatusCode::NOT_FOUND, &format!("no app named {name}"), None),
+        },
+        (Method::PUT, ["v1", "apps", name]) => {
+            let name = (*name).to_owned();
+            let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(err) => {
+                    return failure(
+                        StatusCode::BAD_REQUEST,
+                        &format!("cannot read body: {err}"),
+                        None,
+                    )
+                }
+            };
+            let spec = match std::str::from_utf8(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|text| AppSpec::from_json(text).map_err(|e| e.to_string()))
+            {
+                Ok(spec) => spec,
+                Err(err) => return failure(StatusCode::UNPROCESSABLE_ENTITY, &err, None),
+            };
+            if spec.name != name {
+                return failure(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &format!(
+                        "name {:?} in the body does not match {name:?} in the path",
+                        spec.name
+                    ),
+                    None,
+                );
+            }
+            match engine.deploy(spec).await {
+                Ok(()) => match engine.app(&name) {
+                    Some(app) => json_response(StatusCode::OK, &app_json(&app)),
+                    None => failure(StatusCode::CONFLICT, "app was removed meanwhile", None),
+                },
+                Err(err @ DeployError::HostTaken { .. }) => {
+                    failure(StatusCode::CONFLICT, &err.to_string(), None)
+                }
+                Err(err) => failure(StatusCode::UNPROCESSABLE_ENTITY, &err.to_string(), None),
+            }
+        }
+        (Method::DELETE, ["v1", "apps", name]) => {
+            if engine.remove(name).await {
+                json_response(StatusCode::OK, &json!({"removed": name}))
+            } else {
+                failure(StatusCode::NOT_FOUND, &format!("no app named {name}"), None)
+            }
+        }
+        (_, ["metrics"]) | (_, ["v1", "apps", ..]) => failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed here",
+            None,
+        ),
+        _ => failure(
+            StatusCode::NOT_FOUND,
+            &format!("no admin endpoint {path}"),
+            None,
+        ),
+    }
+}

@@ -1,0 +1,223 @@
+//! The engine: apps, their pools and routes, over one container backend.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use http::{Request, Response};
+use serverless_core::{AppSpec, BackendError, ContainerBackend, GlobalLimits, ServerConfig};
+use serverless_limits::{
+    ColdStartBufferLayer, ConcurrencyLimitLayer, GlobalLimitLayer, InstanceBudget, Pool,
+};
+use std::future::Future;
+use std::pin::Pin;
+
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::forward::{Forward, Upstreams};
+use crate::metrics::Metrics;
+use crate::response::{error_response, BoxError, ReqBody, ResBody};
+
+/// One deployed app.
+pub struct App {
+    /// Its spec.
+    pub spec: Arc<AppSpec>,
+    /// Its instances.
+    pub pool: Pool,
+}
+
+#[derive(Default)]
+struct Routes {
+    by_name: HashMap<String, Arc<App>>,
+    by_host: HashMap<String, Arc<App>>,
+}
+
+/// Why a deploy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// A host is routed to another app.
+    #[error("host {host:?} is already routed to app {app:?}")]
+    HostTaken {
+        /// The host.
+        host: String,
+        /// The app that has it.
+        app: String,
+    },
+    /// The image could not be prepared.
+    #[error("app {app}: {source}")]
+    Image {
+        /// The app.
+        app: String,
+        /// What failed.
+        source: BackendError,
+    },
+}
+
+struct Inner {
+    backend: Arc<dyn ContainerBackend>,
+    global: GlobalLimitLayer,
+    budget: InstanceBudget,
+    metrics: Arc<Metrics>,
+    upstreams: Upstreams,
+    server: ServerConfig,
+    routes: RwLock<Routes>,
+}
+
+/// Apps, their pools and routes over one backend. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// An engine with no apps.
+    pub fn new(
+        backend: Arc<dyn ContainerBackend>,
+        limits: GlobalLimits,
+        server: ServerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                upstreams: Upstreams::new(backend.clone()),
+                backend,
+                global: GlobalLimitLayer::new(limits.max_concurrent_requests),
+                budget: InstanceBudget::new(limits.max_instances),
+                metrics: Arc::new(Metrics::new()),
+                server,
+                routes: RwLock::default(),
+            }),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn ContainerBackend> {
+        &self.inner.backend
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Gateway server settings.
+    pub fn server_config(&self) -> &ServerConfig {
+        &self.inner.server
+    }
+
+    /// Deploys (or replaces) an app: prepares its image, then routes its hosts to a new pool.
+    /// A replaced app's instances drain and stop in the background.
+    pub async fn deploy(&self, spec: AppSpec) -> Result<(), DeployError> {
+        {
+            let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
+            for host in &spec.hosts {
+                if let Some(other) = routes.by_host.get(host) {
+                    if other.spec.name != spec.name {
+                        return Err(DeployError::HostTaken {
+                            host: host.clone(),
+                            app: other.spec.name.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        self.inner
+            .backend
+            .prepare(&spec)
+            .await
+            .map_err(|source| DeployError::Image {
+                app: spec.name.clone(),
+                source,
+            })?;
+        let pool = Pool::builder(spec.clone(), self.inner.backend.clone())
+            .budget(self.inner.budget.clone())
+            .observer(self.inner.metrics.clone())
+            .build();
+        let app = Arc::new(App {
+            spec: Arc::new(spec),
+            pool,
+        });
+        let old = {
+            let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
+            let old = routes.by_name.insert(app.spec.name.clone(), app.clone());
+            if let Some(old) = &old {
+                for host in &old.spec.hosts {
+                    routes.by_host.remove(host);
+                }
+            }
+            for host in &app.spec.hosts {
+                routes.by_host.insert(host.clone(), app.clone());
+            }
+            old
+        };
+        if let Some(old) = old {
+            tokio::spawn(async move { old.pool.shutdown().await });
+        }
+        tracing::info!(app = %app.spec.name, hosts = ?app.spec.hosts, "deployed");
+        Ok(())
+    }
+
+    /// Removes an app: stops routing to it, drains and stops its instances. False if unknown.
+    pub async fn remove(&self, name: &str) -> bool {
+        let app = {
+            let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
+            let Some(app) = routes.by_name.remove(name) else {
+                return false;
+            };
+            for host in &app.spec.hosts {
+                routes.by_host.remove(host);
+            }
+            app
+        };
+        app.pool.shutdown().await;
+        true
+    }
+
+    /// The app named `name`.
+    pub fn app(&self, name: &str) -> Option<Arc<App>> {
+        let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
+        routes.by_name.get(name).cloned()
+    }
+
+    /// All apps, by name.
+    pub fn apps(&self) -> Vec<Arc<App>> {
+        let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
+        let mut apps: Vec<_> = routes.by_name.values().cloned().collect();
+        apps.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        apps
+    }
+
+    /// The app routed for a `Host` (lowercase, port stripped).
+    pub fn route(&self, host: &str) -> Option<Arc<App>> {
+        let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
+        routes.by_host.get(host).cloned()
+    }
+
+    /// Serves one request for `app` through the request path:
+    /// `GlobalLimit → ColdStartBuffer → ConcurrencyLimit → Forward`. Never fails: errors
+    /// become responses with a status and `x-serverless-error`.
+    pub async fn serve(&self, app: &App, req: Request<ReqBody>) -> Response<ResBody> {
+        let svc = ServiceBuilder::new()
+            .layer(self.inner.global.clone())
+            .layer(ColdStartBufferLayer::new(app.pool.clone()))
+            .layer(ConcurrencyLimitLayer::new(app.pool.clone()))
+            .service(Forward::new(app.spec.clone(), self.inner.upstreams.clone()));
+        // Boxed: erases the stack's type (and sidesteps a higher-ranked inference limit when
+        // this future is spawned). This is the one allocation of the request path's layers.
+        let fut: Pin<Box<dyn Future<Output = Result<_, BoxError>> + Send>> =
+            Box::pin(svc.oneshot(req));
+        match fut.await {
+            Ok(res) => res.map(ResBody::new),
+            Err(err) => error_response(Some(&app.spec.name), &err),
+        }
+    }
+
+    /// Drains and stops every app's instances.
+    pub async fn shutdown(&self) {
+        let apps: Vec<_> = {
+            let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
+            routes.by_host.clear();
+            routes.by_name.drain().map(|(_, a)| a).collect()
+        };
+        let stops = apps.iter().map(|a| a.pool.shutdown());
+        futures_util::future::join_all(stops).await;
+    }
+}

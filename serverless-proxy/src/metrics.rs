@@ -1,0 +1,211 @@
+//! Prometheus metrics (`GET /metrics` on the admin listener).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serverless_core::{BackendError, Exit, InstanceId};
+use serverless_limits::{InstanceState, PoolObserver};
+
+use crate::engine::Engine;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppCode {
+    app: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabel {
+    app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppPhase {
+    app: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppState {
+    app: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppReason {
+    app: String,
+    reason: String,
+}
+
+/// The engine's metrics.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<AppCode, Counter>,
+    duration: Family<AppLabel, Histogram>,
+    cold_start: Family<AppPhase, Histogram>,
+    instances: Family<AppState, Gauge>,
+    queue: Family<AppLabel, Gauge>,
+    boot_failures: Family<AppLabel, Counter>,
+    crashes: Family<AppLabel, Counter>,
+    stops: Family<AppReason, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let requests = Family::<AppCode, Counter>::default();
+        let duration = Family::<AppLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let cold_start = Family::<AppPhase, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        let instances = Family::<AppState, Gauge>::default();
+        let queue = Family::<AppLabel, Gauge>::default();
+        let boot_failures = Family::<AppLabel, Counter>::default();
+        let crashes = Family::<AppLabel, Counter>::default();
+        let stops = Family::<AppReason, Counter>::default();
+        let mut registry = Registry::with_prefix("serverless");
+        registry.register(
+            "requests",
+            "Requests answered, by app and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to response headers",
+            duration.clone(),
+        );
+        registry.register(
+            "cold_start_seconds",
+            "Instance start time by phase (total = start to listening)",
+            cold_start.clone(),
+        );
+        registry.register("instances", "Instances by state", instances.clone());
+        registry.register("queue_depth", "Requests waiting for a slot", queue.clone());
+        registry.register(
+            "boot_failures",
+            "Instances that failed to start",
+            boot_failures.clone(),
+        );
+        registry.register("crashes", "Instances that exited unasked", crashes.clone());
+        registry.register(
+            "instance_stops",
+            "Instances stopped, by reason",
+            stops.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            duration,
+            cold_start,
+            instances,
+            queue,
+            boot_failures,
+            crashes,
+            stops,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, app: &str, code: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&AppCode {
+                app: app.to_owned(),
+                code,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&AppLabel {
+                app: app.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition, with instance and queue gauges read from `engine` now.
+    pub fn encode(&self, engine: &Engine) -> String {
+        self.instances.clear();
+        self.queue.clear();
+        for app in engine.apps() {
+            let snap = app.pool.snapshot();
+            for state in [
+                InstanceState::Starting,
+                InstanceState::Ready,
+                InstanceState::Draining,
+            ] {
+                let n = snap.instances.iter().filter(|i| i.state == state).count();
+                self.instances
+                    .get_or_create(&AppState {
+                        app: snap.app.clone(),
+                        state: state.as_str().to_owned(),
+                    })
+                    .set(n as i64);
+            }
+            self.queue
+                .get_or_create(&AppLabel {
+                    app: snap.app.clone(),
+                })
+                .set(snap.queued as i64);
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl PoolObserver for Metrics {
+    fn cold_start(&self, app: &str, total: Duration, phases: &[(&'static str, Duration)]) {
+        let observe = |phase: &str, d: Duration| {
+            self.cold_start
+                .get_or_create(&AppPhase {
+                    app: app.to_owned(),
+                    phase: phase.to_owned(),
+                })
+                .observe(d.as_secs_f64());
+        };
+        for (phase, d) in phases {
+            observe(phase, *d);
+        }
+        observe("total", total);
+    }
+
+    fn boot_failed(&self, app: &str, _error: &BackendError) {
+        self.boot_failures
+            .get_or_create(&AppLabel {
+                app: app.to_owned(),
+            })
+            .inc();
+    }
+
+    fn crashed(&self, app: &str, _id: &InstanceId, _exit: Exit) {
+        self.crashes
+            .get_or_create(&AppLabel {
+                app: app.to_owned(),
+            })
+            .inc();
+    }
+
+    fn stopped(&self, app: &str, _id: &InstanceId, reason: &'static str) {
+        self.stops
+            .get_or_create(&AppReason {
+                app: app.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
