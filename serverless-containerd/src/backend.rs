@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::client::{failed, is_not_found, Client, Lease};
 use crate::daemon::Daemon;
 use crate::events::{self, Exits};
-use crate::image::{import_archive, PreparedImage};
+use crate::image::{import_archive, pull_image, PreparedImage, ProgressHook, PullProgressFn};
 use crate::netns::Dialer;
 use crate::{cgroup, labels, ports, spec};
 
@@ -48,6 +48,7 @@ pub struct Builder {
     containerd: PathBuf,
     snapshotter: String,
     runtime: String,
+    pull_progress: ProgressHook,
 }
 
 impl Builder {
@@ -72,6 +73,13 @@ impl Builder {
     /// The snapshotter (default `overlayfs`).
     pub fn snapshotter(mut self, name: impl Into<String>) -> Self {
         self.snapshotter = name.into();
+        self
+    }
+
+    /// Called with the progress of registry pulls (bytes done and total, the current blob), e.g.
+    /// to draw a progress bar.
+    pub fn pull_progress(mut self, progress: PullProgressFn) -> Self {
+        self.pull_progress = ProgressHook(Some(progress));
         self
     }
 
@@ -128,6 +136,7 @@ impl Builder {
                 logs,
                 snapshotter: self.snapshotter,
                 runtime: self.runtime,
+                pull_progress: self.pull_progress,
                 exits,
                 instances: Mutex::new(HashMap::new()),
                 images: tokio::sync::Mutex::new(HashMap::new()),
@@ -161,6 +170,7 @@ struct Inner {
     logs: PathBuf,
     snapshotter: String,
     runtime: String,
+    pull_progress: ProgressHook,
     exits: Arc<Exits>,
     instances: Mutex<HashMap<String, Arc<Instance>>>,
     /// Prepared images, by reference; the lock also serializes imports.
@@ -195,6 +205,7 @@ impl ContainerdBackend {
             containerd: PathBuf::from("containerd"),
             snapshotter: "overlayfs".to_owned(),
             runtime: "io.containerd.runc.v2".to_owned(),
+            pull_progress: ProgressHook::default(),
         }
     }
 
@@ -378,12 +389,13 @@ impl ContainerdBackend {
                 .await?
             }
             ImageRef::Registry(reference) => {
-                return Err(BackendError::new(
-                    ErrorKind::Image,
-                    format!(
-                    "image {reference}: registry pulls are not supported yet; use oci-archive:PATH"
-                ),
-                ))
+                pull_image(
+                    &self.inner.client,
+                    &self.inner.snapshotter,
+                    reference,
+                    &self.inner.pull_progress,
+                )
+                .await?
             }
         };
         let image = Arc::new(image);

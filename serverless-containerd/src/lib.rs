@@ -9,8 +9,16 @@
 //!   labels `serverless.managed`, `serverless.app`, `serverless.instance`.
 //! - **images**: `oci-archive:PATH` (an OCI image layout tar or a `docker save` tar) is written
 //!   into the content store and its layers unpacked into snapshots. [`ImageBuilder`] writes such
-//!   archives from Rust. Registry pulls are not supported yet (a clear
-//!   [`ErrorKind::Image`](serverless_core::ErrorKind::Image) error).
+//!   archives from Rust. Registry references (`host/repo:tag`, `host/repo@sha256:…`, Docker Hub
+//!   short names such as `busybox`) are pulled client-side (containerd 1.6 has no Transfer
+//!   service): the linux manifest for this machine's architecture is chosen from an index (OCI or
+//!   Docker v2 media types), blobs are streamed into the content store with their digests
+//!   checked, blobs already present are skipped, and the layers are unpacked the same way.
+//!   Pulls are anonymous; loopback registries are spoken to over plain HTTP, all others over
+//!   HTTPS. [`Builder::pull_progress`] reports progress ([`PullProgress`]). Failures (unknown
+//!   repository or tag, unreachable registry, authentication required, no matching platform)
+//!   are [`ErrorKind::Image`](serverless_core::ErrorKind::Image) errors naming the reference.
+//!   A reference is pulled once per backend; later starts reuse it.
 //! - **instances**: an OCI runtime spec from the image config and the app (ENTRYPOINT/CMD or
 //!   `command`, ENV + `PORT`), the slot's CPU quota, memory limit without swap and pids limit,
 //!   containerd's default capabilities, masked and read-only paths, no-new-privileges, an own
@@ -69,7 +77,7 @@ mod ports;
 mod spec;
 
 pub use backend::{Builder, ContainerdBackend};
-pub use image::{BuildError, ImageBuilder};
+pub use image::{BuildError, ImageBuilder, PullProgress, PullProgressFn};
 
 /// Label keys on our containers, snapshots, images and leases.
 pub(crate) mod labels {

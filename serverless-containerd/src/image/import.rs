@@ -112,7 +112,45 @@ async fn import_leased(
     )
     .await?;
 
-    let chain_id = unpack(client, snapshotter, lease, &image.layers, &diff_ids).await?;
+    let layers: Vec<Desc> = image.layers.iter().map(|(d, _)| d.clone()).collect();
+    finish(
+        client,
+        snapshotter,
+        lease,
+        name,
+        manifest_desc,
+        config_desc,
+        &layers,
+        &image.image_config,
+    )
+    .await
+}
+
+/// After the blobs are in the content store: unpacks the layers, labels the content for
+/// garbage collection and creates (or updates) the image record `name`.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn finish(
+    client: &Client,
+    snapshotter: &str,
+    lease: &AsciiMetadataValue,
+    name: &str,
+    manifest_desc: &Desc,
+    config_desc: &Desc,
+    layers: &[Desc],
+    image_config: &oci_spec::image::ImageConfiguration,
+) -> Result<PreparedImage, BackendError> {
+    let diff_ids = image_config.rootfs().diff_ids().clone();
+    if diff_ids.len() != layers.len() {
+        return Err(BackendError::new(
+            ErrorKind::Image,
+            format!(
+                "image {name} is not valid: {} layers but {} diff ids in its config",
+                layers.len(),
+                diff_ids.len()
+            ),
+        ));
+    }
+    let chain_id = unpack(client, snapshotter, lease, layers, &diff_ids).await?;
 
     // Garbage-collection references: image → manifest → config + layers, config → snapshot.
     let mut manifest_labels = HashMap::new();
@@ -120,7 +158,7 @@ async fn import_leased(
         "containerd.io/gc.ref.content.config".to_owned(),
         config_desc.digest.clone(),
     );
-    for (i, (l, _)) in image.layers.iter().enumerate() {
+    for (i, l) in layers.iter().enumerate() {
         manifest_labels.insert(
             format!("containerd.io/gc.ref.content.l.{i}"),
             l.digest.clone(),
@@ -169,7 +207,7 @@ async fn import_leased(
     Ok(PreparedImage {
         name: name.to_owned(),
         chain_id,
-        config: image.image_config.config().clone(),
+        config: image_config.config().clone(),
     })
 }
 
@@ -323,11 +361,11 @@ async fn unpack(
     client: &Client,
     snapshotter: &str,
     lease: &AsciiMetadataValue,
-    layers: &[(Desc, Blob)],
+    layers: &[Desc],
     diff_ids: &[String],
 ) -> Result<String, BackendError> {
     let mut parent: Option<String> = None;
-    for ((desc, _), diff_id) in layers.iter().zip(diff_ids) {
+    for (desc, diff_id) in layers.iter().zip(diff_ids) {
         let chain = chain_id(parent.as_deref(), diff_id);
         let stat = client
             .snapshots()

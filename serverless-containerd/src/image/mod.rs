@@ -3,6 +3,9 @@
 mod archive;
 mod builder;
 mod import;
+mod pull;
 
 pub use builder::{BuildError, ImageBuilder};
 pub(crate) use import::{import_archive, PreparedImage};
+pub(crate) use pull::{pull_image, ProgressHook};
+pub use pull::{PullProgress, PullProgressFn};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use serverless_containerd::{ContainerdBackend, ImageBuilder};
+use serverless_containerd::{Builder, ContainerdBackend, ImageBuilder};
 use serverless_core::{AppSpec, Connection, ImageRef, InstanceId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -54,17 +54,22 @@ impl Harness {
     /// A private containerd in a temp dir, in a namespace of its own (tests run in parallel and
     /// the namespace names the cgroup parent).
     pub async fn start() -> Self {
+        Self::start_with(|b| b).await
+    }
+
+    /// Like [`Harness::start`], with more settings on the backend builder.
+    pub async fn start_with(configure: impl FnOnce(Builder) -> Builder) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sl-cd-")
             .tempdir()
             .expect("temp dir");
         let n = HARNESSES.fetch_add(1, Ordering::Relaxed);
         let namespace = format!("serverless-t{}-{n}", std::process::id());
-        let backend = ContainerdBackend::builder(dir.path().join("data"))
-            .namespace(namespace)
-            .build()
-            .await
-            .expect("embedded containerd starts");
+        let backend =
+            configure(ContainerdBackend::builder(dir.path().join("data")).namespace(namespace))
+                .build()
+                .await
+                .expect("embedded containerd starts");
         let image = dir.path().join("busybox.tar");
         busybox_image().write_oci_archive(&image).expect("image");
         Self {

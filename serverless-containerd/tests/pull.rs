@@ -1,0 +1,382 @@
+//! Registry pulls against a real registry: Debian's `docker-registry` (the Docker distribution
+//! registry v2) on loopback with its own config and storage, holding images built by our
+//! `ImageBuilder` and pushed with `oci-client`.
+//!
+//! Needs `docker-registry` (`apt-get install docker-registry`): without it these tests fail when
+//! `CI` is set and are skipped loudly otherwise.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::Reference;
+use serverless_containerd::{ImageBuilder, PullProgress};
+use serverless_core::{AppSpec, ContainerBackend, ErrorKind, ImageRef};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A `docker-registry` on a free loopback port; killed on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Registry {
+    /// None (after a loud message) when the registry is missing outside CI.
+    async fn start(test: &str) -> Option<Self> {
+        let found = Command::new("sh")
+            .args(["-c", "command -v docker-registry"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !found {
+            let msg = format!(
+                "{test} needs `docker-registry` (Debian package docker-registry: \
+                 apt-get install -y docker-registry)"
+            );
+            if std::env::var_os("CI").is_some() {
+                panic!("{msg}");
+            }
+            eprintln!("\n!!!!!!!! SKIPPING {msg} !!!!!!!!\n");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("sl-reg-")
+            .tempdir()
+            .expect("temp dir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {addr}\n",
+                dir.path().join("storage").display()
+            ),
+        )
+        .expect("write config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry starts");
+        let registry = Registry {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&registry.addr)
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "docker-registry did not listen on {} within 20s",
+                registry.addr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(registry)
+    }
+
+    fn client(&self) -> oci_client::Client {
+        // The library installs it on its first pull; the test pushes before that.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![self.addr.clone()]),
+            ..ClientConfig::default()
+        })
+    }
+}
+
+/// The blobs of an OCI archive written by `ImageBuilder`: digest → bytes, and the manifest digest.
+fn archive_blobs(
+    image: &ImageBuilder,
+    dir: &Path,
+    name: &str,
+) -> (HashMap<String, Vec<u8>>, String) {
+    let path = dir.join(format!("{name}.tar"));
+    let manifest = image.write_oci_archive(&path).expect("write archive");
+    let mut blobs = HashMap::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(&path).expect("open archive"));
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let p = entry.path().expect("path").to_string_lossy().into_owned();
+        if let Some(hex) = p.strip_prefix("blobs/sha256/") {
+            if hex.is_empty() {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).expect("read blob");
+            blobs.insert(format!("sha256:{hex}"), bytes);
+        }
+    }
+    (blobs, manifest)
+}
+
+/// Pushes an image's blobs and its manifest (by digest, and under `tag` if given); returns the
+/// manifest digest and size.
+async fn push_image(
+    registry: &Registry,
+    repo: &str,
+    tag: Option<&str>,
+    image: &ImageBuilder,
+    dir: &Path,
+) -> (String, usize) {
+    let client = registry.client();
+    let (blobs, manifest_digest) =
+        archive_blobs(image, dir, &format!("{repo}-{tag:?}").replace('/', "_"));
+    let reference: Reference = format!("{}/{repo}:x", registry.addr).parse().expect("ref");
+    let manifest = blobs.get(&manifest_digest).expect("manifest blob").clone();
+    for (digest, bytes) in &blobs {
+        if *digest != manifest_digest {
+            client
+                .push_blob(&reference, bytes.clone(), digest)
+                .await
+                .expect("push blob");
+        }
+    }
+    let by_digest = reference.clone_with_digest(manifest_digest.clone());
+    client
+        .push_manifest_raw(
+            &by_digest,
+            manifest.clone(),
+            OCI_MANIFEST.parse().expect("header"),
+        )
+        .await
+        .expect("push manifest by digest");
+    if let Some(tag) = tag {
+        let tagged: Reference = format!("{}/{repo}:{tag}", registry.addr)
+            .parse()
+            .expect("ref");
+        client
+            .push_manifest_raw(
+                &tagged,
+                manifest.clone(),
+                OCI_MANIFEST.parse().expect("header"),
+            )
+            .await
+            .expect("push manifest by tag");
+    }
+    (manifest_digest, manifest.len())
+}
+
+/// Pushes an OCI index of the given (digest, size, arch) manifests under `tag`.
+async fn push_index(registry: &Registry, repo: &str, tag: &str, entries: &[(String, usize, &str)]) {
+    let manifests: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(digest, size, arch)| {
+            serde_json::json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": size,
+                "platform": {"os": "linux", "architecture": arch},
+            })
+        })
+        .collect();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+    }))
+    .expect("index json");
+    let tagged: Reference = format!("{}/{repo}:{tag}", registry.addr)
+        .parse()
+        .expect("ref");
+    registry
+        .client()
+        .push_manifest_raw(&tagged, index, OCI_INDEX.parse().expect("header"))
+        .await
+        .expect("push index");
+}
+
+fn app(name: &str, reference: &str) -> AppSpec {
+    AppSpec::new(name, ImageRef::Registry(reference.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_by_tag_and_digest_then_serve() {
+    if !common::can_run("pull_by_tag_and_digest_then_serve") {
+        return;
+    }
+    let Some(registry) = Registry::start("pull_by_tag_and_digest_then_serve").await else {
+        return;
+    };
+    let events: Arc<Mutex<Vec<PullProgress>>> = Arc::default();
+    let seen = events.clone();
+    let h = common::Harness::start_with(|b| {
+        b.pull_progress(Arc::new(move |p| seen.lock().expect("lock").push(p)))
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (digest, size) = push_image(
+        &registry,
+        "test/httpd",
+        Some("1"),
+        &common::busybox_image(),
+        dir.path(),
+    )
+    .await;
+
+    // By tag: pull, start, serve.
+    let tagged = app("pulled", &format!("{}/test/httpd:1", registry.addr));
+    h.backend.prepare(&tagged).await.expect("pull by tag");
+    {
+        let events = events.lock().expect("lock");
+        let last = events.last().expect("progress reported");
+        assert_eq!(last.done, last.total, "{last:?}");
+        assert!(last.total > 1_000_000, "busybox layer counted: {last:?}");
+        assert_eq!(last.layers, 2);
+        assert!(events.iter().any(|e| !e.skipped && e.done < e.total));
+        assert_eq!(last.reference, format!("{}/test/httpd:1", registry.addr));
+    }
+    let id = h.id("pulled");
+    let started = h.backend.start(&tagged, &id).await.expect("start");
+    assert_eq!(started.port, 8080);
+    let response = common::http_get(h.backend.connect(&id).await.expect("connect")).await;
+    assert!(response.contains("hello from busybox"), "{response}");
+    h.backend
+        .stop(&id, Duration::from_millis(100))
+        .await
+        .expect("stop");
+
+    // By digest: all blobs present already, so everything is skipped.
+    events.lock().expect("lock").clear();
+    let by_digest = app("digest", &format!("{}/test/httpd@{digest}", registry.addr));
+    h.backend.prepare(&by_digest).await.expect("pull by digest");
+    assert!(events.lock().expect("lock").iter().all(|e| e.skipped));
+    let id = h.id("digest");
+    h.backend
+        .start(&by_digest, &id)
+        .await
+        .expect("start by digest");
+    let response = common::http_get(h.backend.connect(&id).await.expect("connect")).await;
+    assert!(response.contains("hello from busybox"), "{response}");
+    h.backend
+        .stop(&id, Duration::from_millis(100))
+        .await
+        .expect("stop");
+
+    // Through an index: the amd64 entry is chosen among others.
+    let (arm, arm_size) = push_image(
+        &registry,
+        "test/httpd",
+        None,
+        &common::busybox_image().architecture("arm64"),
+        dir.path(),
+    )
+    .await;
+    push_index(
+        &registry,
+        "test/httpd",
+        "multi",
+        &[(arm.clone(), arm_size, "arm64"), (digest, size, "amd64")],
+    )
+    .await;
+    let multi = app("multi", &format!("{}/test/httpd:multi", registry.addr));
+    h.backend.prepare(&multi).await.expect("pull through index");
+
+    // No amd64 entry: an error naming what there is.
+    push_index(
+        &registry,
+        "test/httpd",
+        "armonly",
+        &[(arm, arm_size, "arm64")],
+    )
+    .await;
+    let reference = format!("{}/test/httpd:armonly", registry.addr);
+    let err = h
+        .backend
+        .prepare(&app("armonly", &reference))
+        .await
+        .expect_err("no amd64 variant");
+    assert_eq!(err.kind(), ErrorKind::Image);
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&reference) && msg.contains("linux/arm64"),
+        "{msg}"
+    );
+
+    assert_eq!(h.leftovers(), Vec::<String>::new());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_errors_name_the_reference() {
+    if !common::can_run("pull_errors_name_the_reference") {
+        return;
+    }
+    let Some(registry) = Registry::start("pull_errors_name_the_reference").await else {
+        return;
+    };
+    let h = common::Harness::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    push_image(
+        &registry,
+        "test/httpd",
+        Some("1"),
+        &common::busybox_image(),
+        dir.path(),
+    )
+    .await;
+
+    for (reference, want) in [
+        (
+            format!("{}/test/httpd:nope", registry.addr),
+            "no such image",
+        ),
+        (format!("{}/test/missing:1", registry.addr), "no such image"),
+        (
+            format!("127.0.0.1:{}/test/httpd:1", free_port()),
+            "unreachable",
+        ),
+    ] {
+        let err = h
+            .backend
+            .prepare(&app("bad", &reference))
+            .await
+            .expect_err(&reference);
+        assert_eq!(err.kind(), ErrorKind::Image, "{err}");
+        let msg = err.to_string();
+        eprintln!("{reference}: {msg}");
+        assert!(
+            msg.contains(&reference) && msg.contains(want),
+            "{reference}: {msg}"
+        );
+    }
+    let err = h
+        .backend
+        .prepare(&app("bad", "Not A Reference"))
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.kind(), ErrorKind::Image, "{err}");
+    h.shutdown().await;
+}
