@@ -64,7 +64,8 @@ pub trait PoolObserver: Send + Sync + 'static {
     fn crashed(&self, app: &str, id: &InstanceId, exit: Exit) {
         let _ = (app, id, exit);
     }
-    /// An instance was stopped by the pool (`reason`: `idle`, `recycled`, `shutdown`).
+    /// An instance was stopped by the pool (`reason`: `idle`, `recycled`, `evicted`,
+    /// `shutdown`).
     fn stopped(&self, app: &str, id: &InstanceId, reason: &'static str) {
         let _ = (app, id, reason);
     }
@@ -141,6 +142,8 @@ struct Instance {
     in_flight: u32,
     created: Instant,
     idle_since: Instant,
+    /// Removed as unreachable by [`Pool::evict`].
+    evicted: bool,
     /// Wakes the instance's supervisor when `in_flight` drops to zero or it is asked to drain.
     wake: Arc<Notify>,
 }
@@ -546,6 +549,7 @@ impl Shared {
             in_flight: 0,
             created: now,
             idle_since: now,
+            evicted: false,
             wake: Arc::new(Notify::new()),
         });
         let shared = self.clone();
@@ -671,7 +675,11 @@ impl Shared {
                 if inst.state == State::Draining {
                     let deadline = *drain_deadline.get_or_insert(now + limits.stop_grace);
                     if inst.in_flight == 0 || now >= deadline {
-                        return if inner.closed { "shutdown" } else { "recycled" };
+                        return match (inner.closed, inst.evicted) {
+                            (true, _) => "shutdown",
+                            (false, true) => "evicted",
+                            (false, false) => "recycled",
+                        };
                     }
                     (inst.wake.clone(), deadline)
                 } else {
@@ -720,6 +728,7 @@ impl Shared {
                 return;
             };
             inst.state = State::Draining;
+            inst.evicted = true;
             let wake = inst.wake.clone();
             self.scale(&mut inner);
             wake
