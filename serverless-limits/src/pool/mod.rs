@@ -665,8 +665,9 @@ impl Shared {
                     .iter()
                     .filter(|i| matches!(i.state, State::Starting | State::Ready))
                     .count();
+                let closed = inner.closed;
                 let Some(inst) = inner.instances.iter_mut().find(|i| &i.id == id) else {
-                    return "evicted";
+                    return "gone";
                 };
                 if inst.state == State::Ready && now >= inst.created + limits.max_duration {
                     inst.state = State::Draining;
@@ -675,7 +676,7 @@ impl Shared {
                 if inst.state == State::Draining {
                     let deadline = *drain_deadline.get_or_insert(now + limits.stop_grace);
                     if inst.in_flight == 0 || now >= deadline {
-                        return match (inner.closed, inst.evicted) {
+                        return match (closed, inst.evicted) {
                             (true, _) => "shutdown",
                             (false, true) => "evicted",
                             (false, false) => "recycled",
