@@ -333,10 +333,19 @@ async fn image_import_formats_and_errors() {
         "{err}"
     );
 
-    let registry =
-        serverless_core::AppSpec::new("reg", ImageRef::parse("localhost:5000/x:1").unwrap());
-    let err = h.backend.prepare(&registry).await.expect_err("not yet");
+    // A registry that is not there (a port just closed): an image error naming the reference.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let reference = format!("127.0.0.1:{port}/x:1");
+    let registry = serverless_core::AppSpec::new("reg", ImageRef::parse(&reference).unwrap());
+    let err = h.backend.prepare(&registry).await.expect_err("no registry");
     assert_eq!(err.kind(), ErrorKind::Image);
-    assert!(err.to_string().contains("not supported yet"), "{err}");
+    assert!(
+        err.to_string().contains(&reference) && err.to_string().contains("unreachable"),
+        "{err}"
+    );
     h.shutdown().await;
 }
