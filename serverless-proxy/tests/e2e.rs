@@ -275,3 +275,160 @@ command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]
     assert!(env.backend.list().await.unwrap().len() <= 1);
     env.stop().await;
 }
+
+/// The demo app (`serverless-hello`) with the shared libraries it needs, at `/app/hello`.
+fn hello_image(dir: &Path) -> PathBuf {
+    let path = dir.join("hello.tar");
+    ImageBuilder::new()
+        .executable(env!("CARGO_BIN_EXE_serverless-hello"), "/app/hello")
+        .expect("package serverless-hello")
+        .cmd(["/app/hello"])
+        .write_oci_archive(&path)
+        .expect("write image");
+    path
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_h2c_and_100mb_streams_through_the_gateway() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let env = Env::start(|dir| {
+        let image = hello_image(dir);
+        format!(
+            r#"
+[[apps]]
+name = "hello"
+image = "oci-archive:{image}"
+port = 9000
+slot = "c1-m256"
+[[apps]]
+name = "grpcish"
+image = "oci-archive:{image}"
+h2c = true
+"#,
+            image = image.display()
+        )
+    })
+    .await;
+    let addr = env.gateway.listen_addr();
+
+    // Port discovery + PORT: the app listens on $PORT = 9000, found without configuration.
+    let (parts, body) = env.get("hello.localhost", "/env/PORT").await.unwrap();
+    assert_eq!(parts.status, StatusCode::OK, "{body}");
+    assert_eq!(body, "9000");
+
+    // WebSocket echo across the proxy; the connection holds its slot until it closes.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, res) = tokio_tungstenite::client_async("ws://hello.localhost/ws", stream)
+        .await
+        .expect("websocket handshake through the gateway");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..3 {
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let echo = ws.next().await.unwrap().unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), format!("ping {i}"));
+    }
+    let in_flight = || {
+        env.gateway
+            .engine()
+            .app("hello")
+            .unwrap()
+            .pool
+            .snapshot()
+            .instances
+            .iter()
+            .map(|i| i.in_flight)
+            .sum::<u32>()
+    };
+    assert_eq!(in_flight(), 1, "an open WebSocket counts as in flight");
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while in_flight() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot not released after close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // h2c: client → gateway over HTTP/2 prior knowledge, gateway → app over h2c.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("http://grpcish.localhost/version")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = h2.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    let seen = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&seen[..], b"HTTP/2.0", "the app saw {seen:?}");
+
+    // 100 MB up and down, streamed: the gateway (this process) does not buffer them.
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let before = rss_kib();
+    let chunk = Bytes::from(vec![7u8; 256 * 1024]);
+    let chunks = (0..SIZE / chunk.len() as u64)
+        .map(move |_| Ok::<_, std::io::Error>(http_body::Frame::data(chunk.clone())));
+    let upload = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+    let client: Client<HttpConnector, _> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/upload"))
+        .header("host", "hello.localhost")
+        .body(upload)
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&text),
+        format!("received {SIZE} bytes\n")
+    );
+
+    let req = Request::builder()
+        .uri(format!("http://{addr}/bytes?n={SIZE}"))
+        .header("host", "hello.localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = env.client.request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let mut got = 0u64;
+    let mut peak = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.unwrap().data_ref() {
+            got += data.len() as u64;
+        }
+        if got % (8 << 20) < 65536 {
+            peak = peak.max(rss_kib());
+        }
+    }
+    assert_eq!(got, SIZE);
+    let after = rss_kib().max(peak);
+    eprintln!("gateway RSS before {before} KiB, peak during 2×100 MB {after} KiB");
+    assert!(
+        after < before + 40 * 1024,
+        "RSS grew by {} KiB while streaming 100 MB",
+        after - before
+    );
+    env.stop().await;
+}
