@@ -218,6 +218,103 @@ async fn push_index(registry: &Registry, repo: &str, tag: &str, entries: &[(Stri
         .expect("push index");
 }
 
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// This machine's architecture in OCI terms, and another one.
+fn arches() -> (&'static str, &'static str) {
+    if std::env::consts::ARCH == "aarch64" {
+        ("arm64", "amd64")
+    } else {
+        ("amd64", "arm64")
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// Pushes the image as Docker v2 schema 2 (gzipped layer, Docker media types) behind a Docker
+/// manifest list with one linux/amd64 entry, under `tag`.
+async fn push_docker_image(registry: &Registry, repo: &str, tag: &str, dir: &Path) {
+    let client = registry.client();
+    let (blobs, manifest_digest) = archive_blobs(&common::busybox_image(), dir, "docker");
+    let oci: serde_json::Value =
+        serde_json::from_slice(&blobs[&manifest_digest]).expect("manifest json");
+    let config_digest = oci["config"]["digest"].as_str().expect("config").to_owned();
+    let layer_digest = oci["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .to_owned();
+    let config = blobs[&config_digest].clone();
+    let mut gzip = Command::new(common::BUSYBOX)
+        .args(["gzip", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("busybox gzip");
+    let mut stdin = gzip.stdin.take().expect("stdin");
+    let layer = blobs[&layer_digest].clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write as _;
+        stdin.write_all(&layer).expect("gzip input");
+    });
+    let layer_gz = gzip.wait_with_output().expect("gzip output").stdout;
+    writer.join().expect("gzip writer");
+    let reference: Reference = format!("{}/{repo}:x", registry.addr).parse().expect("ref");
+    client
+        .push_blob(&reference, config.clone(), &config_digest)
+        .await
+        .expect("push config");
+    client
+        .push_blob(&reference, layer_gz.clone(), &sha256(&layer_gz))
+        .await
+        .expect("push gzipped layer");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": config.len(),
+            "digest": config_digest,
+        },
+        "layers": [{
+            "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "size": layer_gz.len(),
+            "digest": sha256(&layer_gz),
+        }],
+    }))
+    .expect("manifest json");
+    let digest = sha256(&manifest);
+    client
+        .push_manifest_raw(
+            &reference.clone_with_digest(digest.clone()),
+            manifest.clone(),
+            DOCKER_MANIFEST.parse().expect("header"),
+        )
+        .await
+        .expect("push docker manifest");
+    let list = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_LIST,
+        "manifests": [{
+            "mediaType": DOCKER_MANIFEST,
+            "size": manifest.len(),
+            "digest": digest,
+            "platform": {"os": "linux", "architecture": arches().0},
+        }],
+    }))
+    .expect("list json");
+    let tagged: Reference = format!("{}/{repo}:{tag}", registry.addr)
+        .parse()
+        .expect("ref");
+    client
+        .push_manifest_raw(&tagged, list, DOCKER_LIST.parse().expect("header"))
+        .await
+        .expect("push manifest list");
+}
+
 fn app(name: &str, reference: &str) -> AppSpec {
     AppSpec::new(name, ImageRef::Registry(reference.to_owned()))
 }
@@ -285,12 +382,31 @@ async fn pull_by_tag_and_digest_then_serve() {
         .await
         .expect("stop");
 
+    // Docker v2 media types: a manifest list, a schema 2 manifest, a gzipped layer.
+    push_docker_image(&registry, "test/docker", "1", dir.path()).await;
+    let docker = app("docker", &format!("{}/test/docker:1", registry.addr));
+    h.backend
+        .prepare(&docker)
+        .await
+        .expect("pull docker v2 image");
+    let id = h.id("docker");
+    h.backend
+        .start(&docker, &id)
+        .await
+        .expect("start docker v2 image");
+    let response = common::http_get(h.backend.connect(&id).await.expect("connect")).await;
+    assert!(response.contains("hello from busybox"), "{response}");
+    h.backend
+        .stop(&id, Duration::from_millis(100))
+        .await
+        .expect("stop");
+
     // Through an index: the amd64 entry is chosen among others.
     let (arm, arm_size) = push_image(
         &registry,
         "test/httpd",
         None,
-        &common::busybox_image().architecture("arm64"),
+        &common::busybox_image().architecture(arches().1),
         dir.path(),
     )
     .await;
@@ -298,7 +414,10 @@ async fn pull_by_tag_and_digest_then_serve() {
         &registry,
         "test/httpd",
         "multi",
-        &[(arm.clone(), arm_size, "arm64"), (digest, size, "amd64")],
+        &[
+            (arm.clone(), arm_size, arches().1),
+            (digest, size, arches().0),
+        ],
     )
     .await;
     let multi = app("multi", &format!("{}/test/httpd:multi", registry.addr));
@@ -309,7 +428,7 @@ async fn pull_by_tag_and_digest_then_serve() {
         &registry,
         "test/httpd",
         "armonly",
-        &[(arm, arm_size, "arm64")],
+        &[(arm, arm_size, arches().1)],
     )
     .await;
     let reference = format!("{}/test/httpd:armonly", registry.addr);
@@ -321,7 +440,7 @@ async fn pull_by_tag_and_digest_then_serve() {
     assert_eq!(err.kind(), ErrorKind::Image);
     let msg = err.to_string();
     assert!(
-        msg.contains(&reference) && msg.contains("linux/arm64"),
+        msg.contains(&reference) && msg.contains(&format!("linux/{}", arches().1)),
         "{msg}"
     );
 
