@@ -48,6 +48,11 @@ fn free_port() -> u16 {
 impl Registry {
     /// None (after a loud message) when the registry is missing outside CI.
     async fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, |_| String::new()).await
+    }
+
+    /// With more config (given the registry's address) appended.
+    async fn start_with(test: &str, extra: impl FnOnce(&str) -> String) -> Option<Self> {
         let found = Command::new("sh")
             .args(["-c", "command -v docker-registry"])
             .output()
@@ -75,8 +80,9 @@ impl Registry {
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n",
-                dir.path().join("storage").display()
+                 http:\n  addr: {addr}\n{}",
+                dir.path().join("storage").display(),
+                extra(&addr),
             ),
         )
         .expect("write config");
@@ -497,5 +503,36 @@ async fn pull_errors_name_the_reference() {
         .await
         .expect_err("invalid");
     assert_eq!(err.kind(), ErrorKind::Image, "{err}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_from_a_registry_that_wants_auth() {
+    if !common::can_run("pull_from_a_registry_that_wants_auth") {
+        return;
+    }
+    // "silly" auth: every request without an Authorization header gets a Bearer challenge; the
+    // token endpoint (a path the registry does not serve) refuses anonymous tokens.
+    let Some(registry) = Registry::start_with("pull_from_a_registry_that_wants_auth", |addr| {
+        format!("auth:\n  silly:\n    realm: http://{addr}/token\n    service: test\n")
+    })
+    .await
+    else {
+        return;
+    };
+    let h = common::Harness::start().await;
+    let reference = format!("{}/test/httpd:1", registry.addr);
+    let err = h
+        .backend
+        .prepare(&app("auth", &reference))
+        .await
+        .expect_err("auth required");
+    assert_eq!(err.kind(), ErrorKind::Image, "{err}");
+    let msg = err.to_string();
+    eprintln!("{reference}: {msg}");
+    assert!(
+        msg.contains(&reference) && msg.contains("requires authentication"),
+        "{msg}"
+    );
     h.shutdown().await;
 }
