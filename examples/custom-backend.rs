@@ -53,7 +53,10 @@ fn tail(logs: &Mutex<VecDeque<String>>) -> String {
 }
 
 impl ProcessBackend {
-    fn get(&self, id: &InstanceId) -> Result<(SocketAddr, watch::Receiver<Option<Exit>>), BackendError> {
+    fn get(
+        &self,
+        id: &InstanceId,
+    ) -> Result<(SocketAddr, watch::Receiver<Option<Exit>>), BackendError> {
         let procs = lock(&self.procs);
         let p = procs
             .get(id)
@@ -78,7 +81,10 @@ impl ContainerBackend for ProcessBackend {
         let begun = tokio::time::Instant::now();
         let argv = app.command.clone().unwrap_or_default();
         let Some((program, args)) = argv.split_first() else {
-            return Err(BackendError::new(ErrorKind::Image, "the app has no command"));
+            return Err(BackendError::new(
+                ErrorKind::Image,
+                "the app has no command",
+            ));
         };
         // A free port: bind port 0, note it, release it for the child.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -96,7 +102,8 @@ impl ContainerBackend for ProcessBackend {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
-                BackendError::new(ErrorKind::Image, format!("cannot run {program:?}")).with_source(e)
+                BackendError::new(ErrorKind::Image, format!("cannot run {program:?}"))
+                    .with_source(e)
             })?;
         let logs = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(stderr) = child.stderr.take() {
@@ -117,7 +124,10 @@ impl ContainerBackend for ProcessBackend {
         tokio::spawn(async move {
             use std::os::unix::process::ExitStatusExt as _;
             let code = match child.wait().await {
-                Ok(s) => s.code().or_else(|| s.signal().map(|n| 128 + n)).unwrap_or(-1),
+                Ok(s) => s
+                    .code()
+                    .or_else(|| s.signal().map(|n| 128 + n))
+                    .unwrap_or(-1),
                 Err(_) => -1,
             };
             let _ = exit_tx.send(Some(Exit::code(code)));
@@ -152,7 +162,10 @@ impl ContainerBackend for ProcessBackend {
             Err(_) => Some(
                 BackendError::new(
                     ErrorKind::StartTimeout,
-                    format!("not listening on {port} within {:?}", app.limits.startup_timeout),
+                    format!(
+                        "not listening on {port} within {:?}",
+                        app.limits.startup_timeout
+                    ),
                 )
                 .with_logs(tail(&logs)),
             ),
@@ -191,7 +204,10 @@ impl ContainerBackend for ProcessBackend {
         let exited = exit.wait_for(|e| e.is_some()).await.map(|e| *e);
         match exited {
             Ok(Some(e)) => Ok(e),
-            _ => Err(BackendError::new(ErrorKind::NotFound, format!("{id} is gone"))),
+            _ => Err(BackendError::new(
+                ErrorKind::NotFound,
+                format!("{id} is gone"),
+            )),
         }
     }
 
@@ -228,9 +244,13 @@ impl ContainerBackend for ProcessBackend {
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut command: Vec<String> = std::env::args().skip(1).collect();
     if command.is_empty() {
-        command = ["sh", "-c", "exec python3 -m http.server --bind 127.0.0.1 \"$PORT\""]
-            .map(String::from)
-            .to_vec();
+        command = [
+            "sh",
+            "-c",
+            "exec python3 -m http.server --bind 127.0.0.1 \"$PORT\"",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     let command = command
         .iter()
@@ -251,7 +271,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let port = gateway.listen_addr().port();
     println!("serving app hello (command [{command}])");
     println!("try: curl http://hello.localhost:{port}/");
-    println!("admin API on http://{}; Ctrl-C to stop", gateway.admin_addr());
+    println!(
+        "admin API on http://{}; Ctrl-C to stop",
+        gateway.admin_addr()
+    );
     tokio::signal::ctrl_c().await?;
     println!("shutting down");
     gateway.shutdown().await;

@@ -34,8 +34,12 @@ type Body = UnsyncBoxBody<Bytes, BoxError>;
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
-    let image = args.next().unwrap_or_else(|| "examples/hello.tar".to_owned());
-    let data_dir = args.next().unwrap_or_else(|| "/tmp/serverless-embed".to_owned());
+    let image = args
+        .next()
+        .unwrap_or_else(|| "examples/hello.tar".to_owned());
+    let data_dir = args
+        .next()
+        .unwrap_or_else(|| "/tmp/serverless-embed".to_owned());
     let image = std::fs::canonicalize(&image)
         .map_err(|e| format!("{image}: {e} (build it with the hello-image example)"))?;
 
@@ -113,7 +117,10 @@ fn error_response(err: &BoxError) -> Response<Body> {
     let (status, retry_after) = if let Some(e) = err.downcast_ref::<PoolError>() {
         (e.status(), e.retry_after())
     } else if err.downcast_ref::<GlobalOverloaded>().is_some() {
-        (StatusCode::SERVICE_UNAVAILABLE, Some(std::time::Duration::from_secs(1)))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(std::time::Duration::from_secs(1)),
+        )
     } else {
         (StatusCode::BAD_GATEWAY, None)
     };

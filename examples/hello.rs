@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
              `cargo build -p serverless-proxy --bin serverless-hello` or pass its path",
         )?,
     };
-    let output = PathBuf::from(args.next().unwrap_or_else(|| "examples/hello.tar".to_owned()));
+    let output = PathBuf::from(
+        args.next()
+            .unwrap_or_else(|| "examples/hello.tar".to_owned()),
+    );
     let digest = ImageBuilder::new()
         .executable(&binary, "/app/serverless-hello")?
         .cmd(["/app/serverless-hello"])
@@ -30,7 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         size / 1024,
         binary.display()
     );
-    println!("serve it with: image = \"oci-archive:{}\"", output.display());
+    println!(
+        "serve it with: image = \"oci-archive:{}\"",
+        output.display()
+    );
     Ok(())
 }
 

@@ -109,7 +109,10 @@ fn instance() -> &'static str {
             .unwrap_or_default();
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
-        format!("{}-{:08x}", host.trim(), h.finish() as u32)
+        match host.trim() {
+            "" => format!("{:08x}", h.finish() as u32),
+            host => format!("{host}-{:08x}", h.finish() as u32),
+        }
     })
 }
 
