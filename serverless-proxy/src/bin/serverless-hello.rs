@@ -235,14 +235,13 @@ fn websocket(mut req: Request<Incoming>) -> Result<Response<Body>, Failure> {
         let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
-            match msg {
-                Message::Text(_) | Message::Binary(_) => {
-                    if ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
+            let echo = match msg {
+                Message::Text(_) | Message::Binary(_) => msg,
                 Message::Close(_) => break,
-                _ => {}
+                _ => continue, // Pings are answered by tungstenite itself.
+            };
+            if ws.send(echo).await.is_err() {
+                break;
             }
         }
         let _ = ws.close(None).await;
