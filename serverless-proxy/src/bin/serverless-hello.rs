@@ -237,8 +237,9 @@ fn websocket(mut req: Request<Incoming>) -> Result<Response<Body>, Failure> {
         while let Some(Ok(msg)) = ws.next().await {
             let echo = match msg {
                 Message::Text(_) | Message::Binary(_) => msg,
-                Message::Close(_) => break,
-                _ => continue, // Pings are answered by tungstenite itself.
+                // Pings and the close handshake are answered by tungstenite itself; after a
+                // close the stream ends.
+                _ => continue,
             };
             if ws.send(echo).await.is_err() {
                 break;
