@@ -8,6 +8,9 @@
 //! [`Lease`] the layers put in the request's extensions, dials that instance through the
 //! backend and sends the request over a fresh HTTP/1.1 connection (no pooling). Pool errors
 //! become `503`/`504` answers.
+//!
+//! Stop it with `kill -INT <pid>`: a terminal's Ctrl-C also reaches the embedded containerd (it
+//! shares the process group), which then dies before the instances are stopped.
 
 use std::convert::Infallible;
 use std::future::Future;
