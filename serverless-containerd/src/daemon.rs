@@ -104,6 +104,9 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
+            // Its own process group: a Ctrl-C at the terminal reaches only the engine, which
+            // stops the instances first and then this containerd.
+            .process_group(0)
             .spawn()
             .map_err(|e| {
                 io(

@@ -3,6 +3,8 @@
 //!
 //! Run with: `cargo bench -p serverless-limits --bench stack`
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,7 +54,13 @@ where
     B: http_body::Body,
     B::Error: std::fmt::Debug,
 {
-    let res = svc.ready().await.unwrap().call(Request::new(())).await.unwrap();
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap();
     res.into_body().collect().await.unwrap();
 }
 
@@ -66,7 +74,12 @@ fn bench(c: &mut Criterion) {
         app.scale.min = 1;
         app.limits.max_concurrent_requests = 256;
         let pool = Pool::new(app, Arc::new(FakeBackend::new()));
-        while pool.snapshot().instances.iter().all(|i| i.state.as_str() != "ready") {
+        while pool
+            .snapshot()
+            .instances
+            .iter()
+            .all(|i| i.state.as_str() != "ready")
+        {
             tokio::task::yield_now().await;
         }
         pool

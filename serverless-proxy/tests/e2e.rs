@@ -1,6 +1,8 @@
 //! End to end: the real gateway over a real (private) containerd running real runc containers,
 //! with real HTTP clients. Needs root, `containerd`, `runc` and Debian's `busybox-static`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! The gateway over the in-process fake backend: real sockets, real hyper clients, fast.
 //! (The same paths against real containerd instances are in `e2e.rs`.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
