@@ -7,7 +7,7 @@
 //!        ─► GlobalLimit ─► ColdStartBuffer ─► ConcurrencyLimit ─► Forward ─► instance
 //! ```
 //!
-//! Embed it over any [`ContainerBackend`](serverless_core::ContainerBackend):
+//! Embed it over any [`serverless_core::ContainerBackend`]:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -1,7 +1,7 @@
 //! The config file: TOML (ours) or the seed's `now.json` (one app).
 //!
 //! Parsing is two steps: serde reads the document into raw structs that reject unknown keys, then
-//! [`validate`](RawConfig) checks every value and builds the domain types, naming the field, the
+//! validation checks every value and builds the domain types, naming the field, the
 //! value and the accepted range in each error.
 
 use std::collections::{BTreeMap, HashSet};
