@@ -9,8 +9,8 @@
 //! backend and sends the request over a fresh HTTP/1.1 connection (no pooling). Pool errors
 //! become `503`/`504` answers.
 //!
-//! Stop it with `kill -INT <pid>`: a terminal's Ctrl-C also reaches the embedded containerd (it
-//! shares the process group), which then dies before the instances are stopped.
+//! Stop it with Ctrl-C: the instances are stopped, then the embedded containerd (which runs in its
+//! own process group, so the terminal's signal does not reach it first).
 
 use std::convert::Infallible;
 use std::future::Future;
