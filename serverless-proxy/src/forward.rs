@@ -155,7 +155,7 @@ impl tower::Service<Request<ReqBody>> for Forward {
     }
 }
 
-const MAX_ATTEMPTS: usize = 3;
+const MAX_ATTEMPTS: usize = 4;
 
 async fn forward(
     app: Arc<AppSpec>,
@@ -205,8 +205,9 @@ async fn forward(
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
     // A request without a body can be sent again elsewhere if its instance turns out to be
-    // unreachable; one with a body could only be if it had not been read, which the client
-    // does not tell us, so it gets a 502.
+    // unreachable, and (when idempotent) if the connection broke before any response byte;
+    // one with a body could only be if it had not been read, which the client does not tell
+    // us, so it gets a 502.
     let retry = body
         .is_end_stream()
         .then(|| (parts.method.clone(), parts.headers.clone()));
@@ -241,6 +242,15 @@ async fn forward(
             Err(err) if err.is_connect() && retry.is_some() && attempt < MAX_ATTEMPTS => {
                 tracing::debug!(app = %app.name, %instance, error = %err, "instance unreachable, rerouting");
                 lease.reroute().await?;
+            }
+            // The connection broke before any response byte (the instance died with the request
+            // in flight): an idempotent request without a body may be sent again. A new
+            // connection to the same instance tells whether it is gone (then the connect error
+            // above reroutes it).
+            Err(err)
+                if retry.is_some() && parts.method.is_idempotent() && attempt < MAX_ATTEMPTS =>
+            {
+                tracing::debug!(app = %app.name, %instance, error = %err, "connection to the instance broke before an answer, retrying");
             }
             Err(err) => {
                 let what = if err.is_connect() {
