@@ -23,38 +23,45 @@ fn env_count(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+type PostTask = tokio::task::JoinHandle<(Result<Answer, String>, Duration)>;
+
 /// A POST whose body is still being sent (it never ends on its own): certainly in flight.
 fn stalled_post(
     addr: std::net::SocketAddr,
     host: &str,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<(Result<Answer, String>, Duration)>,
-) {
+) -> (tokio::sync::oneshot::Sender<()>, PostTask) {
     use bytes::Bytes;
     use http_body_util::{BodyExt, StreamBody};
     let (hold, held) = tokio::sync::oneshot::channel::<()>();
     let chunks = futures_util::stream::unfold(Some(held), |held| async move {
         let held = held?;
-        Some((Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from_static(b"first chunk"))), {
-            let _ = held.await;
-            None
-        }))
+        Some((
+            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from_static(b"first chunk"))),
+            {
+                let _ = held.await;
+                None
+            },
+        ))
     });
     let req = http::Request::post(format!("http://{addr}/upload"))
         .header("host", host)
         .body(StreamBody::new(Box::pin(chunks)))
         .unwrap();
     let task = tokio::spawn(async move {
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
         let started = Instant::now();
         let res = match client.request(req).await {
             Ok(res) => res,
             Err(e) => return (Err(format!("{e:?}")), started.elapsed()),
         };
         let (parts, body) = res.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let answer = Answer {
             status: parts.status,
             reason: parts
@@ -78,6 +85,7 @@ async fn instance_sigkilled_under_load() {
     if !can_run("instance_sigkilled_under_load") {
         return;
     }
+    let _shared = shared().await;
     let env = Env::start(|dir| {
         format!(
             r#"
@@ -94,7 +102,10 @@ max = 3
     })
     .await;
     let addr = env.addr();
-    assert_eq!(env.get("web.localhost", "/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        env.get("web.localhost", "/").await.unwrap().status,
+        StatusCode::OK
+    );
 
     let (mut total_sent, mut total_failed) = (0, 0);
     for round in 0..3 {
@@ -143,6 +154,7 @@ async fn containerd_killed_and_restarted() {
     if !can_run("containerd_killed_and_restarted") {
         return;
     }
+    let _shared = shared().await;
     let mut env = Env::start(|dir| {
         let image = hello_image(dir);
         format!(
@@ -163,7 +175,10 @@ idle_timeout = "100ms"
     })
     .await;
     let addr = env.addr();
-    assert_eq!(env.get("warm.localhost", "/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        env.get("warm.localhost", "/").await.unwrap().status,
+        StatusCode::OK
+    );
     let shims_before = env.containerd.shims().len();
 
     let load = Load::start(addr, "warm.localhost", "/", 2);
@@ -200,9 +215,15 @@ idle_timeout = "100ms"
         failed.len()
     );
     assert!(failed.is_empty(), "{failed:?}");
-    assert!(shims_while_down >= shims_before, "shims died with containerd");
+    assert!(
+        shims_while_down >= shims_before,
+        "shims died with containerd"
+    );
     let first_ok = first_ok.expect("cold starts work again");
-    assert!(first_ok < Duration::from_secs(2), "cold start only after {first_ok:?}");
+    assert!(
+        first_ok < Duration::from_secs(2),
+        "cold start only after {first_ok:?}"
+    );
 
     // Events after the restart: a crash of the warm instance is seen and it is replaced.
     let before = env.instances("warm");
@@ -213,9 +234,682 @@ idle_timeout = "100ms"
         if !now.is_empty() && now != before {
             break;
         }
-        assert!(Instant::now() < deadline, "crash after the restart not noticed: {now:?}");
+        assert!(
+            Instant::now() < deadline,
+            "crash after the restart not noticed: {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(env.get("warm.localhost", "/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        env.get("warm.localhost", "/").await.unwrap().status,
+        StatusCode::OK
+    );
     env.stop().await;
+}
+
+/// The real `serverless` binary SIGKILLed under load and started again: everything it left in
+/// containerd (containers, tasks, snapshots, shims) is removed by the new process's reconcile,
+/// which then serves. A graceful restart (SIGTERM) finishes the request in flight first, and
+/// leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_sigkilled_and_restarted() {
+    if !can_run("gateway_sigkilled_and_restarted") {
+        return;
+    }
+    let _shared = shared().await;
+    let dir = tempfile::Builder::new()
+        .prefix("sl-rel-")
+        .tempdir()
+        .unwrap();
+    let containerd = Containerd::start(dir.path());
+    let namespace = unique("relgw");
+    struct Cleanup<'a>(&'a Containerd, &'a str, &'a std::path::Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            remove_all(&self.0.socket, self.1, &self.2.join("cleanup"));
+        }
+    }
+    let _cleanup = Cleanup(&containerd, &namespace, dir.path());
+    let config = dir.path().join("serverless.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+data_dir = "{data}"
+[containerd]
+socket = "{socket}"
+namespace = "{namespace}"
+[[apps]]
+name = "web"
+image = "oci-archive:{image}"
+[apps.limits]
+max_concurrent_requests = 2
+[apps.scale]
+min = 1
+"#,
+            data = dir.path().join("gw").display(),
+            socket = containerd.socket.display(),
+            image = hello_image(dir.path()).display(),
+        ),
+    )
+    .unwrap();
+    let objects = |c: &Containerd| Objects {
+        containers: c.ctr(&namespace, &["containers", "ls"]).len(),
+        tasks: c.ctr(&namespace, &["tasks", "ls"]).len(),
+        snapshots: c
+            .ctr(&namespace, &["snapshots", "ls"])
+            .iter()
+            .filter(|l| l.contains("Active"))
+            .count(),
+        shims: c.shims().len(),
+    };
+    // `ctr containers ls -q` has no header line: the first id is skipped by `ctr()`, so ask
+    // for the full listing and take the first column.
+    let ids = |c: &Containerd| -> Vec<String> {
+        c.ctr(&namespace, &["containers", "ls"])
+            .iter()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+
+    let first = GatewayProcess::start(&config).await;
+    // Load that needs more than the one warm instance (2 per instance, 4 clients).
+    let load = Load::start(first.addr, "web.localhost", "/sleep?ms=50", 4);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.signal("KILL");
+    let (sent, failed) = load.finish().await;
+    let left = objects(&containerd);
+    let left_ids = ids(&containerd);
+    drop(first);
+    eprintln!(
+        "gateway SIGKILL: sent {sent}, failed {} (cut off by the kill); left behind {left:?}",
+        failed.len()
+    );
+    assert!(left.containers >= 1 && left.shims >= 1, "{left:?}");
+
+    let second = GatewayProcess::start(&config).await;
+    let now_ids = ids(&containerd);
+    let adopted: Vec<_> = left_ids.iter().filter(|id| now_ids.contains(id)).collect();
+    let load = Load::start(second.addr, "web.localhost", "/", 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sent, failed) = load.finish().await;
+    let after = objects(&containerd);
+    eprintln!(
+        "gateway restart: old containers still present {adopted:?}; now {after:?}; sent {sent}, failed {}",
+        failed.len()
+    );
+    assert!(adopted.is_empty(), "leftovers not removed: {adopted:?}");
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(after.containers, after.tasks);
+    assert_eq!(after.containers, after.snapshots);
+    assert_eq!(after.containers, after.shims);
+
+    // Graceful: SIGTERM with a request in flight; it is answered, then everything is removed.
+    let client = client();
+    let addr = second.addr;
+    let slow = tokio::spawn(async move {
+        send(
+            &client,
+            addr,
+            "web.localhost",
+            Method::GET,
+            "/sleep?ms=2000",
+            b"",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.signal("TERM");
+    let mut second = second;
+    let status = tokio::time::timeout(Duration::from_secs(40), second.child.wait())
+        .await
+        .expect("serverless exits after SIGTERM")
+        .unwrap();
+    let slow = slow.await.unwrap();
+    let left = objects(&containerd);
+    eprintln!("gateway SIGTERM: in-flight request → {slow:?}; exit {status}; left behind {left:?}");
+    assert!(status.success(), "{}", second.log());
+    let slow = slow.expect("answered");
+    assert_eq!(slow.status, StatusCode::OK, "{slow:?}");
+    assert_eq!(left, Objects::default());
+}
+
+/// Recycling (`max_duration` 1 s) ten times under continuous load: 0 failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recycled_ten_times_under_load() {
+    if !can_run("recycled_ten_times_under_load") {
+        return;
+    }
+    let _shared = shared().await;
+    let env = Env::start(|dir| {
+        format!(
+            r#"
+[[apps]]
+name = "web"
+image = "oci-archive:{}"
+[apps.limits]
+max_concurrent_requests = 4
+max_duration = "1s"
+stop_grace = "2s"
+"#,
+            hello_image(dir).display()
+        )
+    })
+    .await;
+    let recycled =
+        || env.metric("serverless_instance_stops_total{app=\"web\",reason=\"recycled\"}");
+    let load = Load::start(env.addr(), "web.localhost", "/sleep?ms=20", 3);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while recycled() < 10.0 {
+        assert!(Instant::now() < deadline, "only {} recycles", recycled());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (sent, failed) = load.finish().await;
+    eprintln!(
+        "recycle: {} recycles, sent {sent}, failed {}",
+        recycled(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    env.stop().await;
+}
+
+/// Idle stop racing new requests: requests land around the moment the instance goes idle
+/// (`idle_timeout` 100 ms, the smallest allowed), `RELIABILITY_IDLE_RACES` times (default 1000)
+/// over four apps in parallel: 0 failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_stop_races_new_requests() {
+    if !can_run("idle_stop_races_new_requests") {
+        return;
+    }
+    let _shared = shared().await;
+    const APPS: usize = 4;
+    let races = env_count("RELIABILITY_IDLE_RACES", 1000);
+    let env = Env::start(|dir| {
+        let image = hello_image(dir);
+        (0..APPS)
+            .map(|i| {
+                format!(
+                    "[[apps]]\nname = \"a{i}\"\nimage = \"oci-archive:{}\"\n[apps.limits]\nidle_timeout = \"100ms\"\n",
+                    image.display()
+                )
+            })
+            .collect()
+    })
+    .await;
+    let env = std::sync::Arc::new(env);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..APPS)
+        .map(|app| {
+            let env = env.clone();
+            tokio::spawn(async move {
+                let client = client();
+                let host = format!("a{app}.localhost");
+                let mut failed = Vec::new();
+                for i in 0..races / APPS {
+                    // 90..=110 ms after the previous answer: around the idle deadline.
+                    tokio::time::sleep(Duration::from_millis(90 + (i * 7 % 21) as u64)).await;
+                    match send(&client, env.addr(), &host, Method::GET, "/", b"").await {
+                        Ok(a) if a.status == StatusCode::OK => {}
+                        Ok(a) => failed.push(format!("{} {}", a.status, a.reason)),
+                        Err(e) => failed.push(e),
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for t in tasks {
+        failed.extend(t.await.unwrap());
+    }
+    let stops = env.metric("serverless_instance_stops_total{app=\"a");
+    eprintln!(
+        "idle race: {} requests in {:?}, failed {}, {stops} idle stops",
+        races / APPS * APPS,
+        started.elapsed(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    std::sync::Arc::into_inner(env).unwrap().stop().await;
+}
+
+/// An app that exits at boot: every request gets a 503 naming the exit code, boots back off
+/// exponentially, and there is never more than one container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_backs_off_without_pile_up() {
+    if !can_run("crash_loop_backs_off_without_pile_up") {
+        return;
+    }
+    let _shared = shared().await;
+    let env = Env::start(|dir| {
+        format!(
+            r#"
+[[apps]]
+name = "broken"
+image = "oci-archive:{}"
+command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]
+"#,
+            busybox_image(dir).display()
+        )
+    })
+    .await;
+    let load = Load::start(env.addr(), "broken.localhost", "/", 2);
+    let started = Instant::now();
+    let mut most = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        most = most.max(env.objects().containers);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (sent, answers) = load.finish().await;
+    let boots = env.metric("serverless_boot_failures_total{app=\"broken\"}");
+    eprintln!(
+        "crash loop: sent {sent}, {} answered 503, {boots} boots in 4 s, at most {most} containers",
+        answers.len()
+    );
+    // Every answer is a clear 503 (the load counts non-200 answers as failures).
+    assert_eq!(answers.len() as u64, sent);
+    for a in &answers {
+        assert!(
+            a.starts_with("503") && a.contains("exited with code 3"),
+            "{a}"
+        );
+    }
+    // 250 ms doubling: boots at about 0, 0.25, 0.75, 1.75, 3.75 s.
+    assert!((2.0..=6.0).contains(&boots), "{boots} boots in 4 s");
+    assert!(most <= 1, "{most} containers at once");
+    env.stop().await;
+}
+
+/// Cold start after cold start (`RELIABILITY_COLD_CYCLES`, default 1000): containers, tasks,
+/// snapshots, shims and the gateway's file descriptors come back to the baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_cycles_leak_nothing() {
+    if !can_run("cold_start_cycles_leak_nothing") {
+        return;
+    }
+    let _alone = exclusive().await;
+    let cycles = env_count("RELIABILITY_COLD_CYCLES", 1000);
+    let env = Env::start(|dir| {
+        format!(
+            r#"
+[[apps]]
+name = "web"
+image = "oci-archive:{}"
+[apps.limits]
+idle_timeout = "100ms"
+"#,
+            hello_image(dir).display()
+        )
+    })
+    .await;
+    let pool = env.gateway().engine().app("web").unwrap().pool.clone();
+    let until_stopped = || async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pool.snapshot().instances.is_empty() {
+            assert!(Instant::now() < deadline, "instances not stopped");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    // Each cycle cold-starts an instance, then evicts it (it stops in the background while
+    // the next request cold-starts the next one).
+    let evict_all = || {
+        for i in pool.snapshot().instances {
+            pool.evict(&i.id);
+        }
+    };
+    // One cycle first, so lazily created things (clients, threads, pools) exist at baseline.
+    env.get("web.localhost", "/").await.unwrap();
+    evict_all();
+    until_stopped().await;
+    let base = (env.objects(), fds());
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    let mut cold = 0;
+    for _ in 0..cycles {
+        match env.get("web.localhost", "/").await {
+            Ok(a) if a.status == StatusCode::OK => cold += 1,
+            Ok(a) => failed.push(format!("{} {}", a.status, a.reason)),
+            Err(e) => failed.push(e),
+        }
+        evict_all();
+    }
+    until_stopped().await;
+    let took = started.elapsed();
+    // Pooled client connections to the gateway may close a moment later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = (env.objects(), fds());
+    eprintln!(
+        "{cycles} cold-start cycles ({cold} answered) in {took:?} ({:?} each): failed {}; before {:?}, after {:?}",
+        took / cycles.max(1) as u32,
+        failed.len(),
+        base,
+        after
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(after.0, base.0, "containerd objects leaked");
+    assert!(after.1 <= base.1 + 2, "fds {} → {}", base.1, after.1);
+    env.stop().await;
+}
+
+/// Host IPv4 addresses (loopback and the machine's own).
+fn host_ips() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut ips: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .split('/')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    if !ips.iter().any(|i| i == "127.0.0.1") {
+        ips.push("127.0.0.1".to_owned());
+    }
+    ips
+}
+
+/// An instance can reach its own listener but not another instance, the gateway, its admin
+/// API, nor anything listening on the host (a probe run inside the instance with busybox `nc`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_cannot_reach_each_other_or_the_host() {
+    if !can_run("instances_cannot_reach_each_other_or_the_host") {
+        return;
+    }
+    let _shared = shared().await;
+    let env = Env::start(|dir| {
+        format!(
+            r#"
+[[apps]]
+name = "probe"
+image = "oci-archive:{}"
+[[apps]]
+name = "other"
+image = "oci-archive:{}"
+port = 9000
+"#,
+            busybox_image(dir).display(),
+            hello_image(dir).display()
+        )
+    })
+    .await;
+    // Another instance (listening on 9000 in its own namespace), and a host listener on all
+    // addresses.
+    assert_eq!(
+        env.get("other.localhost", "/").await.unwrap().status,
+        StatusCode::OK
+    );
+    let host_listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host_listener.local_addr().unwrap().port();
+    let gateway = env.addr().port();
+    let admin = env.gateway().admin_addr().port();
+    let probe = |target: String| {
+        let env = &env;
+        async move {
+            let a = env
+                .get("probe.localhost", &format!("/cgi-bin/probe?{target}"))
+                .await
+                .unwrap();
+            assert_eq!(a.status, StatusCode::OK, "{a:?}");
+            (target, a.body.trim().to_owned())
+        }
+    };
+    // The probe works: its own listener is open.
+    assert_eq!(probe("127.0.0.1+8080".into()).await.1, "open");
+    let mut targets = vec![format!("127.0.0.1+9000")];
+    for ip in host_ips() {
+        for port in [gateway, admin, host_port] {
+            targets.push(format!("{ip}+{port}"));
+        }
+    }
+    let mut open = Vec::new();
+    for t in &targets {
+        let (t, result) = probe(t.clone()).await;
+        if result != "closed" {
+            open.push(format!("{t}: {result}"));
+        }
+    }
+    eprintln!(
+        "isolation: {} targets probed from inside an instance ({targets:?}), {} reachable",
+        targets.len(),
+        open.len()
+    );
+    assert!(open.is_empty(), "reachable from an instance: {open:?}");
+    drop(host_listener);
+    env.stop().await;
+}
+
+/// A memory bomb in an `m128` slot is OOM-killed and replaced; another app under load is not
+/// affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_is_oom_killed_and_replaced() {
+    if !can_run("memory_bomb_is_oom_killed_and_replaced") {
+        return;
+    }
+    let _shared = shared().await;
+    let env = Env::start(|dir| {
+        format!(
+            r#"
+[[apps]]
+name = "bomb"
+image = "oci-archive:{busybox}"
+slot = "c.125-m128"
+command = ["/bin/sh", "-c", "/bin/busybox httpd -f -p 8080 -h /www & while [ ! -e /tmp/bomb ]; do /bin/busybox sleep 0.05; done; exec /bin/busybox dd if=/dev/zero of=/dev/null bs=1G count=1"]
+[[apps]]
+name = "other"
+image = "oci-archive:{hello}"
+"#,
+            busybox = busybox_image(dir).display(),
+            hello = hello_image(dir).display()
+        )
+    })
+    .await;
+    assert_eq!(
+        env.get("bomb.localhost", "/").await.unwrap().status,
+        StatusCode::OK
+    );
+    let load = Load::start(env.addr(), "other.localhost", "/", 2);
+    let id = env.instances("bomb")[0].clone();
+    let exit = tokio::spawn({
+        let backend = env.backend.clone();
+        let id = serverless_core::InstanceId::new(id.clone());
+        async move {
+            use serverless_core::ContainerBackend;
+            backend.wait(&id).await
+        }
+    });
+    let armed = env.get("bomb.localhost", "/cgi-bin/bomb").await.unwrap();
+    assert_eq!(armed.body.trim(), "armed");
+    let exit = tokio::time::timeout(Duration::from_secs(20), exit)
+        .await
+        .expect("the bomb ends")
+        .unwrap()
+        .unwrap();
+    // Replaced: the next request cold-starts a new instance.
+    let again = env.get("bomb.localhost", "/").await.unwrap();
+    let (sent, failed) = load.finish().await;
+    eprintln!(
+        "memory bomb: exit {exit:?}; next request {} on {:?}; other app: sent {sent}, failed {}",
+        again.status,
+        env.instances("bomb"),
+        failed.len()
+    );
+    assert!(exit.oom_killed, "{exit:?}");
+    assert_eq!(again.status, StatusCode::OK);
+    assert_ne!(env.instances("bomb"), vec![id]);
+    assert!(failed.is_empty(), "{failed:?}");
+    env.stop().await;
+}
+
+/// A fork bomb stops at the slot's pids limit; the host and another app are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_bomb_stops_at_the_pids_limit() {
+    if !can_run("fork_bomb_stops_at_the_pids_limit") {
+        return;
+    }
+    let _shared = shared().await;
+    let env = Env::start(|dir| {
+        format!(
+            r#"
+[[apps]]
+name = "forky"
+image = "oci-archive:{busybox}"
+[[apps]]
+name = "other"
+image = "oci-archive:{hello}"
+"#,
+            busybox = busybox_image(dir).display(),
+            hello = hello_image(dir).display()
+        )
+    })
+    .await;
+    assert_eq!(
+        env.get("forky.localhost", "/").await.unwrap().status,
+        StatusCode::OK
+    );
+    let id = env.instances("forky")[0].clone();
+    let load = Load::start(env.addr(), "other.localhost", "/", 2);
+    // 2000 processes asked for; the answer comes (or the connection is cut) once forks fail.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        env.get("forky.localhost", "/cgi-bin/fork"),
+    )
+    .await
+    .expect("the fork bomb request ends");
+    let cg = env.cgroup("pids", &id);
+    let read = |f: &str| std::fs::read_to_string(cg.join(f)).unwrap_or_default();
+    let (max, current, events) = (read("pids.max"), read("pids.current"), read("pids.events"));
+    let host_ok = std::process::Command::new("true")
+        .status()
+        .unwrap()
+        .success();
+    let (sent, failed) = load.finish().await;
+    eprintln!(
+        "fork bomb: pids.max {}, pids.current {}, {}; host can fork: {host_ok}; other app: sent {sent}, failed {}",
+        max.trim(),
+        current.trim(),
+        events.trim(),
+        failed.len()
+    );
+    let max: u64 = max.trim().parse().expect("pids.max");
+    let current: u64 = current.trim().parse().expect("pids.current");
+    assert!(max <= 4096, "pids.max {max}");
+    assert!(
+        current <= max && current + 50 >= max,
+        "pids.current {current} of {max}"
+    );
+    assert_ne!(events.trim(), "max 0", "the limit was never hit");
+    assert!(host_ok);
+    assert!(failed.is_empty(), "{failed:?}");
+    env.stop().await;
+}
+
+/// A CPU hog in a `c.125` slot gets about 12.5 % of one CPU (cpuacct over 2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_hog_gets_its_slot_share() {
+    if !can_run("cpu_hog_gets_its_slot_share") {
+        return;
+    }
+    let _shared = shared().await;
+    let env = Env::start(|dir| {
+        format!(
+            "[[apps]]\nname = \"hog\"\nimage = \"oci-archive:{}\"\nslot = \"c.125-m512\"\n",
+            busybox_image(dir).display()
+        )
+    })
+    .await;
+    assert_eq!(
+        env.get("hog.localhost", "/").await.unwrap().status,
+        StatusCode::OK
+    );
+    let id = env.instances("hog")[0].clone();
+    let usage_file = env.cgroup("cpuacct", &id).join("cpuacct.usage");
+    let usage = || -> u64 {
+        std::fs::read_to_string(&usage_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let spin = tokio::spawn({
+        let (client, addr) = (client(), env.addr());
+        async move {
+            send(
+                &client,
+                addr,
+                "hog.localhost",
+                Method::GET,
+                "/cgi-bin/spin?4",
+                b"",
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (u0, t0) = (usage(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (u1, t1) = (usage(), Instant::now());
+    let share = (u1 - u0) as f64 / (t1 - t0).as_nanos() as f64;
+    let spun = spin.await.unwrap().unwrap();
+    eprintln!("cpu hog in c.125: {:.1} % of one CPU", share * 100.0);
+    assert_eq!(spun.body.trim(), "spun");
+    assert!((0.08..=0.15).contains(&share), "share {share}");
+    env.stop().await;
+}
+
+/// The admin API bound to a non-loopback address refuses requests without the token (401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_off_loopback_needs_the_token() {
+    use serverless_core::fake::FakeBackend;
+    let backend = std::sync::Arc::new(FakeBackend::new());
+    let no_token =
+        serverless_core::Config::from_toml("listen = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:0\"\n")
+            .unwrap();
+    std::env::remove_var(serverless_proxy::ADMIN_TOKEN_ENV);
+    assert!(
+        serverless_proxy::Gateway::start(no_token, backend.clone())
+            .await
+            .is_err(),
+        "a non-loopback admin address without a token must be refused"
+    );
+    let config = serverless_core::Config::from_toml(
+        "listen = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:0\"\nadmin_token = \"s3cret-s3cret-s3cret\"\n",
+    )
+    .unwrap();
+    let gateway = serverless_proxy::Gateway::start(config, backend)
+        .await
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], gateway.admin_addr().port()));
+    let client = client();
+    let ask = |auth: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            let mut req = http::Request::get(format!("http://{addr}/v1/apps"));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let req = req
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            client.request(req).await.unwrap().status()
+        }
+    };
+    let (none, wrong, right) = (
+        ask(None).await,
+        ask(Some("Bearer nope")).await,
+        ask(Some("Bearer s3cret-s3cret-s3cret")).await,
+    );
+    eprintln!("admin on 0.0.0.0: no token → {none}, wrong token → {wrong}, token → {right}");
+    assert_eq!(none, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong, StatusCode::UNAUTHORIZED);
+    assert_eq!(right, StatusCode::OK);
+    gateway.shutdown().await;
 }

@@ -24,6 +24,19 @@ use serverless_proxy::{Gateway, ERROR_HEADER};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// Tests share the process; one that counts process-wide things (file descriptors) runs alone.
+static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held by every test while it runs (others may run alongside).
+pub async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    EXCLUSIVE.read().await
+}
+
+/// Held by a test that must run alone in this process.
+pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    EXCLUSIVE.write().await
+}
+
 /// Whether this machine can run real-containerd tests.
 pub fn can_run(test: &str) -> bool {
     let ok = ["/bin/busybox"].iter().all(|p| Path::new(p).exists())
@@ -68,6 +81,9 @@ pub struct Containerd {
     config: PathBuf,
 }
 
+// Synchronous on purpose (also used from `Drop`); its waits are short polls of a socket or a
+// child process.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 impl Containerd {
     pub fn start(dir: &Path) -> Self {
         let dir = dir.join("cd");
@@ -279,7 +295,7 @@ pub fn fds() -> usize {
 
 /// busybox httpd with CGI scripts: `slow` (1 s), `probe?HOST+PORT` (can this instance connect
 /// there: `open`/`closed`), `bomb` (makes the init process allocate 1 GiB), `fork` (fork bomb),
-/// `spin` (burns CPU for `QUERY_STRING` seconds).
+/// `spin?N` (burns one CPU for N seconds).
 pub fn busybox_image(dir: &Path) -> PathBuf {
     let path = dir.join("busybox.tar");
     let cgi = |body: &str| {
@@ -300,14 +316,13 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
         .file("/www/cgi-bin/bomb", cgi("/bin/busybox touch /tmp/bomb\necho armed"), 0o755)
         .file(
             "/www/cgi-bin/fork",
-            cgi("n=0\nwhile [ $n -lt 2000 ]; do /bin/busybox sleep 30 & n=$((n+1)); done 2>/dev/null\n\
+            cgi("n=0\nwhile [ $n -lt 2000 ]; do /bin/busybox sleep 30 </dev/null >/dev/null 2>&1 & n=$((n+1)); done 2>/dev/null\n\
                  echo started"),
             0o755,
         )
         .file(
             "/www/cgi-bin/spin",
-            cgi("end=$(( $(/bin/busybox date +%s) + ${QUERY_STRING:-3} ))\n\
-                 while [ $(/bin/busybox date +%s) -lt $end ]; do :; done\necho spun"),
+            cgi("/bin/busybox timeout ${QUERY_STRING:-3} /bin/busybox sh -c 'while :; do :; done'\necho spun"),
             0o755,
         )
         .cmd(["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"])
@@ -460,7 +475,10 @@ impl Env {
     }
 
     pub async fn start_with(top: &str, apps: impl FnOnce(&Path) -> String) -> Self {
-        let dir = tempfile::Builder::new().prefix("sl-rel-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("sl-rel-")
+            .tempdir()
+            .unwrap();
         let apps = apps(dir.path());
         let containerd = Containerd::start(dir.path());
         let namespace = unique("rel");
@@ -513,6 +531,14 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// The cgroup v1 directory of an instance under `controller` (`memory`, `pids`, `cpu,cpuacct`).
+    pub fn cgroup(&self, controller: &str, id: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(&self.namespace)
+            .join(id)
+    }
+
     /// A counter from the gateway's metrics, summed over lines that start with `prefix`.
     pub fn metric(&self, prefix: &str) -> f64 {
         let engine = self.gateway().engine();
@@ -528,7 +554,10 @@ impl Env {
     /// Containers, tasks, active snapshots of our namespace and shims, as containerd shows them.
     pub fn objects(&self) -> Objects {
         Objects {
-            containers: self.containerd.ctr(&self.namespace, &["containers", "ls"]).len(),
+            containers: self
+                .containerd
+                .ctr(&self.namespace, &["containers", "ls"])
+                .len(),
             tasks: self.containerd.ctr(&self.namespace, &["tasks", "ls"]).len(),
             snapshots: self
                 .containerd
@@ -549,7 +578,11 @@ impl Env {
         assert!(left.is_empty(), "left behind: {left:?}");
         self.backend.shutdown().await.unwrap();
         let objects = self.objects();
-        assert_eq!(objects, Objects::default(), "containerd still holds objects");
+        assert_eq!(
+            objects,
+            Objects::default(),
+            "containerd still holds objects"
+        );
         self.clean = true;
         self.containerd.stop();
     }
@@ -564,31 +597,100 @@ pub struct Objects {
 }
 
 impl Drop for Env {
-    /// A failed test still removes its instances: a fresh backend on a fresh runtime reconciles
-    /// them away (the containerd stops and leftover shims die in `Containerd::drop`).
     fn drop(&mut self) {
         if self.clean {
             return;
         }
         self.gateway.take();
-        let socket = self.containerd.socket.clone();
-        let namespace = self.namespace.clone();
-        let data = self.dir.path().join("cleanup");
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let connect = ContainerdBackend::connect(&socket, &namespace, &data);
-                match tokio::time::timeout(Duration::from_secs(20), connect).await {
-                    Ok(Ok(b)) => {
-                        let _ = b.shutdown().await;
+        remove_all(
+            &self.containerd.socket,
+            &self.namespace,
+            &self.dir.path().join("cleanup"),
+        );
+    }
+}
+
+/// Removes every instance of ours in `namespace` (for a test that failed before cleaning up): a
+/// fresh backend on a fresh runtime shuts them down (the containerd stops and leftover shims die
+/// in `Containerd::drop`).
+pub fn remove_all(socket: &Path, namespace: &str, data: &Path) {
+    let (socket, namespace, data) = (socket.to_owned(), namespace.to_owned(), data.to_owned());
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let connect = ContainerdBackend::connect(&socket, &namespace, &data);
+            match tokio::time::timeout(Duration::from_secs(20), connect).await {
+                Ok(Ok(b)) => {
+                    if let Err(e) = b.shutdown().await {
+                        eprintln!("cleanup after a failed test: {e}");
                     }
-                    other => eprintln!("cleanup after a failed test: {:?}", other.is_ok()),
                 }
-            })
+                Ok(Err(e)) => eprintln!("cleanup after a failed test: {e}"),
+                Err(_) => eprintln!("cleanup after a failed test: containerd did not answer"),
+            }
         })
-        .join();
+    })
+    .join();
+}
+
+/// The real `serverless` binary serving a config, as a child process (killed on drop).
+pub struct GatewayProcess {
+    pub child: tokio::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl GatewayProcess {
+    pub async fn start(config: &Path) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_serverless"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start serverless");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                stderr.lock().unwrap().push_str(&format!("{line}\n"));
+                if let Some(rest) = line.split("gateway on http://").nth(1) {
+                    return rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("serverless did not start:\n{}", stderr.lock().unwrap()));
+        let log = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        Self {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.child.id() {
+            signal(pid, sig);
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 }
