@@ -323,11 +323,12 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+    // `Upgrade: h2c` (RFC 7540 §3.2, removed in RFC 9113) is not tunnelled: the request goes on
+    // as HTTP/1.1, which the upgrade mechanism allows; clients use prior knowledge for h2c.
+    headers
+        .get(header::UPGRADE)
+        .filter(|p| asks && !p.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        .cloned()
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, and
@@ -458,5 +459,10 @@ mod tests {
             HeaderValue::from_static("keep-alive, Upgrade"),
         );
         assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(
+            upgrade_protocol(&h).is_none(),
+            "h2c upgrade is answered as HTTP/1.1"
+        );
     }
 }

@@ -12,7 +12,8 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serverless_containerd::ContainerdBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use serverless_containerd::{ContainerdBackend, PullProgress, PullProgressFn};
 use serverless_core::{AppSpec, Config, ContainerBackend, ImageRef};
 use serverless_proxy::{BoxError, Gateway, ADMIN_TOKEN_ENV};
 
@@ -245,9 +246,39 @@ async fn run(command: Command) -> Result<(), BoxError> {
 }
 
 async fn backend(config: &Config) -> Result<ContainerdBackend, BoxError> {
-    Ok(match &config.containerd {
-        Some(c) => ContainerdBackend::connect(&c.socket, &c.namespace, &config.data_dir).await?,
-        None => ContainerdBackend::embedded(&config.data_dir).await?,
+    let mut builder = ContainerdBackend::builder(&config.data_dir).pull_progress(pull_progress());
+    if let Some(c) = &config.containerd {
+        builder = builder.socket(&c.socket).namespace(&c.namespace);
+    }
+    Ok(builder.build().await?)
+}
+
+/// Registry pulls draw a progress bar on a terminal (one line per image otherwise).
+fn pull_progress() -> PullProgressFn {
+    use std::io::IsTerminal;
+    let bar = ProgressBar::hidden();
+    if std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    Arc::new(move |p: PullProgress| {
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+        bar.set_message(format!(
+            "pulling {} (blob {}/{})",
+            p.reference, p.layer_index, p.layers
+        ));
+        if p.done >= p.total && p.layer_index == p.layers {
+            if bar.is_hidden() {
+                eprintln!("pulled {} ({} bytes)", p.reference, p.total);
+            }
+            bar.finish_and_clear();
+            bar.reset();
+        }
     })
 }
 

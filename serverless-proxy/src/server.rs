@@ -212,7 +212,9 @@ pub fn tls_acceptor(
     ))
     .map_err(|e| format!("server.tls.key {}: {e}", key.display()))?
     .ok_or_else(|| format!("server.tls.key {}: no private key found", key.display()))?;
-    let mut config = rustls::ServerConfig::builder()
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -310,26 +310,44 @@ async fn slowloris_is_cut_off_without_blocking_others() {
 }
 
 #[tokio::test]
-async fn instance_dying_mid_request_is_502() {
+async fn instance_dying_mid_request_retries_idempotent_and_502s_the_rest() {
     let h = Arc::new(Harness::start("", HELLO, |_| {}).await);
     assert_eq!(h.get("hello.localhost", "/").await.0.status, StatusCode::OK);
-    let pending = tokio::spawn({
+    let victim = h.backend.running("hello")[0].clone();
+    // A GET and a POST are in flight on the instance when it is killed.
+    let get = tokio::spawn({
         let h = h.clone();
         async move { h.get("hello.localhost", "/sleep/3000").await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let id = h.backend.running("hello")[0].clone();
-    h.backend.crash(&id);
-    let (parts, _) = pending.await.unwrap();
+    let post = tokio::spawn({
+        let h = h.clone();
+        async move {
+            h.send(
+                "hello.localhost",
+                Method::POST,
+                "/sleep/3000",
+                Bytes::from_static(b"order=1"),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.backend.crash(&victim));
+    // The idempotent GET had no answer yet: it is sent again to a new instance.
+    let (parts, body) = get.await.unwrap();
+    assert_eq!(parts.status, StatusCode::OK, "{body}");
+    assert!(!body.contains(victim.as_str()), "{body}");
+    // The POST may have had effects: it is not repeated, it gets a 502 with the reason.
+    let (parts, _) = post.await.unwrap();
     assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
     assert!(parts.headers[ERROR_HEADER]
         .to_str()
         .unwrap()
-        .contains(id.as_str()));
-    // The next request gets a fresh instance.
+        .contains(victim.as_str()));
+    // The next request is served by a fresh instance.
     let (parts, body) = h.get("hello.localhost", "/").await;
     assert_eq!(parts.status, StatusCode::OK);
-    assert!(!body.contains(id.as_str()));
+    assert!(!body.contains(victim.as_str()));
 }
 
 #[tokio::test]
@@ -464,4 +482,72 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown"
     );
+}
+
+#[tokio::test]
+async fn tls_negotiates_h2_and_http11_by_alpn() {
+    use rustls::pki_types::ServerName;
+
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["hello.localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let h = Harness::start(
+        &format!(
+            "[server]\ntls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert.display(),
+            key.display()
+        ),
+        HELLO,
+        |_| {},
+    )
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    for (alpn, version) in [
+        (&b"h2"[..], http::Version::HTTP_2),
+        (&b"http/1.1"[..], http::Version::HTTP_11),
+    ] {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = TcpStream::connect(h.gateway.listen_addr()).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("hello.localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let res = if version == http::Version::HTTP_2 {
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .uri("https://hello.localhost/")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            send.send_request(req).await.unwrap()
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .uri("/")
+                .header("host", "hello.localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            send.send_request(req).await.unwrap()
+        };
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.version(), version);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"hello-1-"), "{body:?}");
+    }
+    h.gateway.shutdown().await;
 }
