@@ -82,3 +82,85 @@ fn invalid_config_is_refused_naming_the_field() {
     assert!(!ok);
     assert!(stderr.contains("/nonexistent.toml"), "{stderr}");
 }
+
+/// `ls`, `deploy`, `logs`, `rm` talk to the admin API of a running gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_drive_the_admin_api() {
+    use std::sync::Arc;
+
+    let config = serverless_core::Config::from_toml(
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nadmin_token = \"0123456789abcdef-cli\"\n",
+    )
+    .unwrap();
+    let backend = serverless_core::fake::FakeBackend::new();
+    let gateway = serverless_proxy::Gateway::start(config, Arc::new(backend.clone()))
+        .await
+        .unwrap();
+    let admin = format!("http://{}", gateway.admin_addr());
+    let run = |args: Vec<String>| {
+        let admin = admin.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_serverless"))
+                .args(&args)
+                .env("SERVERLESS_ADMIN", admin)
+                .env("SERVERLESS_ADMIN_TOKEN", "0123456789abcdef-cli")
+                .output()
+                .expect("run serverless");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("api.json");
+    std::fs::write(
+        &spec,
+        r#"{"name":"api","image":"example/api:1","scale":{"min":1}}"#,
+    )
+    .unwrap();
+
+    let (ok, stdout, stderr) = run(vec!["deploy".into(), spec.display().to_string()])
+        .await
+        .unwrap();
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "deployed api\n");
+    // scale.min = 1 starts an instance without traffic.
+    while backend.running("api").is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (ok, stdout, stderr) = run(vec!["ls".into()]).await.unwrap();
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("api") && stdout.contains("ready"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = run(vec!["logs".into(), "api".into()]).await.unwrap();
+    assert!(ok);
+    assert!(stdout.contains("fake instance api-1-"), "{stdout}");
+    let (ok, stdout, _) = run(vec!["rm".into(), "api".into()]).await.unwrap();
+    assert!(ok);
+    assert_eq!(stdout, "removed api\n");
+    assert!(backend.running("api").is_empty());
+    let (ok, _, stderr) = run(vec!["rm".into(), "api".into()]).await.unwrap();
+    assert!(!ok);
+    assert!(
+        stderr.contains("404") && stderr.contains("no app named api"),
+        "{stderr}"
+    );
+    // A wrong token is refused with the reason.
+    let out = Command::new(env!("CARGO_BIN_EXE_serverless"))
+        .args([
+            "ls",
+            "--admin",
+            &admin,
+            "--token",
+            "wrong-wrong-wrong-wrong",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    gateway.shutdown().await;
+}
