@@ -208,38 +208,25 @@ async fn forward(
     // unreachable, and (when idempotent) if the connection broke before any response byte;
     // one with a body could only be if it had not been read, which the client does not tell
     // us, so it gets a 502.
-    let retry = body
-        .is_end_stream()
-        .then(|| (parts.method.clone(), parts.headers.clone()));
+    let retry = body.is_end_stream();
     let mut body = Some(body);
     let mut attempt = 0;
     let mut res = loop {
         attempt += 1;
         let instance = lease.instance();
-        let uri: Uri = format!("http://{instance}{path}").parse()?;
-        let req = match body.take() {
-            Some(b) => {
-                let mut r = Request::new(b);
-                *r.method_mut() = parts.method.clone();
-                *r.headers_mut() = parts.headers.clone();
-                r
-            }
-            None => {
-                let Some((method, headers)) = &retry else {
-                    return Err("request body already sent".into());
-                };
-                let mut r = Request::new(empty());
-                *r.method_mut() = method.clone();
-                *r.headers_mut() = headers.clone();
-                r
-            }
+        let body = match body.take() {
+            Some(body) => body,
+            None if retry => empty(),
+            None => return Err("request body already sent".into()),
         };
-        let mut req = req;
-        *req.uri_mut() = uri;
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.headers_mut() = parts.headers.clone();
+        *req.uri_mut() = format!("http://{instance}{path}").parse::<Uri>()?;
         *req.version_mut() = version;
         match client.request(req).await {
             Ok(res) => break res,
-            Err(err) if err.is_connect() && retry.is_some() && attempt < MAX_ATTEMPTS => {
+            Err(err) if err.is_connect() && retry && attempt < MAX_ATTEMPTS => {
                 tracing::debug!(app = %app.name, %instance, error = %err, "instance unreachable, rerouting");
                 lease.reroute().await?;
             }
@@ -247,9 +234,7 @@ async fn forward(
             // in flight): an idempotent request without a body may be sent again. A new
             // connection to the same instance tells whether it is gone (then the connect error
             // above reroutes it).
-            Err(err)
-                if retry.is_some() && parts.method.is_idempotent() && attempt < MAX_ATTEMPTS =>
-            {
+            Err(err) if retry && parts.method.is_idempotent() && attempt < MAX_ATTEMPTS => {
                 tracing::debug!(app = %app.name, %instance, error = %err, "connection to the instance broke before an answer, retrying");
             }
             Err(err) => {
