@@ -1,0 +1,409 @@
+//! Scenario 1: cold start (zero instances → first response byte) through the gateway, against
+//! `ctr run` + first response and `podman run` + first response, interleaved run by run.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde_json::json;
+
+use crate::lab::{busybox_image, Lab};
+use crate::util::{connect, env_num, get, headline, ms, noise, summary, Context, Res};
+
+const CTR_NS: &str = "bench-ctr";
+const PODMAN_IMAGE: &str = "serverless.local/image:bench";
+
+pub(crate) async fn run(out: &Path) -> Res<()> {
+    let runs: usize = env_num("BENCH_COLD_RUNS", 30)?;
+    let peers = std::env::var("BENCH_COLD_PEERS").unwrap_or_else(|_| "ctr,podman".into());
+    let noise_before = noise();
+    let lab = Lab::start("bench-cold", &[("web.tar", busybox_image()?)]).await?;
+    let result = measure(&lab, runs, &peers).await;
+    let podman_root = lab.dir.path().join("podman");
+    if podman_root.exists() {
+        let _ = podman(&podman_root)
+            .args(["rm", "-af", "-t", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = podman(&podman_root)
+            .args(["system", "reset", "-f"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    lab.stop().await?;
+    let mut value = result?;
+    value["noise_before"] = noise_before;
+    value["noise_after"] = noise();
+    crate::util::write_json(out, "cold", &value)
+}
+
+async fn measure(lab: &Lab, runs: usize, peers: &str) -> Res<serde_json::Value> {
+    let gw = lab.gateway.listen_addr();
+    let sock = lab.containerd.socket().to_owned();
+    let dir = lab.dir.path();
+    let docker_tar = dir.join("web-docker.tar");
+    busybox_image()?
+        .write_docker_archive(&docker_tar)
+        .context("write the docker archive")?;
+    let use_ctr = peers.contains("ctr");
+    let use_podman = peers.contains("podman");
+    let mut ctr_image = String::new();
+    if use_ctr {
+        ctr_image = ctr_import(&sock, &docker_tar)?;
+    }
+    let podman_root = dir.join("podman");
+    if use_podman {
+        let out = podman(&podman_root)
+            .args(["load", "-q", "-i"])
+            .arg(&docker_tar)
+            .output()
+            .context("run podman (scripts/bench installs it)")?;
+        if !out.status.success() {
+            return Err(format!("podman load: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+    }
+
+    let mut ours = Vec::new();
+    let mut ours_header = Vec::new();
+    let mut ctr = Vec::new();
+    let mut ctr_ns = Vec::new();
+    let mut pod = Vec::new();
+    let mut errors = Vec::new();
+    // Two unrecorded warm-up rounds (page cache, first shim, podman's first-run setup).
+    for i in 0..runs + 2 {
+        let record = i >= 2;
+        let (total, header) = gateway_cold(lab, gw, i).await?;
+        if record {
+            ours.push(ms(total));
+            ours_header.push(header);
+        }
+        if use_ctr {
+            match ctr_cold(&sock, &ctr_image, i).await {
+                Ok(d) if record => ctr.push(ms(d)),
+                Ok(_) => {}
+                Err(e) => errors.push(format!("ctr run {i}: {e}")),
+            }
+        }
+        if use_ctr {
+            match ctr_netns_cold(&sock, &ctr_image, i).await {
+                Ok(d) if record => ctr_ns.push(ms(d)),
+                Ok(_) => {}
+                Err(e) => errors.push(format!("ctr run (netns) {i}: {e}")),
+            }
+        }
+        if use_podman {
+            match podman_cold(&podman_root, i).await {
+                Ok(d) if record => pod.push(ms(d)),
+                Ok(_) => {}
+                Err(e) => errors.push(format!("podman run {i}: {e}")),
+            }
+        }
+        if record {
+            eprintln!(
+                "cold {}/{runs}: gateway {:.1} ms{}{}",
+                i - 1,
+                ours.last().copied().unwrap_or(f64::NAN),
+                ctr.last()
+                    .map(|d| format!(
+                        ", ctr {d:.1} ms, ctr+netns {:.1} ms",
+                        ctr_ns.last().copied().unwrap_or(f64::NAN)
+                    ))
+                    .unwrap_or_default(),
+                pod.last()
+                    .map(|d| format!(", podman {d:.1} ms"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+
+    // Phase breakdown: the backend's phases of the recorded runs (one start per run).
+    let starts = lab.rec.starts();
+    let recorded: Vec<_> = starts
+        .iter()
+        .skip(starts.len().saturating_sub(runs))
+        .collect();
+    let mut phase_names: Vec<&str> = Vec::new();
+    for s in &recorded {
+        for (p, _) in &s.phases {
+            if !phase_names.contains(p) {
+                phase_names.push(p);
+            }
+        }
+    }
+    let mut phases = serde_json::Map::new();
+    for name in &phase_names {
+        let v: Vec<f64> = recorded
+            .iter()
+            .filter_map(|s| {
+                s.phases
+                    .iter()
+                    .find(|(p, _)| p == name)
+                    .map(|(_, d)| ms(*d))
+            })
+            .collect();
+        phases.insert((*name).to_owned(), json!(summary(&v)));
+    }
+    let backend_start: Vec<f64> = recorded.iter().map(|s| ms(s.took)).collect();
+    let overhead: Vec<f64> = ours
+        .iter()
+        .zip(&backend_start)
+        .map(|(total, start)| total - start)
+        .collect();
+
+    let s_ours = summary(&ours);
+    headline("cold_start_gateway_median_ms", format!("{:.1}", s_ours.p50));
+    headline("cold_start_gateway_p99_ms", format!("{:.1}", s_ours.p99));
+    let mut value = json!({
+        "runs": runs,
+        "gateway": { "samples": ours, "summary": s_ours, "cold_start_header_ms": ours_header },
+        "phases": phases,
+        "phase_order": phase_names,
+        "backend_start": summary(&backend_start),
+        "gateway_overhead": summary(&overhead),
+        "errors": errors,
+    });
+    if use_ctr {
+        let s = summary(&ctr);
+        headline("cold_start_ctr_median_ms", format!("{:.1}", s.p50));
+        headline(
+            "cold_start_speedup_vs_ctr",
+            format!("{:.2}", s.p50 / s_ours.p50),
+        );
+        value["ctr"] = json!({ "samples": ctr, "summary": s });
+        let s = summary(&ctr_ns);
+        headline("cold_start_ctr_netns_median_ms", format!("{:.1}", s.p50));
+        headline(
+            "cold_start_speedup_vs_ctr_netns",
+            format!("{:.2}", s.p50 / s_ours.p50),
+        );
+        value["ctr_netns"] = json!({ "samples": ctr_ns, "summary": s });
+    }
+    if use_podman {
+        let s = summary(&pod);
+        headline("cold_start_podman_median_ms", format!("{:.1}", s.p50));
+        headline(
+            "cold_start_speedup_vs_podman",
+            format!("{:.2}", s.p50 / s_ours.p50),
+        );
+        value["podman"] = json!({ "samples": pod, "summary": s });
+    }
+    for e in &errors {
+        eprintln!("cold: {e}");
+    }
+    Ok(value)
+}
+
+/// A fresh app per run (so it has no instance): deploy, then time one request from connect to
+/// the response head; then remove it and wait until its container is gone.
+async fn gateway_cold(lab: &Lab, gw: SocketAddr, i: usize) -> Res<(Duration, Option<u64>)> {
+    let name = format!("cold{i}");
+    lab.deploy(&format!(
+        "[[apps]]\nname = \"{name}\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n"
+    ))
+    .await?;
+    let host = format!("{name}.localhost");
+    let t = Instant::now();
+    let mut tx = connect(gw).await?;
+    let req = http::Request::get("/")
+        .header(http::header::HOST, &host)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let res = tx.send_request(req).await.context("cold request")?;
+    let total = t.elapsed();
+    let status = res.status();
+    let header = res
+        .headers()
+        .get(serverless_proxy::COLD_START_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    http_body_util::BodyExt::collect(res.into_body()).await?;
+    if status != StatusCode::OK {
+        return Err(format!("cold request to {name} answered {status}").into());
+    }
+    lab.gateway.engine().remove(&name).await;
+    lab.wait_empty(Duration::from_secs(30)).await?;
+    Ok((total, header))
+}
+
+fn ctr(sock: &Path) -> Command {
+    let mut c = Command::new("ctr");
+    c.arg("--address").arg(sock).args(["--namespace", CTR_NS]);
+    c
+}
+
+fn ctr_import(sock: &Path, tar: &Path) -> Res<String> {
+    let out = ctr(sock)
+        .args(["images", "import"])
+        .arg(tar)
+        .output()
+        .context("run ctr (Debian's containerd package)")?;
+    if !out.status.success() {
+        return Err(format!(
+            "ctr images import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok("serverless.local/image:bench".to_owned())
+}
+
+/// Polls `127.0.0.1:port` until a GET answers 200.
+async fn first_response(port: u16, timeout: Duration) -> Res<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut tx) = connect(addr).await {
+            if let Ok((StatusCode::OK, _)) = get(&mut tx, "peer", "/").await {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no answer on port {port} within {timeout:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Like a user isolating it the way the gateway does: `ip netns add` (+ loopback up), `ctr run
+/// -d --with-ns network:…`, then `ip netns exec … busybox wget` until it answers; then removed.
+async fn ctr_netns_cold(sock: &Path, image: &str, i: usize) -> Res<Duration> {
+    let name = format!("bench-ctrns-{}-{i}", std::process::id());
+    let quiet = |c: &mut Command| {
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let t = Instant::now();
+    let result: Res<()> = async {
+        if !quiet(Command::new("ip").args(["netns", "add", &name])) {
+            return Err("ip netns add failed".into());
+        }
+        quiet(Command::new("ip").args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"]));
+        let ns = format!("network:/var/run/netns/{name}");
+        if !quiet(ctr(sock).args(["run", "-d", "--with-ns", &ns, image, &name])) {
+            return Err("ctr run --with-ns failed".into());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if quiet(Command::new("ip").args([
+                "netns",
+                "exec",
+                &name,
+                "/bin/busybox",
+                "wget",
+                "-q",
+                "-O",
+                "/dev/null",
+                "http://127.0.0.1:8080/",
+            ])) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("no answer within 10 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    .await;
+    let took = t.elapsed();
+    remove_ctr(sock, &name).await?;
+    quiet(Command::new("ip").args(["netns", "delete", &name]));
+    result.map(|()| took)
+}
+
+async fn remove_ctr(sock: &Path, name: &str) -> Res<()> {
+    let quiet = |c: &mut Command| {
+        let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    };
+    quiet(ctr(sock).args(["task", "kill", "-s", "SIGKILL", name]));
+    for _ in 0..200 {
+        let out = ctr(sock).args(["task", "ls", "-q"]).output()?;
+        if !String::from_utf8_lossy(&out.stdout).contains(name) {
+            break;
+        }
+        quiet(ctr(sock).args(["task", "delete", name]));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    quiet(ctr(sock).args(["containers", "delete", name]));
+    Ok(())
+}
+
+/// `ctr run -d --net-host` (busybox httpd on a unique port) + first response; then removed.
+async fn ctr_cold(sock: &Path, image: &str, i: usize) -> Res<Duration> {
+    let port = crate::util::free_port()?;
+    let name = format!("bench-ctr-{}-{i}", std::process::id());
+    let t = Instant::now();
+    let status = ctr(sock)
+        .args(["run", "-d", "--net-host", image, &name])
+        .args(["/bin/busybox", "httpd", "-f", "-h", "/www", "-p"])
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .context("ctr run")?;
+    let result = if status.success() {
+        first_response(port, Duration::from_secs(10)).await
+    } else {
+        Err(format!("ctr run exited with {status}").into())
+    };
+    let took = t.elapsed();
+    remove_ctr(sock, &name).await?;
+    result.map(|()| took)
+}
+
+fn podman(root: &Path) -> Command {
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(root.join("root"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args(["--cgroup-manager", "cgroupfs", "--events-backend", "none"]);
+    c
+}
+
+/// `podman run -d --network host` + first response; then removed.
+async fn podman_cold(root: &PathBuf, i: usize) -> Res<Duration> {
+    let port = crate::util::free_port()?;
+    let name = format!("bench-podman-{}-{i}", std::process::id());
+    let t = Instant::now();
+    let out = podman(root)
+        .args([
+            "run",
+            "-d",
+            "--network",
+            "host",
+            // This machine lacks CAP_SYS_RESOURCE: podman's default (and `--ulimit host`)
+            // rlimits cannot be set, explicit low ones can.
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=4096:4096",
+            "--name",
+            &name,
+            PODMAN_IMAGE,
+        ])
+        .args(["/bin/busybox", "httpd", "-f", "-h", "/www", "-p"])
+        .arg(port.to_string())
+        .output()
+        .context("podman run")?;
+    let result = if out.status.success() {
+        first_response(port, Duration::from_secs(10)).await
+    } else {
+        Err(format!(
+            "podman run: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into())
+    };
+    let took = t.elapsed();
+    let _ = podman(root)
+        .args(["rm", "-f", "-t", "0", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    result.map(|()| took)
+}

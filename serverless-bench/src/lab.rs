@@ -1,0 +1,292 @@
+//! The gateway over a private containerd, in-process, with a backend wrapper that records when
+//! instances start and stop (and each start's phases); the test images; a native backend.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serverless_containerd::{ContainerdBackend, ImageBuilder};
+use serverless_core::{
+    AppSpec, BackendError, Config, Connection, ContainerBackend, ErrorKind, Exit, InstanceId,
+    OwnedInstance, Started,
+};
+use serverless_proxy::Gateway;
+
+use crate::util::{Context, Res};
+
+/// One recorded start.
+#[derive(Debug, Clone)]
+pub(crate) struct StartRecord {
+    pub(crate) took: Duration,
+    pub(crate) phases: Vec<(&'static str, Duration)>,
+}
+
+/// One recorded stop.
+#[derive(Debug, Clone)]
+pub(crate) struct StopRecord {
+    pub(crate) app: String,
+    pub(crate) called: Instant,
+    pub(crate) done: Instant,
+}
+
+#[derive(Default)]
+struct Log {
+    apps: HashMap<String, String>,
+    starts: Vec<StartRecord>,
+    stops: Vec<StopRecord>,
+}
+
+/// Delegates to a backend and records starts and stops.
+pub(crate) struct Recording<B> {
+    inner: B,
+    log: Mutex<Log>,
+}
+
+impl<B> Recording<B> {
+    pub(crate) fn new(inner: B) -> Self {
+        Self {
+            inner,
+            log: Mutex::default(),
+        }
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn starts(&self) -> Vec<StartRecord> {
+        self.log().starts.clone()
+    }
+
+    pub(crate) fn stops(&self) -> Vec<StopRecord> {
+        self.log().stops.clone()
+    }
+}
+
+#[async_trait]
+impl<B: ContainerBackend> ContainerBackend for Recording<B> {
+    async fn prepare(&self, app: &AppSpec) -> Result<(), BackendError> {
+        self.inner.prepare(app).await
+    }
+    async fn start(&self, app: &AppSpec, id: &InstanceId) -> Result<Started, BackendError> {
+        let called = Instant::now();
+        self.log()
+            .apps
+            .insert(id.as_str().to_owned(), app.name.clone());
+        let started = self.inner.start(app, id).await?;
+        self.log().starts.push(StartRecord {
+            took: called.elapsed(),
+            phases: started.phases.clone(),
+        });
+        Ok(started)
+    }
+    async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<(), BackendError> {
+        let called = Instant::now();
+        let result = self.inner.stop(id, grace).await;
+        let mut log = self.log();
+        let app = log.apps.get(id.as_str()).cloned().unwrap_or_default();
+        log.stops.push(StopRecord {
+            app,
+            called,
+            done: Instant::now(),
+        });
+        result
+    }
+    async fn wait(&self, id: &InstanceId) -> Result<Exit, BackendError> {
+        self.inner.wait(id).await
+    }
+    async fn connect(&self, id: &InstanceId) -> Result<Connection, BackendError> {
+        self.inner.connect(id).await
+    }
+    async fn list(&self) -> Result<Vec<OwnedInstance>, BackendError> {
+        self.inner.list().await
+    }
+    async fn logs(&self, id: &InstanceId) -> Result<String, BackendError> {
+        self.inner.logs(id).await
+    }
+}
+
+/// "Instances" that are one native server on a loopback port: isolates the gateway's own cost
+/// (routing, limits, forwarding) from the container's network namespace.
+pub(crate) struct NativeBackend {
+    pub(crate) port: u16,
+}
+
+#[async_trait]
+impl ContainerBackend for NativeBackend {
+    async fn prepare(&self, _app: &AppSpec) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn start(&self, _app: &AppSpec, _id: &InstanceId) -> Result<Started, BackendError> {
+        Ok(Started {
+            port: self.port,
+            phases: Vec::new(),
+        })
+    }
+    async fn stop(&self, _id: &InstanceId, _grace: Duration) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn wait(&self, _id: &InstanceId) -> Result<Exit, BackendError> {
+        std::future::pending().await
+    }
+    async fn connect(&self, _id: &InstanceId) -> Result<Connection, BackendError> {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .map_err(|e| BackendError::new(ErrorKind::Connect, e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Box::new(stream))
+    }
+    async fn list(&self) -> Result<Vec<OwnedInstance>, BackendError> {
+        Ok(Vec::new())
+    }
+    async fn logs(&self, _id: &InstanceId) -> Result<String, BackendError> {
+        Ok(String::new())
+    }
+}
+
+/// busybox httpd serving a small page on 8080: the "small static server image".
+pub(crate) fn busybox_image() -> Res<ImageBuilder> {
+    let busybox = std::fs::read("/bin/busybox")
+        .context("read /bin/busybox (Debian's busybox-static; scripts/bench installs it)")?;
+    Ok(ImageBuilder::new()
+        .file("/bin/busybox", busybox, 0o755)
+        .file("/www/index.html", b"hello from busybox\n".to_vec(), 0o644)
+        .cmd(["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"])
+        .tag("bench"))
+}
+
+/// The demo app (`serverless-hello`) as an image.
+pub(crate) fn hello_image(hello_bin: &Path, out: &Path) -> Res<PathBuf> {
+    ImageBuilder::new()
+        .executable(hello_bin, "/app/serverless-hello")
+        .context(format_args!("package {}", hello_bin.display()))?
+        .cmd(["/app/serverless-hello"])
+        .write_oci_archive(out)
+        .context(format_args!("write {}", out.display()))?;
+    Ok(out.to_owned())
+}
+
+/// A gateway over a private containerd under a temp dir.
+pub(crate) struct Lab {
+    pub(crate) gateway: Gateway,
+    pub(crate) containerd: Arc<ContainerdBackend>,
+    pub(crate) rec: Arc<Recording<Arc<ContainerdBackend>>>,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// Writes `images` (file name, image) into a temp dir, starts containerd and the gateway.
+    pub(crate) async fn start(namespace: &str, images: &[(&str, ImageBuilder)]) -> Res<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("serverless-bench-")
+            .tempdir()
+            .context("create a temp dir")?;
+        for (name, image) in images {
+            let path = dir.path().join(name);
+            image
+                .write_oci_archive(&path)
+                .context(format_args!("write {}", path.display()))?;
+        }
+        let containerd = Arc::new(
+            ContainerdBackend::builder(dir.path().join("containerd"))
+                .namespace(namespace)
+                .build()
+                .await
+                .context("start a private containerd (needs root, containerd and runc)")?,
+        );
+        let rec = Arc::new(Recording::new(containerd.clone()));
+        let config = Config::from_toml("listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n")
+            .context("gateway config")?;
+        let gateway = Gateway::start(config, rec.clone())
+            .await
+            .map_err(|e| format!("start the gateway: {e}"))?;
+        Ok(Self {
+            gateway,
+            containerd,
+            rec,
+            dir,
+        })
+    }
+
+    /// Deploys one app from a `[[apps]]` TOML table (`{dir}` = the lab's temp dir).
+    pub(crate) async fn deploy(&self, app_toml: &str) -> Res<AppSpec> {
+        let toml = app_toml.replace("{dir}", &self.dir.path().display().to_string());
+        let config = Config::from_toml(&format!(
+            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{toml}"
+        ))
+        .context("app config")?;
+        let spec = config
+            .apps
+            .into_iter()
+            .next()
+            .context("app config has no [[apps]]")?;
+        self.gateway
+            .engine()
+            .deploy(spec.clone())
+            .await
+            .context(format_args!("deploy {}", spec.name))?;
+        Ok(spec)
+    }
+
+    /// Instances of `app` by state: (ready, total).
+    pub(crate) fn instances(&self, app: &str) -> (usize, usize) {
+        self.gateway
+            .engine()
+            .app(app)
+            .map(|a| {
+                let snap = a.pool.snapshot();
+                let ready = snap
+                    .instances
+                    .iter()
+                    .filter(|i| i.state.as_str() == "ready")
+                    .count();
+                (ready, snap.instances.len())
+            })
+            .unwrap_or((0, 0))
+    }
+
+    /// Waits until the backend holds no container at all.
+    pub(crate) async fn wait_empty(&self, timeout: Duration) -> Res<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.containerd.list().await.context("list containers")?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("containers still there after {timeout:?}: {left:?}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A counter from the gateway's Prometheus metrics (first line starting with `prefix`).
+    pub(crate) fn metric(&self, prefix: &str) -> f64 {
+        let engine = self.gateway.engine();
+        engine
+            .metrics()
+            .encode(engine)
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Shuts the gateway down, stops every instance and the private containerd.
+    pub(crate) async fn stop(self) -> Res<()> {
+        self.gateway.shutdown().await;
+        let left = self.containerd.list().await.unwrap_or_default();
+        for i in &left {
+            let _ = self.containerd.stop(&i.id, Duration::ZERO).await;
+        }
+        self.containerd
+            .shutdown()
+            .await
+            .context("stop the private containerd")?;
+        drop(self.dir);
+        Ok(())
+    }
+}

@@ -1,0 +1,332 @@
+//! Scenario 2: warm proxy overhead. One native `serverless-hello` on loopback, reached directly,
+//! through our gateway (as its own process, over a backend whose "instance" is that server),
+//! through nginx (`proxy_pass`, keep-alive upstream) and through haproxy. Proxies and the
+//! upstream are pinned to CPU 1, the load generator (this process) to CPU 0.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use serverless_core::Config;
+use serverless_proxy::Gateway;
+
+use crate::lab::NativeBackend;
+use crate::loadgen::{fixed_rate, max_throughput, Outcome};
+use crate::util::{
+    env_num, free_port, headline, noise, summary, wait_http, write_json, Context, Res,
+};
+
+const HOST: &str = "hello.localhost";
+
+/// Child processes, stopped with SIGTERM (then SIGKILL) when dropped.
+#[derive(Default)]
+struct Procs(Vec<(String, Child)>);
+
+impl Procs {
+    fn spawn(&mut self, name: &str, cmd: &mut Command) -> Res<()> {
+        let child = cmd
+            .stdout(Stdio::null())
+            .spawn()
+            .context(format_args!("start {name}"))?;
+        self.0.push((name.to_owned(), child));
+        Ok(())
+    }
+
+    fn check(&mut self) -> Res<()> {
+        for (name, child) in &mut self.0 {
+            if let Some(status) = child.try_wait()? {
+                return Err(format!("{name} exited early: {status}").into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = Command::new("kill")
+                .arg(child.id().to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+        for (_, child) in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn pinned(cpu: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpu]).arg(program);
+    c
+}
+
+pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
+    let duration = Duration::from_secs(env_num("BENCH_WARM_SECS", 8)?);
+    let tput_duration = Duration::from_secs(env_num("BENCH_TPUT_SECS", 4)?);
+    let repeats: usize = env_num("BENCH_WARM_REPEATS", 3)?;
+    let rate: u64 = env_num("BENCH_WARM_RPS", 1000)?;
+    let noise_before = noise();
+    let dir = tempfile::Builder::new()
+        .prefix("serverless-bench-warm-")
+        .tempdir()
+        .context("create a temp dir")?;
+    let mut procs = Procs::default();
+    let up = free_port()?;
+    procs.spawn(
+        "serverless-hello",
+        pinned("1", hello_bin).args(["--port", &up.to_string()]),
+    )?;
+    let self_exe = std::env::current_exe().context("find the bench binary")?;
+    let gw = free_port()?;
+    procs.spawn(
+        "gateway",
+        pinned("1", &self_exe).args([
+            "gateway-native",
+            &format!("127.0.0.1:{gw}"),
+            &up.to_string(),
+        ]),
+    )?;
+    let ng = free_port()?;
+    let nginx_conf = nginx_config(dir.path(), ng, up)?;
+    procs.spawn(
+        "nginx",
+        pinned("1", "nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&nginx_conf)
+            .stderr(Stdio::null()),
+    )?;
+    let hp = free_port()?;
+    let haproxy_conf = haproxy_config(dir.path(), hp, up)?;
+    procs.spawn(
+        "haproxy",
+        pinned("1", "haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&haproxy_conf),
+    )?;
+    let targets: Vec<(&str, SocketAddr)> = vec![
+        ("direct", ([127, 0, 0, 1], up).into()),
+        ("serverless", ([127, 0, 0, 1], gw).into()),
+        ("nginx", ([127, 0, 0, 1], ng).into()),
+        ("haproxy", ([127, 0, 0, 1], hp).into()),
+    ];
+    for (name, addr) in &targets {
+        wait_http(*addr, HOST, Duration::from_secs(10))
+            .await
+            .context(format_args!("{name} is not answering"))?;
+    }
+    procs.check()?;
+
+    let mut results = serde_json::Map::new();
+    for (name, _) in &targets {
+        results.insert((*name).to_owned(), json!({ "fixed": [], "tput": [] }));
+    }
+    let mut cdf: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+    for r in 0..repeats {
+        for (name, addr) in &targets {
+            // Warm-up, then the measured run.
+            fixed_rate(*addr, HOST, "/", rate, Duration::from_secs(1), 16).await?;
+            let o = fixed_rate(*addr, HOST, "/", rate, duration, 16).await?;
+            let s = lat_summary(&o);
+            eprintln!(
+                "warm {name} run {r}: {rate} rps p50 {:.3} ms p99 {:.3} ms errors {}",
+                s.p50, s.p99, o.errors
+            );
+            if r == 0 {
+                cdf.insert((*name).to_owned(), json!(percentile_curve(&o)));
+            }
+            results[*name]["fixed"]
+                .as_array_mut()
+                .context("results")?
+                .push(json!({ "summary": s, "errors": o.errors, "achieved_rps": o.rps() }));
+        }
+    }
+    for r in 0..repeats {
+        for (name, addr) in &targets {
+            let o = max_throughput(*addr, HOST, "/", tput_duration, 64).await?;
+            eprintln!(
+                "throughput {name} run {r}: {:.0} rps, errors {}",
+                o.rps(),
+                o.errors
+            );
+            results[*name]["tput"]
+                .as_array_mut()
+                .context("results")?
+                .push(json!({ "rps": o.rps(), "errors": o.errors, "summary": lat_summary(&o) }));
+        }
+    }
+    procs.check()?;
+    drop(procs);
+
+    // Headlines: median over repeats.
+    let med = |name: &str, f: &dyn Fn(&serde_json::Value) -> f64, key: &str| -> f64 {
+        let v: Vec<f64> = results[name][key]
+            .as_array()
+            .map(|a| a.iter().map(f).collect())
+            .unwrap_or_default();
+        summary(&v).p50
+    };
+    let p50 = |v: &serde_json::Value| v["summary"]["p50"].as_f64().unwrap_or(f64::NAN);
+    let p99 = |v: &serde_json::Value| v["summary"]["p99"].as_f64().unwrap_or(f64::NAN);
+    let rps = |v: &serde_json::Value| v["rps"].as_f64().unwrap_or(f64::NAN);
+    let (d50, d99) = (med("direct", &p50, "fixed"), med("direct", &p99, "fixed"));
+    for name in ["serverless", "nginx", "haproxy"] {
+        headline(
+            &format!("warm_{name}_added_p50_ms"),
+            format!("{:.3}", med(name, &p50, "fixed") - d50),
+        );
+        headline(
+            &format!("warm_{name}_added_p99_ms"),
+            format!("{:.3}", med(name, &p99, "fixed") - d99),
+        );
+    }
+    for name in ["direct", "serverless", "nginx", "haproxy"] {
+        headline(
+            &format!("throughput_{name}_rps"),
+            format!("{:.0}", med(name, &rps, "tput")),
+        );
+    }
+    let value = json!({
+        "rate": rate,
+        "duration_s": duration.as_secs(),
+        "tput_duration_s": tput_duration.as_secs(),
+        "repeats": repeats,
+        "connections_fixed": 16,
+        "connections_tput": 64,
+        "results": results,
+        "cdf": cdf,
+        "noise_before": noise_before,
+        "noise_after": noise(),
+    });
+    write_json(out, "warm", &value)
+}
+
+fn lat_summary(o: &Outcome) -> crate::util::Summary {
+    let v: Vec<f64> = o.latencies_us.iter().map(|u| *u as f64 / 1000.0).collect();
+    summary(&v)
+}
+
+/// (percentile, ms) pairs for a latency-by-percentile plot.
+fn percentile_curve(o: &Outcome) -> Vec<(f64, f64)> {
+    let mut v: Vec<f64> = o.latencies_us.iter().map(|u| *u as f64 / 1000.0).collect();
+    v.sort_by(f64::total_cmp);
+    let mut out = Vec::new();
+    // 0..99.99 on a "nines" scale: x = -log10(1 - p).
+    for k in 0..=400 {
+        let nines = k as f64 / 100.0;
+        let p = 100.0 * (1.0 - 10f64.powf(-nines));
+        out.push((nines, crate::util::percentile(&v, p)));
+    }
+    out
+}
+
+fn nginx_config(dir: &Path, port: u16, upstream: u16) -> Res<PathBuf> {
+    let d = dir.display();
+    let conf = format!(
+        r#"daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream hello {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://hello;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).context("write nginx.conf")?;
+    Ok(path)
+}
+
+fn haproxy_config(dir: &Path, port: u16, upstream: u16) -> Res<PathBuf> {
+    let conf = format!(
+        r#"global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend hello
+backend hello
+    http-reuse always
+    server s1 127.0.0.1:{upstream}
+"#
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf).context("write haproxy.cfg")?;
+    Ok(path)
+}
+
+/// `gateway-native LISTEN UPSTREAM_PORT`: the real gateway (one runtime thread, like nginx's one
+/// worker and haproxy's one thread) over a backend whose only instance is the native upstream.
+pub(crate) fn gateway_native(listen: &str, upstream: &str) -> Res<()> {
+    let port: u16 = upstream.parse().context("upstream port")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let config = Config::from_toml(&format!(
+            r#"listen = "{listen}"
+admin = "127.0.0.1:0"
+[[apps]]
+name = "hello"
+image = "example/hello:1"
+hosts = ["{HOST}"]
+[apps.limits]
+max_concurrent_requests = 256
+idle_timeout = "1h"
+max_duration = "1h"
+[apps.scale]
+max = 1
+"#
+        ))
+        .context("gateway config")?;
+        let gateway = Gateway::start(config, Arc::new(NativeBackend { port }))
+            .await
+            .map_err(|e| format!("start the gateway: {e}"))?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        term.recv().await;
+        gateway.shutdown().await;
+        Ok(())
+    })
+}
