@@ -49,9 +49,23 @@ pub struct Builder {
     snapshotter: String,
     runtime: String,
     pull_progress: ProgressHook,
+    max_unpacked_bytes: u64,
 }
 
+/// [`Builder::max_unpacked_bytes`]'s default: 10 GiB.
+pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 10 << 30;
+
 impl Builder {
+    /// The largest unpacked size of an image's layers (default
+    /// [`DEFAULT_MAX_UNPACKED_BYTES`]). Compressed layers are measured by decompressing them
+    /// as a stream before containerd unpacks them, so a decompression bomb is refused with an
+    /// [`ErrorKind::Image`] error (and nothing of the import is kept) instead of filling the
+    /// disk.
+    pub fn max_unpacked_bytes(mut self, bytes: u64) -> Self {
+        self.max_unpacked_bytes = bytes;
+        self
+    }
+
     /// Uses the containerd at `socket` instead of starting a private one.
     pub fn socket(mut self, socket: impl Into<PathBuf>) -> Self {
         self.socket = Some(socket.into());
@@ -137,6 +151,7 @@ impl Builder {
                 snapshotter: self.snapshotter,
                 runtime: self.runtime,
                 pull_progress: self.pull_progress,
+                max_unpacked_bytes: self.max_unpacked_bytes,
                 exits,
                 instances: Mutex::new(HashMap::new()),
                 images: tokio::sync::Mutex::new(HashMap::new()),
@@ -171,6 +186,7 @@ struct Inner {
     snapshotter: String,
     runtime: String,
     pull_progress: ProgressHook,
+    max_unpacked_bytes: u64,
     exits: Arc<Exits>,
     instances: Mutex<HashMap<String, Arc<Instance>>>,
     /// Prepared images, by reference; the lock also serializes imports.
@@ -206,6 +222,7 @@ impl ContainerdBackend {
             snapshotter: "overlayfs".to_owned(),
             runtime: "io.containerd.runc.v2".to_owned(),
             pull_progress: ProgressHook::default(),
+            max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
         }
     }
 
@@ -385,6 +402,7 @@ impl ContainerdBackend {
                     &self.inner.snapshotter,
                     &format!("oci-archive:{}", path.display()),
                     &path,
+                    self.inner.max_unpacked_bytes,
                 )
                 .await?
             }
@@ -394,6 +412,7 @@ impl ContainerdBackend {
                     &self.inner.snapshotter,
                     reference,
                     &self.inner.pull_progress,
+                    self.inner.max_unpacked_bytes,
                 )
                 .await?
             }

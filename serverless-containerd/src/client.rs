@@ -152,11 +152,21 @@ impl Lease {
     }
 
     pub(crate) async fn delete(self, client: &Client) {
+        self.delete_with(client, false).await;
+    }
+
+    /// Deletes the lease and waits for containerd's garbage collection to remove what only it
+    /// held (a failed import leaves no content or snapshots behind).
+    pub(crate) async fn delete_collecting(self, client: &Client) {
+        self.delete_with(client, true).await;
+    }
+
+    async fn delete_with(self, client: &Client, sync: bool) {
         if let Err(s) = client
             .leases()
             .delete(client.req(DeleteLeaseRequest {
                 id: self.id.clone(),
-                sync: false,
+                sync,
             }))
             .await
         {

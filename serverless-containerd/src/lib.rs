@@ -18,7 +18,10 @@
 //!   HTTPS. [`Builder::pull_progress`] reports progress ([`PullProgress`]). Failures (unknown
 //!   repository or tag, unreachable registry, authentication required, no matching platform)
 //!   are [`ErrorKind::Image`](serverless_core::ErrorKind::Image) errors naming the reference.
-//!   A reference is pulled once per backend; later starts reuse it.
+//!   A reference is pulled once per backend; later starts reuse it. Before containerd unpacks
+//!   a layer its media type is checked and its unpacked size measured (gzip layers are
+//!   decompressed as a stream): an image over [`Builder::max_unpacked_bytes`] (default 10 GiB)
+//!   is refused, and a failed import or pull leaves no content or snapshots behind.
 //! - **instances**: an OCI runtime spec from the image config and the app (ENTRYPOINT/CMD or
 //!   `command`, ENV + `PORT`), the slot's CPU quota, memory limit without swap and pids limit,
 //!   containerd's default capabilities, masked and read-only paths, no-new-privileges, an own
@@ -76,7 +79,7 @@ mod netns;
 mod ports;
 mod spec;
 
-pub use backend::{Builder, ContainerdBackend};
+pub use backend::{Builder, ContainerdBackend, DEFAULT_MAX_UNPACKED_BYTES};
 pub use image::{BuildError, ImageBuilder, PullProgress, PullProgressFn};
 
 /// Label keys on our containers, snapshots, images and leases.

@@ -913,3 +913,196 @@ async fn admin_api_off_loopback_needs_the_token() {
     assert_eq!(right, StatusCode::OK);
     gateway.shutdown().await;
 }
+
+/// Writes an OCI image layout archive by hand (shell tools), so it can be wrong on purpose.
+/// Each layer: (media type, path of the blob, its uncompressed tar or None to use the blob).
+/// `missing`: a layer index whose blob is left out of the archive.
+fn hand_made_archive(
+    dir: &std::path::Path,
+    name: &str,
+    layers: &[(&str, std::path::PathBuf)],
+    missing: Option<usize>,
+) -> std::path::PathBuf {
+    let sh = |script: &str| -> String {
+        let out = std::process::Command::new("sh")
+            .args(["-ec", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let layout = dir.join(format!("{name}-layout"));
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let tmp = layout.join("tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        let hex = sh(&format!("sha256sum {} | cut -d' ' -f1", tmp.display()));
+        std::fs::rename(&tmp, blobs.join(&hex)).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (i, (media_type, blob)) in layers.iter().enumerate() {
+        let p = blob.display();
+        let hex = sh(&format!("sha256sum {p} | cut -d' ' -f1"));
+        let size = std::fs::metadata(blob).unwrap().len();
+        let diff = sh(&format!(
+            "if gzip -t {p} 2>/dev/null; then gzip -dc {p} | sha256sum; else sha256sum < {p}; fi | cut -d' ' -f1"
+        ));
+        if missing != Some(i) {
+            std::fs::copy(blob, blobs.join(&hex)).unwrap();
+        }
+        descs.push(serde_json::json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": size}));
+        diff_ids.push(format!("sha256:{diff}"));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/busybox", "httpd", "-f", "-p", "8080"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let (config_digest, config_size) = put(config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": descs,
+    });
+    let (manifest_digest, manifest_size) = put(manifest.to_string().as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size}],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let out = dir.join(format!("{name}.tar"));
+    sh(&format!(
+        "tar -cf {} -C {} oci-layout index.json blobs",
+        out.display(),
+        layout.display()
+    ));
+    out
+}
+
+/// Broken and hostile image archives are refused with a clear error, and nothing of them is
+/// left in containerd (content, snapshots, images); a decompression bomb is stopped by
+/// `max_unpacked_bytes` without being expanded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_images_are_refused_and_leave_nothing() {
+    if !can_run("bad_images_are_refused_and_leave_nothing") {
+        return;
+    }
+    let _shared = shared().await;
+    use serverless_core::{AppSpec, ContainerBackend, ErrorKind, ImageRef};
+    const LIMIT: u64 = 16 << 20;
+    let dir = tempfile::Builder::new()
+        .prefix("sl-rel-")
+        .tempdir()
+        .unwrap();
+    let containerd = Containerd::start(dir.path());
+    let namespace = unique("relimg");
+    let backend = serverless_containerd::ContainerdBackend::builder(dir.path().join("data"))
+        .socket(&containerd.socket)
+        .namespace(namespace.clone())
+        .max_unpacked_bytes(LIMIT)
+        .build()
+        .await
+        .unwrap();
+    let sh = |script: String| {
+        let ok = std::process::Command::new("sh")
+            .args(["-ec", &script])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script}");
+    };
+    let d = dir.path().display().to_string();
+    // A small good layer (gzip) and a bomb: 256 MiB of zeros in a tar, gzipped to ~256 KiB.
+    sh(format!(
+        "mkdir -p {d}/good/bin && cp /bin/busybox {d}/good/bin/ && tar -cf - -C {d}/good bin | gzip -1 > {d}/good.tar.gz"
+    ));
+    sh(format!(
+        "mkdir -p {d}/bomb && head -c 268435456 /dev/zero > {d}/bomb/zeros && tar -cf - -C {d}/bomb zeros | gzip -1 > {d}/bomb.tar.gz && rm {d}/bomb/zeros"
+    ));
+    let good = dir.path().join("good.tar.gz");
+    let bomb = dir.path().join("bomb.tar.gz");
+    let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let truncated = {
+        let whole = busybox_image(dir.path());
+        let bytes = std::fs::read(&whole).unwrap();
+        let p = dir.path().join("truncated.tar");
+        std::fs::write(&p, &bytes[..bytes.len() * 6 / 10]).unwrap();
+        p
+    };
+    let cases = [
+        ("truncated archive", truncated),
+        (
+            "wrong media type",
+            hand_made_archive(
+                dir.path(),
+                "mt",
+                &[("application/vnd.example.not-a-layer", good.clone())],
+                None,
+            ),
+        ),
+        (
+            "missing layer",
+            hand_made_archive(dir.path(), "missing", &[(gz, good.clone())], Some(0)),
+        ),
+        (
+            "zip bomb",
+            hand_made_archive(
+                dir.path(),
+                "bomb",
+                &[(gz, good.clone()), (gz, bomb.clone())],
+                None,
+            ),
+        ),
+    ];
+    let leftovers = || {
+        let ctr = |what: &str| containerd.ctr(&namespace, &[what, "ls"]);
+        (ctr("content"), ctr("snapshots"), ctr("images"))
+    };
+    let mut figures = Vec::new();
+    for (what, archive) in &cases {
+        let app = AppSpec::new("img", ImageRef::OciArchive(archive.clone()));
+        let err = backend
+            .prepare(&app)
+            .await
+            .expect_err(&format!("{what} must be refused"));
+        let left = leftovers();
+        figures.push(format!(
+            "{what}: {err} (left: {} content, {} snapshots, {} images)",
+            left.0.len(),
+            left.1.len(),
+            left.2.len()
+        ));
+        assert_eq!(err.kind(), ErrorKind::Image, "{what}: {err}");
+        assert!(
+            left.0.is_empty() && left.1.is_empty() && left.2.is_empty(),
+            "{what} left {left:?}"
+        );
+    }
+    // The limit is not in the way of a good image with the same first layer.
+    let fine = hand_made_archive(dir.path(), "fine", &[(gz, good.clone())], None);
+    let ok = backend
+        .prepare(&AppSpec::new("img", ImageRef::OciArchive(fine)))
+        .await;
+    eprintln!(
+        "bad images:\n  {}\n  control image: {ok:?}",
+        figures.join("\n  ")
+    );
+    assert!(figures
+        .iter()
+        .any(|f| f.starts_with("zip bomb") && f.contains("max_unpacked_bytes")));
+    ok.unwrap();
+    backend.shutdown().await.unwrap();
+}

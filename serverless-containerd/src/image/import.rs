@@ -48,6 +48,7 @@ pub(crate) async fn import_archive(
     snapshotter: &str,
     name: &str,
     path: &Path,
+    max_unpacked: u64,
 ) -> Result<PreparedImage, BackendError> {
     let owned = path.to_owned();
     let (image, blobs) = tokio::task::spawn_blocking(move || read_archive(&owned))
@@ -64,9 +65,14 @@ pub(crate) async fn import_archive(
         image,
         tokio::fs::File::from_std(blobs.file),
         &lease.value,
+        max_unpacked,
     )
     .await;
-    lease.delete(client).await;
+    if result.is_ok() {
+        lease.delete(client).await;
+    } else {
+        lease.delete_collecting(client).await;
+    }
     result
 }
 
@@ -77,6 +83,7 @@ async fn import_leased(
     image: ArchiveImage,
     mut file: tokio::fs::File,
     lease: &AsciiMetadataValue,
+    max_unpacked: u64,
 ) -> Result<PreparedImage, BackendError> {
     let diff_ids = image.image_config.rootfs().diff_ids().clone();
     if diff_ids.len() != image.layers.len() {
@@ -122,6 +129,7 @@ async fn import_leased(
         config_desc,
         &layers,
         &image.image_config,
+        max_unpacked,
     )
     .await
 }
@@ -138,6 +146,7 @@ pub(super) async fn finish(
     config_desc: &Desc,
     layers: &[Desc],
     image_config: &oci_spec::image::ImageConfiguration,
+    max_unpacked: u64,
 ) -> Result<PreparedImage, BackendError> {
     let diff_ids = image_config.rootfs().diff_ids().clone();
     if diff_ids.len() != layers.len() {
@@ -150,7 +159,7 @@ pub(super) async fn finish(
             ),
         ));
     }
-    let chain_id = unpack(client, snapshotter, lease, layers, &diff_ids).await?;
+    let chain_id = unpack(client, snapshotter, lease, layers, &diff_ids, max_unpacked).await?;
 
     // Garbage-collection references: image → manifest → config + layers, config → snapshot.
     let mut manifest_labels = HashMap::new();
@@ -349,6 +358,112 @@ async fn write_blob(
     outcome
 }
 
+enum SizeError {
+    Over,
+    Other(BackendError),
+}
+
+/// Counts decompressed bytes and fails once they pass `left`.
+struct Budget {
+    used: u64,
+    left: u64,
+}
+
+impl std::io::Write for Budget {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.used += buf.len() as u64;
+        if self.used > self.left {
+            return Err(std::io::Error::other(OverBudget));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("over the unpacked size budget")]
+struct OverBudget;
+
+fn is_over(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<OverBudget>())
+}
+
+/// Whether a layer media type is one containerd can apply (a tar, plain or compressed).
+pub(crate) fn is_layer_type(media_type: &str) -> bool {
+    const OK: &[&str] = &[
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.diff.tar",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    ];
+    OK.contains(&media_type)
+}
+
+/// The unpacked (tar) size of a layer in the content store, read through a streaming
+/// decompressor that stops as soon as it passes `left`. gzip is decompressed here; a plain tar
+/// is its blob size; zstd layers are not measured (no decoder here) and count as their blob
+/// size.
+async fn unpacked_size(client: &Client, desc: &Desc, left: u64) -> Result<u64, SizeError> {
+    use containerd_client::services::v1::ReadContentRequest;
+    use std::io::Write;
+    if !is_layer_type(&desc.media_type) {
+        return Err(SizeError::Other(BackendError::new(
+            ErrorKind::Image,
+            format!(
+                "layer {} has media type {:?}, which is not a layer containerd can unpack (a tar, plain, gzip or zstd)",
+                desc.digest, desc.media_type
+            ),
+        )));
+    }
+    if !desc.media_type.ends_with("gzip") {
+        return if desc.size > left {
+            Err(SizeError::Over)
+        } else {
+            Ok(desc.size)
+        };
+    }
+    let mut stream = client
+        .content()
+        .read(client.req(ReadContentRequest {
+            digest: desc.digest.clone(),
+            offset: 0,
+            size: 0,
+        }))
+        .await
+        .map_err(|s| SizeError::Other(failed(format_args!("content read of {}", desc.digest), s)))?
+        .into_inner();
+    let mut decoder = flate2::write::MultiGzDecoder::new(Budget { used: 0, left });
+    let invalid = |e: std::io::Error| {
+        if is_over(&e) {
+            SizeError::Over
+        } else {
+            SizeError::Other(
+                BackendError::new(
+                    ErrorKind::Image,
+                    format!("layer {} is not valid gzip", desc.digest),
+                )
+                .with_source(e),
+            )
+        }
+    };
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|s| SizeError::Other(failed(format_args!("content read of {}", desc.digest), s)))?
+    {
+        decoder.write_all(&chunk.data).map_err(invalid)?;
+    }
+    let budget = decoder.finish().map_err(invalid)?;
+    Ok(budget.used)
+}
+
 /// Chain id of layer `n` from the chain id below it and its diff id (OCI image spec).
 pub(crate) fn chain_id(parent: Option<&str>, diff_id: &str) -> String {
     match parent {
@@ -363,8 +478,10 @@ async fn unpack(
     lease: &AsciiMetadataValue,
     layers: &[Desc],
     diff_ids: &[String],
+    max_unpacked: u64,
 ) -> Result<String, BackendError> {
     let mut parent: Option<String> = None;
+    let mut unpacked = 0u64;
     for (desc, diff_id) in layers.iter().zip(diff_ids) {
         let chain = chain_id(parent.as_deref(), diff_id);
         let stat = client
@@ -382,6 +499,20 @@ async fn unpack(
             Err(s) if is_not_found(&s) => {}
             Err(s) => return Err(failed(format_args!("snapshot stat of {chain}"), s)),
         }
+        // Before containerd unpacks it: the layer's media type and unpacked size (a zip bomb
+        // is refused without being expanded anywhere).
+        unpacked += unpacked_size(client, desc, max_unpacked.saturating_sub(unpacked))
+            .await
+            .map_err(|e| match e {
+                SizeError::Over => BackendError::new(
+                    ErrorKind::Image,
+                    format!(
+                        "layer {} unpacks to more than the maximum of {max_unpacked} bytes for an image (max_unpacked_bytes)",
+                        desc.digest
+                    ),
+                ),
+                SizeError::Other(e) => e,
+            })?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())

@@ -194,6 +194,7 @@ pub(crate) async fn pull_image(
     snapshotter: &str,
     reference: &str,
     progress: &ProgressHook,
+    max_unpacked: u64,
 ) -> Result<PreparedImage, BackendError> {
     install_crypto();
     let parsed: Reference = reference.parse().map_err(|e| {
@@ -353,11 +354,16 @@ pub(crate) async fn pull_image(
             &config_desc,
             &layer_descs,
             &image_config,
+            max_unpacked,
         )
         .await
     }
     .await;
-    lease.delete(client).await;
+    if result.is_ok() {
+        lease.delete(client).await;
+    } else {
+        lease.delete_collecting(client).await;
+    }
     result
 }
 
