@@ -1106,3 +1106,232 @@ async fn bad_images_are_refused_and_leave_nothing() {
     ok.unwrap();
     backend.shutdown().await.unwrap();
 }
+
+/// Writes `bytes` on a fresh connection, then reads until the gateway closes it (or `wait`
+/// passes): what came back, and whether the connection was closed.
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = conn.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    let deadline = Instant::now() + wait;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK: every header as a literal without indexing, new name, no Huffman.
+fn hpack(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        out.push(0x00);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// Hostile HTTP from raw TCP clients: each case is answered or cut off as the specs say, while
+/// a well-behaved client keeps getting answers (0 failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_http_is_answered_or_cut_off() {
+    use serverless_core::fake::FakeBackend;
+    let _shared = shared().await;
+    let backend = FakeBackend::new();
+    let config = serverless_core::Config::from_toml(
+        r#"
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[server]
+header_read_timeout = "1s"
+max_header_bytes = 16384
+[[apps]]
+name = "hello"
+image = "example/hello:1"
+[apps.limits]
+max_concurrent_requests = 256
+"#,
+    )
+    .unwrap();
+    let gateway = serverless_proxy::Gateway::start(config, std::sync::Arc::new(backend.clone()))
+        .await
+        .unwrap();
+    let addr = gateway.listen_addr();
+    let load = Load::start(addr, "hello.localhost", "/", 2);
+    let h = "Host: hello.localhost\r\n";
+    let mut figures = Vec::new();
+    let mut check = |what: &str, (res, closed): (String, bool), ok: &dyn Fn(&str, bool) -> bool| {
+        let line = format!("{what}: {:?}, closed: {closed}", status_line(&res));
+        assert!(ok(&res, closed), "{line}\n{res}");
+        figures.push(line);
+    };
+    let quick = Duration::from_secs(3);
+
+    check(
+        "malformed request line",
+        raw_exchange(addr, b"GARBAGE\r\n\r\n", quick).await,
+        &|r, closed| r.starts_with("HTTP/1.1 400") && closed,
+    );
+    check(
+        "unknown HTTP version",
+        raw_exchange(addr, format!("GET / HTTP/9.9\r\n{h}\r\n").as_bytes(), quick).await,
+        &|r, closed| {
+            (r.starts_with("HTTP/1.1 505") || r.starts_with("HTTP/1.1 400") || r.is_empty())
+                && closed
+        },
+    );
+    check(
+        "control bytes in the target",
+        raw_exchange(
+            addr,
+            format!("GET /\x01x HTTP/1.1\r\n{h}\r\n").as_bytes(),
+            quick,
+        )
+        .await,
+        &|r, closed| r.starts_with("HTTP/1.1 400") && closed,
+    );
+    // Smuggling: both framings. Either refused, or read as chunked (TE wins, RFC 9112 §6.3)
+    // with the connection closed afterwards; never as Content-Length.
+    check(
+        "Content-Length + Transfer-Encoding",
+        raw_exchange(
+            addr,
+            format!("POST / HTTP/1.1\r\n{h}Content-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n{h}\r\n").as_bytes(),
+            quick,
+        )
+        .await,
+        &|r, closed| {
+            r.starts_with("HTTP/1.1 400") && closed
+                || (r.starts_with("HTTP/1.1 200") && r.to_ascii_lowercase().contains("x-body-len: 0") && closed)
+        },
+    );
+    check(
+        "two different Content-Lengths",
+        raw_exchange(
+            addr,
+            format!("POST / HTTP/1.1\r\n{h}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")
+                .as_bytes(),
+            quick,
+        )
+        .await,
+        &|r, closed| r.starts_with("HTTP/1.1 400") && closed,
+    );
+    check(
+        "Transfer-Encoding other than chunked",
+        raw_exchange(
+            addr,
+            format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: gzip\r\n\r\nxxxx").as_bytes(),
+            quick,
+        )
+        .await,
+        &|r, closed| r.starts_with("HTTP/1.1 400") || r.starts_with("HTTP/1.1 501") || closed,
+    );
+    let big = "x".repeat(32 * 1024);
+    check(
+        "32 KiB header over a 16 KiB limit",
+        raw_exchange(
+            addr,
+            format!("GET / HTTP/1.1\r\n{h}X-Big: {big}\r\n\r\n").as_bytes(),
+            quick,
+        )
+        .await,
+        &|r, closed| r.starts_with("HTTP/1.1 431") && closed,
+    );
+
+    // Slowloris: a header byte every 100 ms; cut off after header_read_timeout (1 s).
+    let slow = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let started = Instant::now();
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: hello.localhost\r\nX-Slow: {}",
+            "a".repeat(200)
+        );
+        for b in head.bytes() {
+            if conn.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if started.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+        }
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut rest)).await;
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&rest).into_owned(),
+        )
+    });
+    let (took, answer) = slow.await.unwrap();
+    figures.push(format!(
+        "slowloris: cut off after {took:?} ({:?})",
+        status_line(&answer)
+    ));
+    assert!(
+        took < Duration::from_secs(5),
+        "slowloris held the connection {took:?}"
+    );
+
+    // HTTP/2 rapid reset (CVE-2023-44487): 5000 streams opened and reset at once.
+    let started_before = backend.started();
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frames.extend(h2_frame(0x4, 0, 0, &[]));
+    let block = hpack(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/sleep/1000"),
+        (":authority", "hello.localhost"),
+    ]);
+    for i in 0..5000u32 {
+        let stream = 2 * i + 1;
+        frames.extend(h2_frame(0x1, 0x4 | 0x1, stream, &block)); // HEADERS, END_HEADERS|END_STREAM
+        frames.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let reset_started = Instant::now();
+    let attack =
+        tokio::spawn(async move { raw_exchange(addr, &frames, Duration::from_secs(10)).await });
+    // Another client during the attack.
+    let during = send(&client(), addr, "hello.localhost", Method::GET, "/", b"").await;
+    let (reply, closed) = attack.await.unwrap();
+    // GOAWAY is frame type 7; its error code ENHANCE_YOUR_CALM is 0xb.
+    let goaway = reply.as_bytes().windows(2).any(|w| w == [0x07, 0x00]);
+    figures.push(format!(
+        "h2 rapid reset (5000 streams): connection closed {closed} after {:?}, GOAWAY seen {goaway}; other client during it → {:?}; instances started {}",
+        reset_started.elapsed(),
+        during.as_ref().map(|a| a.status),
+        backend.started() - started_before
+    ));
+    assert!(closed, "the attacking connection stayed open");
+    assert_eq!(during.unwrap().status, StatusCode::OK);
+
+    let (sent, failed) = load.finish().await;
+    eprintln!(
+        "hostile HTTP:\n  {}\n  well-behaved client: sent {sent}, failed {}",
+        figures.join("\n  "),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    gateway.shutdown().await;
+}
