@@ -588,6 +588,27 @@ impl ContainerdBackend {
         tail(&self.log_path(id), max).await.unwrap_or_default()
     }
 
+    /// The log tail of a process that just exited. The shim copies its output to the file
+    /// asynchronously; when the events loop deleted the task first, our delete did not wait for
+    /// that copy. So wait until the file stops growing (and, if still empty, up to 500 ms).
+    async fn read_settled_log_tail(&self, id: &str, max: u64) -> String {
+        let path = self.log_path(id);
+        let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let started = Instant::now();
+        let mut last = size();
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = size();
+            let settled =
+                now == last && (now > 0 || started.elapsed() >= Duration::from_millis(500));
+            if settled || started.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
+            last = now;
+        }
+        self.read_log_tail(id, max).await
+    }
+
     async fn start_inner(
         &self,
         app: &AppSpec,
@@ -859,7 +880,7 @@ impl ContainerBackend for ContainerdBackend {
         if cleanup.is_ok() {
             cleanup = self.delete_objects(id).await;
         }
-        let logs = self.read_log_tail(id, BOOT_LOG_BYTES).await;
+        let logs = self.read_settled_log_tail(id, BOOT_LOG_BYTES).await;
         self.forget(id).await;
         if let Err(c) = cleanup {
             tracing::warn!(instance = id, error = %c, "cleanup after a failed start failed");
