@@ -2,9 +2,11 @@
 //! `ctr run` + first response and `podman run` + first response, interleaved run by run.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::StatusCode;
 use serde_json::json;
@@ -366,7 +368,7 @@ fn podman(root: &Path) -> Command {
 }
 
 /// `podman run -d --network host` + first response; then removed.
-async fn podman_cold(root: &PathBuf, i: usize) -> Res<Duration> {
+async fn podman_cold(root: &Path, i: usize) -> Res<Duration> {
     let port = crate::util::free_port()?;
     let name = format!("bench-podman-{}-{i}", std::process::id());
     let t = Instant::now();

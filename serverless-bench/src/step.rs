@@ -2,7 +2,9 @@
 //! (limit 10 per instance), each sending `GET /sleep?ms=100` back to back.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::StatusCode;
 use serde_json::json;

@@ -4,7 +4,9 @@ use std::error::Error;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};

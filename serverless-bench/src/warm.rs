@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use serverless_core::Config;
@@ -46,6 +46,8 @@ impl Procs {
 }
 
 impl Drop for Procs {
+    // Synchronous on purpose: Drop runs outside async code, also on error paths.
+    #[allow(clippy::disallowed_methods)]
     fn drop(&mut self) {
         for (_, child) in &mut self.0 {
             let _ = Command::new("kill")
@@ -54,8 +56,8 @@ impl Drop for Procs {
                 .status();
         }
         for (_, child) in &mut self.0 {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
+            let deadline = std::time::SystemTime::now() + Duration::from_secs(5);
+            while std::time::SystemTime::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
                 }
