@@ -60,6 +60,7 @@ fn busybox_image(dir: &Path) -> PathBuf {
 
 struct Env {
     gateway: Gateway,
+    stopped: bool,
     backend: Arc<ContainerdBackend>,
     client: Client<HttpConnector, Full<Bytes>>,
     _dir: tempfile::TempDir,
@@ -77,6 +78,7 @@ impl Env {
         let gateway = Gateway::start(config, backend.clone()).await.unwrap();
         Self {
             gateway,
+            stopped: false,
             backend,
             client: Client::builder(TokioExecutor::new()).build_http(),
             _dir: dir,
@@ -103,11 +105,39 @@ impl Env {
             .unwrap_or(0)
     }
 
-    async fn stop(self) {
-        self.gateway.shutdown().await;
+    async fn stop(mut self) {
+        self.gateway.engine().shutdown().await;
         let left = self.backend.list().await.unwrap();
         assert!(left.is_empty(), "left behind: {left:?}");
         self.backend.shutdown().await.unwrap();
+        self.stopped = true;
+    }
+}
+
+/// A test that failed before `stop` still removes its instances (otherwise their shims and
+/// processes outlive the private containerd): a second backend on the same socket reconciles.
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let socket = self.backend.socket().to_owned();
+        let namespace = self.backend.namespace().to_owned();
+        let dir = self._dir.path().join("cleanup");
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(b) = ContainerdBackend::connect(&socket, &namespace, &dir).await {
+                    let _ = b.reconcile().await;
+                }
+            });
+        })
+        .join();
     }
 }
 
