@@ -10,18 +10,17 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    AbortRequest, ApplyRequest, CreateImageRequest, Image, Info, InfoRequest, UpdateImageRequest,
-    UpdateRequest, WriteAction, WriteContentRequest,
+    ApplyRequest, CreateImageRequest, Image, Info, UpdateImageRequest, UpdateRequest,
 };
 use containerd_client::tonic::metadata::AsciiMetadataValue;
 use containerd_client::types::Descriptor;
 use prost_types::FieldMask;
 use serverless_core::{BackendError, ErrorKind};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio::sync::mpsc;
 
 use super::archive::{read_archive, ArchiveError, ArchiveImage, Blob, Desc};
 use super::builder::sha256_hex;
+use super::content::{exists, write_content};
 use crate::client::{failed, is_already_exists, is_not_found, Client, Lease};
 use crate::labels;
 
@@ -260,102 +259,49 @@ async fn write_blob(
     blob: &Blob,
     file: &mut tokio::fs::File,
 ) -> Result<(), BackendError> {
-    let exists = client
-        .content()
-        .info(client.req(InfoRequest {
-            digest: desc.digest.clone(),
-        }))
-        .await;
-    match exists {
-        Ok(_) => return Ok(()),
-        Err(s) if is_not_found(&s) => {}
-        Err(s) => return Err(failed(format_args!("content info of {}", desc.digest), s)),
+    if exists(client, &desc.digest).await? {
+        return Ok(());
     }
-
-    let reference = format!("serverless-import-{}", desc.digest);
-    let total = i64::try_from(desc.size).unwrap_or(i64::MAX);
-    let (tx, rx) = mpsc::channel::<WriteContentRequest>(4);
-    let requests =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut content = client.content();
-    let call = async {
-        let mut responses = content
-            .write(client.leased(requests, lease))
-            .await?
-            .into_inner();
-        while responses.message().await?.is_some() {}
-        Ok::<_, containerd_client::tonic::Status>(())
+    let read_failed = |e: std::io::Error| {
+        BackendError::new(
+            ErrorKind::Image,
+            format!("reading blob {} from the archive failed", desc.digest),
+        )
+        .with_source(e)
     };
-    let produce = async {
-        let request = |action: WriteAction, offset: i64, data: Vec<u8>| WriteContentRequest {
-            action: action as i32,
-            r#ref: reference.clone(),
-            total,
-            expected: desc.digest.clone(),
-            offset,
-            data,
-            labels: HashMap::new(),
-        };
-        let mut offset = 0i64;
+    let reference = format!("serverless-import-{}", desc.digest);
+    write_content(client, lease, desc, reference, |mut sink| async move {
         match blob {
             Blob::Bytes(bytes) => {
                 for chunk in bytes.chunks(CHUNK) {
-                    if tx
-                        .send(request(WriteAction::Write, offset, chunk.to_vec()))
-                        .await
-                        .is_err()
-                    {
+                    if !sink.send(chunk.to_vec()).await {
                         return Ok(());
                     }
-                    offset += chunk.len() as i64;
                 }
             }
             Blob::Range {
                 offset: start,
                 size,
             } => {
-                file.seek(SeekFrom::Start(*start)).await?;
+                file.seek(SeekFrom::Start(*start))
+                    .await
+                    .map_err(read_failed)?;
                 let mut left = *size;
                 while left > 0 {
                     let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
                     let mut buf = vec![0; n];
-                    file.read_exact(&mut buf).await?;
-                    if tx
-                        .send(request(WriteAction::Write, offset, buf))
-                        .await
-                        .is_err()
-                    {
+                    file.read_exact(&mut buf).await.map_err(read_failed)?;
+                    if !sink.send(buf).await {
                         return Ok(());
                     }
-                    offset += n as i64;
                     left -= n as u64;
                 }
             }
         }
-        let _ = tx
-            .send(request(WriteAction::Commit, offset, Vec::new()))
-            .await;
-        drop(tx);
-        Ok::<_, std::io::Error>(())
-    };
-    let (called, produced) = tokio::join!(call, produce);
-    let outcome = match (called, produced) {
-        (_, Err(e)) => Err(BackendError::new(
-            ErrorKind::Image,
-            format!("reading blob {} from the archive failed", desc.digest),
-        )
-        .with_source(e)),
-        (Err(s), _) if is_already_exists(&s) => Ok(()),
-        (Err(s), _) => Err(failed(format_args!("content write of {}", desc.digest), s)),
-        (Ok(()), Ok(())) => Ok(()),
-    };
-    if outcome.is_err() {
-        let _ = client
-            .content()
-            .abort(client.req(AbortRequest { r#ref: reference }))
-            .await;
-    }
-    outcome
+        sink.commit().await;
+        Ok(())
+    })
+    .await
 }
 
 enum SizeError {

@@ -2,6 +2,7 @@
 
 mod archive;
 mod builder;
+mod content;
 mod executable;
 mod import;
 mod pull;

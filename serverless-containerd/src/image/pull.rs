@@ -6,13 +6,9 @@
 //! Plain HTTP is used only for loopback registries (`127.0.0.1`, `localhost`, `[::1]`); every
 //! other registry is HTTPS. Pulls are anonymous.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Once};
 
-use containerd_client::services::v1::{
-    AbortRequest, InfoRequest, WriteAction, WriteContentRequest,
-};
 use containerd_client::tonic::metadata::AsciiMetadataValue;
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -26,11 +22,11 @@ use oci_client::Reference;
 use serde::Deserialize;
 use serverless_core::{BackendError, ErrorKind};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
 
 use super::archive::{host_platform, Desc};
+use super::content::{exists, write_content};
 use super::import::{finish, PreparedImage};
-use crate::client::{failed, is_already_exists, is_not_found, Client, Lease};
+use crate::client::{failed, Client, Lease};
 
 /// How far a registry pull is: handed to the [`PullProgressFn`] set with
 /// [`Builder::pull_progress`](crate::Builder::pull_progress) after every chunk written.
@@ -417,20 +413,6 @@ impl Meter {
     }
 }
 
-async fn exists(client: &Client, digest: &str) -> Result<bool, BackendError> {
-    match client
-        .content()
-        .info(client.req(InfoRequest {
-            digest: digest.to_owned(),
-        }))
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(s) if is_not_found(&s) => Ok(false),
-        Err(s) => Err(failed(format_args!("content info of {digest}"), s)),
-    }
-}
-
 /// Streams one blob from the registry into the content store (unless it is there already),
 /// checking its size and digest.
 #[allow(clippy::too_many_arguments)]
@@ -461,30 +443,7 @@ async fn fetch_blob(
         .await
         .map_err(|e| registry_err(&name, registry, e))?;
     let reference = format!("serverless-pull-{}", desc.digest);
-    let total = i64::try_from(desc.size).unwrap_or(i64::MAX);
-    let (tx, rx) = mpsc::channel::<WriteContentRequest>(4);
-    let requests =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut content = client.content();
-    let call = async {
-        let mut responses = content
-            .write(client.leased(requests, lease))
-            .await?
-            .into_inner();
-        while responses.message().await?.is_some() {}
-        Ok::<_, containerd_client::tonic::Status>(())
-    };
-    let request = |action: WriteAction, offset: i64, data: Vec<u8>| WriteContentRequest {
-        action: action as i32,
-        r#ref: reference.clone(),
-        total,
-        expected: desc.digest.clone(),
-        offset,
-        data,
-        labels: HashMap::new(),
-    };
-    // Owns `tx`: the request stream ends when this does, whichever way.
-    let produce = async move {
+    write_content(client, lease, desc, reference, |mut sink| async move {
         let mut hasher = Sha256::new();
         let mut offset = 0u64;
         while let Some(chunk) = stream.next().await {
@@ -502,13 +461,8 @@ async fn fetch_blob(
                     ),
                 ));
             }
-            let at = i64::try_from(offset).unwrap_or(i64::MAX);
-            if tx
-                .send(request(WriteAction::Write, at, chunk.to_vec()))
-                .await
-                .is_err()
-            {
-                // The write call ended early: its error is reported below.
+            if !sink.send(chunk.to_vec()).await {
+                // The write call ended early: its error is reported by write_content.
                 return Ok(());
             }
             offset += n;
@@ -525,24 +479,10 @@ async fn fetch_blob(
                 ),
             ));
         }
-        let at = i64::try_from(offset).unwrap_or(i64::MAX);
-        let _ = tx.send(request(WriteAction::Commit, at, Vec::new())).await;
+        sink.commit().await;
         Ok(())
-    };
-    let (called, produced) = tokio::join!(call, produce);
-    let outcome = match (called, produced) {
-        (_, Err(e)) => Err(e),
-        (Err(s), _) if is_already_exists(&s) => Ok(()),
-        (Err(s), _) => Err(failed(format_args!("content write of {}", desc.digest), s)),
-        (Ok(()), Ok(())) => Ok(()),
-    };
-    if outcome.is_err() {
-        let _ = client
-            .content()
-            .abort(client.req(AbortRequest { r#ref: reference }))
-            .await;
-    }
-    outcome
+    })
+    .await
 }
 
 /// Writes a small in-memory blob (the manifest) unless it is there already.
@@ -556,41 +496,13 @@ async fn write_bytes(
         return Ok(());
     }
     let reference = format!("serverless-pull-{}", desc.digest);
-    let total = i64::try_from(desc.size).unwrap_or(i64::MAX);
-    let mk = |action: WriteAction, offset: i64, data: Vec<u8>| WriteContentRequest {
-        action: action as i32,
-        r#ref: reference.clone(),
-        total,
-        expected: desc.digest.clone(),
-        offset,
-        data,
-        labels: HashMap::new(),
-    };
-    let messages = vec![
-        mk(WriteAction::Write, 0, bytes),
-        mk(WriteAction::Commit, total, Vec::new()),
-    ];
-    let written = async {
-        let mut responses = client
-            .content()
-            .write(client.leased(futures_util::stream::iter(messages), lease))
-            .await?
-            .into_inner();
-        while responses.message().await?.is_some() {}
-        Ok::<_, containerd_client::tonic::Status>(())
-    }
-    .await;
-    match written {
-        Ok(()) => Ok(()),
-        Err(s) if is_already_exists(&s) => Ok(()),
-        Err(s) => {
-            let _ = client
-                .content()
-                .abort(client.req(AbortRequest { r#ref: reference }))
-                .await;
-            Err(failed(format_args!("content write of {}", desc.digest), s))
+    write_content(client, lease, desc, reference, |mut sink| async move {
+        if sink.send(bytes).await {
+            sink.commit().await;
         }
-    }
+        Ok(())
+    })
+    .await
 }
 
 /// Reads a (small) blob back from the content store.
