@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +14,13 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serverless_containerd::{ContainerdBackend, ImageBuilder};
+use serverless_containerd::ContainerdBackend;
 use serverless_core::{Config, ContainerBackend};
 use serverless_proxy::{Gateway, COLD_START_HEADER};
+
+mod support;
+
+use support::{busybox_image, hello_image};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -36,26 +40,6 @@ async fn containerd(dir: &Path) -> ContainerdBackend {
         .build()
         .await
         .expect("start a private containerd (needs root, containerd and runc)")
-}
-
-/// busybox httpd serving `/` and a CGI `/cgi-bin/slow` that answers after 1 s.
-fn busybox_image(dir: &Path) -> PathBuf {
-    let path = dir.join("web.tar");
-    let busybox = std::fs::read("/bin/busybox").expect("read /bin/busybox");
-    ImageBuilder::new()
-        .file("/bin/busybox", busybox, 0o755)
-        .symlink("/bin/sh", "/bin/busybox")
-        .file("/www/index.html", b"hello from busybox\n".to_vec(), 0o644)
-        .file(
-            "/www/cgi-bin/slow",
-            b"#!/bin/busybox sh\n/bin/busybox sleep 1\necho 'Content-Type: text/plain'\necho\necho slow\n"
-                .to_vec(),
-            0o755,
-        )
-        .cmd(["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"])
-        .write_oci_archive(&path)
-        .expect("write image");
-    path
 }
 
 struct Env {
@@ -306,18 +290,6 @@ command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]
     }
     assert!(env.backend.list().await.unwrap().len() <= 1);
     env.stop().await;
-}
-
-/// The demo app (`serverless-hello`) with the shared libraries it needs, at `/app/hello`.
-fn hello_image(dir: &Path) -> PathBuf {
-    let path = dir.join("hello.tar");
-    ImageBuilder::new()
-        .executable(env!("CARGO_BIN_EXE_serverless-hello"), "/app/hello")
-        .expect("package serverless-hello")
-        .cmd(["/app/hello"])
-        .write_oci_archive(&path)
-        .expect("write image");
-    path
 }
 
 fn rss_kib() -> u64 {
