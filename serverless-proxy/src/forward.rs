@@ -3,7 +3,7 @@
 //! not sent.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,14 +13,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::{Connected, Connection as HyperConnection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use serverless_core::{AppSpec, BackendError, Connection, ContainerBackend, ErrorKind, InstanceId};
+use hyper_util::rt::TokioIo;
+use serverless_core::{AppSpec, InstanceId};
 use serverless_limits::Lease;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::response::{BoxError, ReqBody, ResBody, COLD_START_HEADER};
+use crate::upstream::SendError;
+pub(crate) use crate::upstream::Upstreams;
 
 /// Where a request came from, set by the server on each request.
 #[derive(Debug, Clone, Copy)]
@@ -33,97 +32,13 @@ pub struct ClientInfo {
 
 /// The request could not be forwarded or the instance failed while answering: `502`.
 #[derive(Debug, thiserror::Error)]
-#[error("instance {instance} of app {app} {what}")]
+#[error("instance {instance} of app {} {what}", app.name)]
 pub struct ForwardError {
-    app: String,
+    app: Arc<AppSpec>,
     instance: InstanceId,
     what: &'static str,
     #[source]
     source: BoxError,
-}
-
-/// A connection to an instance, as hyper's client needs it.
-struct Upstream(Connection);
-
-impl HyperConnection for Upstream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl AsyncRead for Upstream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upstream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_shutdown(cx)
-    }
-}
-
-/// Dials instances through the backend; the URI's host is the instance id.
-#[derive(Clone)]
-struct InstanceConnector {
-    backend: Arc<dyn ContainerBackend>,
-}
-
-impl tower::Service<Uri> for InstanceConnector {
-    type Response = TokioIo<Upstream>;
-    type Error = BackendError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BackendError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let backend = self.backend.clone();
-        Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| BackendError::new(ErrorKind::NotFound, "no instance in URI"))?;
-            let conn = backend.connect(&InstanceId::new(host)).await?;
-            Ok(TokioIo::new(Upstream(conn)))
-        })
-    }
-}
-
-/// The pooled clients to instances (HTTP/1.1, and HTTP/2 prior knowledge for h2c apps).
-#[derive(Clone)]
-pub(crate) struct Upstreams {
-    http1: Client<InstanceConnector, ReqBody>,
-    h2c: Client<InstanceConnector, ReqBody>,
-}
-
-impl Upstreams {
-    pub(crate) fn new(backend: Arc<dyn ContainerBackend>) -> Self {
-        let connector = InstanceConnector { backend };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .retry_canceled_requests(true)
-            .set_host(false);
-        let http1 = builder.build(connector.clone());
-        let h2c = builder.http2_only(true).build(connector);
-        Self { http1, h2c }
-    }
 }
 
 /// The innermost service: sends the request to the instance of its [`Lease`].
@@ -169,91 +84,94 @@ async fn forward(
     let client_info = req.extensions().get::<ClientInfo>().copied();
     let upgrade = upgrade_protocol(req.headers());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    if headers.get(header::HOST).is_none() {
+        // HTTP/2 clients send the authority instead of `Host`; HTTP/1.1 apps need `Host`.
+        if let Some(host) = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(proto) = &upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, proto.clone());
+        {
+            headers.insert(header::HOST, host);
+        }
     }
-    if let Some(host) = host {
-        parts.headers.insert(header::HOST, host);
+    strip_hop_by_hop(&mut headers);
+    if let Some(proto) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
     }
     if let Some(info) = client_info {
-        add_forwarded(&mut parts.headers, info);
+        add_forwarded(&mut headers, info);
     }
+    let uri = upstream_uri(&parts.uri, app.h2c, headers.get(header::HOST))?;
     let version = if app.h2c {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    let client = if app.h2c {
-        &upstreams.h2c
-    } else {
-        &upstreams.http1
-    };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
-    // A request without a body can be sent again elsewhere if its instance turns out to be
-    // unreachable, and (when idempotent) if the connection broke before any response byte;
-    // one with a body could only be if it had not been read, which the client does not tell
-    // us, so it gets a 502.
-    let retry = body.is_end_stream();
-    let mut body = Some(body);
+    // A request that was not written to an instance comes back and is sent elsewhere. One
+    // without a body that is idempotent may also be sent again when its connection broke
+    // before any response byte (the instance died with it in flight): keep what it takes to
+    // rebuild it. One with a body could only be if it had not been read, which the instance
+    // does not tell us, so it gets a 502.
+    let resend = (body.is_end_stream() && parts.method.is_idempotent()).then(|| headers.clone());
+    let mut next = Some({
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.version_mut() = version;
+        *req.headers_mut() = headers;
+        req
+    });
     let mut attempt = 0;
     let mut res = loop {
         attempt += 1;
         let instance = lease.instance();
-        let body = match body.take() {
-            Some(body) => body,
-            None if retry => empty(),
-            None => return Err("request body already sent".into()),
-        };
-        let mut req = Request::new(body);
-        *req.method_mut() = parts.method.clone();
-        *req.headers_mut() = parts.headers.clone();
-        *req.uri_mut() = format!("http://{instance}{path}").parse::<Uri>()?;
-        *req.version_mut() = version;
-        match client.request(req).await {
-            Ok(res) => break res,
-            Err(err) if err.is_connect() && retry && attempt < MAX_ATTEMPTS => {
-                tracing::debug!(app = %app.name, %instance, error = %err, "instance unreachable, rerouting");
-                lease.reroute().await?;
-            }
-            // The connection broke before any response byte (the instance died with the request
-            // in flight): an idempotent request without a body may be sent again. A new
-            // connection to the same instance tells whether it is gone (then the connect error
-            // above reroutes it).
-            Err(err) if retry && parts.method.is_idempotent() && attempt < MAX_ATTEMPTS => {
-                tracing::debug!(app = %app.name, %instance, error = %err, "connection to the instance broke before an answer, retrying");
-            }
-            Err(err) => {
-                let what = if err.is_connect() {
-                    "could not be reached"
-                } else {
-                    "failed before answering"
-                };
-                if err.is_connect() {
-                    lease.pool().evict(&instance);
+        let req = match next.take() {
+            Some(req) => req,
+            None => match &resend {
+                Some(headers) => {
+                    let mut req = Request::new(empty());
+                    *req.method_mut() = parts.method.clone();
+                    *req.uri_mut() = uri.clone();
+                    *req.version_mut() = version;
+                    *req.headers_mut() = headers.clone();
+                    req
                 }
-                return Err(Box::new(ForwardError {
-                    app: app.name.clone(),
-                    instance,
-                    what,
-                    source: Box::new(err),
-                }));
+                None => return Err("request body already sent".into()),
+            },
+        };
+        let failed = match upstreams.send(&instance, app.h2c, req).await {
+            Ok(res) => break res,
+            Err(failed) => failed,
+        };
+        next = failed.request;
+        let unreachable = matches!(failed.error, SendError::Connect(_));
+        if attempt < MAX_ATTEMPTS && (next.is_some() || resend.is_some()) {
+            if unreachable {
+                tracing::debug!(app = %app.name, %instance, error = ?failed.error, "instance unreachable, rerouting");
+                lease.reroute().await?;
+            } else {
+                // Not written, or idempotent without a body: again. A new connection to the
+                // same instance tells whether it is gone (then the connect error reroutes).
+                tracing::debug!(app = %app.name, %instance, error = ?failed.error, "connection to the instance broke before an answer, retrying");
             }
+            continue;
         }
+        if unreachable {
+            lease.pool().evict(&instance);
+        }
+        let (what, source): (_, BoxError) = match failed.error {
+            SendError::Connect(e) => ("could not be reached", Box::new(e)),
+            SendError::Failed(e) => ("failed before answering", Box::new(e)),
+        };
+        return Err(Box::new(ForwardError {
+            app: app.clone(),
+            instance,
+            what,
+            source,
+        }));
     };
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -280,11 +198,10 @@ async fn forward(
         );
     }
     let instance = lease.instance();
-    let app_name = app.name.clone();
     Ok(res.map(move |b| {
         b.map_err(move |e| -> BoxError {
             Box::new(ForwardError {
-                app: app_name.clone(),
+                app: app.clone(),
                 instance: instance.clone(),
                 what: "failed while sending the response body",
                 source: Box::new(e),
@@ -292,6 +209,29 @@ async fn forward(
         })
         .boxed_unsync()
     }))
+}
+
+/// The request target for the instance: origin-form (`/path?query`) for HTTP/1.1, absolute
+/// (`http://host/path`) for h2c, whose `:authority` and `:scheme` come from it.
+fn upstream_uri(uri: &Uri, h2c: bool, host: Option<&HeaderValue>) -> Result<Uri, BoxError> {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    if !h2c {
+        if uri.scheme().is_none() && uri.authority().is_none() {
+            return Ok(uri.clone());
+        }
+        return Ok(Uri::from(path));
+    }
+    let authority = host
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
+    Ok(Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path)
+        .build()?)
 }
 
 fn empty() -> ReqBody {
@@ -316,9 +256,30 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .cloned()
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, and
 /// the classic list. `TE: trailers` is kept (gRPC needs it end to end).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of a lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -344,47 +305,94 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         header::UPGRADE,
         header::PROXY_AUTHORIZATION,
         header::PROXY_AUTHENTICATE,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
     ] {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
+/// Writes an IP address as text (IPv4 by hand: this runs for every request).
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// A header value from bytes built here (only visible ASCII and spaces, so always valid).
+fn value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
+}
+
 /// Appends the client to `x-forwarded-for` and `forwarded`, sets `x-forwarded-proto`.
 fn add_forwarded(headers: &mut HeaderMap, info: ClientInfo) {
     let ip = info.addr.ip();
-    let proto = if info.tls { "https" } else { "http" };
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    let proto: &[u8] = if info.tls { b"https" } else { b"http" };
+    let prev_xff = headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes);
+    let mut xff = Vec::with_capacity(prev_xff.map_or(0, |p| p.len() + 2) + 40);
+    if let Some(prev) = prev_xff {
+        xff.extend_from_slice(prev);
+        xff.extend_from_slice(b", ");
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
+    push_ip(&mut xff, ip);
+    let prev_fwd = headers.get(header::FORWARDED).map(HeaderValue::as_bytes);
+    let host = headers
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .filter(|h| {
+            h.iter()
+                .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        });
+    let mut fwd = Vec::with_capacity(
+        prev_fwd.map_or(0, |p| p.len() + 2) + host.map_or(0, |h| h.len() + 8) + 64,
+    );
+    if let Some(prev) = prev_fwd {
+        fwd.extend_from_slice(prev);
+        fwd.extend_from_slice(b", ");
+    }
+    fwd.extend_from_slice(b"for=");
+    if ip.is_ipv6() {
+        fwd.extend_from_slice(b"\"[");
+        push_ip(&mut fwd, ip);
+        fwd.extend_from_slice(b"]\"");
     } else {
-        ip.to_string()
-    };
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
-        if host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        {
-            element.push_str(&format!(";host=\"{host}\""));
-        }
+        push_ip(&mut fwd, ip);
     }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {element}"),
-        None => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    fwd.extend_from_slice(b";proto=");
+    fwd.extend_from_slice(proto);
+    if let Some(host) = host {
+        fwd.extend_from_slice(b";host=\"");
+        fwd.extend_from_slice(host);
+        fwd.push(b'"');
+    }
+    if let Some(v) = value(xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if info.tls { "https" } else { "http" }),
+    );
+    if let Some(v) = value(fwd) {
         headers.insert(header::FORWARDED, v);
     }
 }

@@ -39,6 +39,7 @@ pub mod forward;
 pub mod metrics;
 pub mod response;
 pub mod server;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Prometheus metrics (`GET /metrics` on the admin listener).
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -43,8 +44,35 @@ struct AppReason {
     reason: String,
 }
 
+/// One app's request metrics, shared with the families.
+struct AppRequests {
+    duration: Histogram,
+    codes: Mutex<Vec<(u16, Counter)>>,
+}
+
+impl AppRequests {
+    fn count(&self, metrics: &Metrics, app: &str, code: u16, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, counter)) = codes.iter().find(|(c, _)| *c == code) {
+            counter.inc();
+            return;
+        }
+        let counter = metrics
+            .requests
+            .get_or_create(&AppCode {
+                app: app.to_owned(),
+                code,
+            })
+            .clone();
+        counter.inc();
+        codes.push((code, counter));
+    }
+}
+
 /// The engine's metrics.
 pub struct Metrics {
+    by_app: RwLock<HashMap<String, AppRequests>>,
     registry: Mutex<Registry>,
     requests: Family<AppCode, Counter>,
     duration: Family<AppLabel, Histogram>,
@@ -107,6 +135,7 @@ impl Metrics {
             stops.clone(),
         );
         Self {
+            by_app: RwLock::new(HashMap::new()),
             registry: Mutex::new(registry),
             requests,
             duration,
@@ -121,17 +150,30 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn request(&self, app: &str, code: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&AppCode {
-                app: app.to_owned(),
-                code,
-            })
-            .inc();
-        self.duration
-            .get_or_create(&AppLabel {
-                app: app.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
+        // The families are keyed by owned labels; the handles per app (shared counters) spare
+        // every request two label allocations and two family lookups.
+        {
+            let by_app = self.by_app.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(handles) = by_app.get(app) {
+                handles.count(self, app, code, elapsed);
+                return;
+            }
+        }
+        let handles = AppRequests {
+            duration: self
+                .duration
+                .get_or_create(&AppLabel {
+                    app: app.to_owned(),
+                })
+                .clone(),
+            codes: Mutex::new(Vec::new()),
+        };
+        handles.count(self, app, code, elapsed);
+        self.by_app
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(app.to_owned())
+            .or_insert(handles);
     }
 
     /// The Prometheus text exposition, with instance and queue gauges read from `engine` now.
