@@ -33,7 +33,20 @@ use crate::image::{import_archive, pull_image, PreparedImage, ProgressHook, Pull
 use crate::netns::Dialer;
 use crate::{cgroup, labels, ports, spec};
 
+mod standby;
+use standby::Standbys;
+
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+
+/// The fields we set of the runc shim's `containerd.runc.v1.Options`
+/// (containerd's `runtime/v2/runc/options/oci.proto`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RuncOptions {
+    /// The runtime binary the shim runs instead of `runc`.
+    #[prost(string, tag = "6")]
+    binary_name: String,
+}
 /// How much of an instance's log [`ContainerBackend::logs`] returns.
 const LOG_TAIL_BYTES: u64 = 64 * 1024;
 /// How much of the log a boot failure carries.
@@ -50,6 +63,7 @@ pub struct Builder {
     runtime: String,
     pull_progress: ProgressHook,
     max_unpacked_bytes: u64,
+    runtime_binary: Option<PathBuf>,
 }
 
 /// [`Builder::max_unpacked_bytes`]'s default: 10 GiB.
@@ -90,6 +104,14 @@ impl Builder {
         self
     }
 
+    /// The OCI runtime binary the `io.containerd.runc.v2` shim runs (default: `runc` on the
+    /// shim's `PATH`), e.g. `crun`: passed as the runc shim's `BinaryName` option with every
+    /// task. The binary must accept runc's command line.
+    pub fn runtime_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.runtime_binary = Some(path.into());
+        self
+    }
+
     /// Called with the progress of registry pulls (bytes done and total, the current blob), e.g.
     /// to draw a progress bar.
     pub fn pull_progress(mut self, progress: PullProgressFn) -> Self {
@@ -125,6 +147,12 @@ impl Builder {
             }
         };
         let client = Client::new(channel, &self.namespace)?;
+        let task_options = self.runtime_binary.as_ref().map(|binary| prost_types::Any {
+            type_url: RUNC_OPTIONS_TYPE_URL.to_owned(),
+            value: prost::Message::encode_to_vec(&RuncOptions {
+                binary_name: binary.display().to_string(),
+            }),
+        });
         let exits = Arc::new(Exits::default());
         let (ready_tx, mut ready) = watch::channel(false);
         let events = tokio::spawn(events::run(client.clone(), exits.clone(), ready_tx));
@@ -152,6 +180,8 @@ impl Builder {
                 runtime: self.runtime,
                 pull_progress: self.pull_progress,
                 max_unpacked_bytes: self.max_unpacked_bytes,
+                task_options,
+                standbys: Standbys::default(),
                 exits,
                 instances: Mutex::new(HashMap::new()),
                 images: tokio::sync::Mutex::new(HashMap::new()),
@@ -187,6 +217,10 @@ struct Inner {
     runtime: String,
     pull_progress: ProgressHook,
     max_unpacked_bytes: u64,
+    /// The runc shim's options for every task (the runtime binary), if not the defaults.
+    task_options: Option<prost_types::Any>,
+    /// Standbys per app and the instances that took one.
+    standbys: Standbys,
     exits: Arc<Exits>,
     instances: Mutex<HashMap<String, Arc<Instance>>>,
     /// Prepared images, by reference; the lock also serializes imports.
@@ -210,6 +244,15 @@ struct Instance {
     dialer: Dialer,
 }
 
+/// A task created but not started (see [`ContainerdBackend::create`]).
+struct Created {
+    /// The image it was made from (a standby made from an image since replaced is stale).
+    image: Arc<PreparedImage>,
+    pid: u32,
+    dialer: Dialer,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
 impl ContainerdBackend {
     /// A builder whose logs (and, in embedded mode, containerd's root, state and socket) live
     /// under `data_dir`. Without [`Builder::socket`] it starts a private containerd.
@@ -223,6 +266,7 @@ impl ContainerdBackend {
             runtime: "io.containerd.runc.v2".to_owned(),
             pull_progress: ProgressHook::default(),
             max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
+            runtime_binary: None,
         }
     }
 
@@ -281,8 +325,8 @@ impl ContainerdBackend {
         let known: Vec<String> = self.lock().keys().cloned().collect();
         let starting = self.inner.exits.len();
         let mut removed = 0;
-        for owned in self.list().await? {
-            let id = owned.id.as_str();
+        for container in self.containers().await? {
+            let id = container.id.as_str();
             if known.iter().any(|k| k == id) || self.inner.exits.watch(id).is_some() {
                 continue;
             }
@@ -360,6 +404,7 @@ impl ContainerdBackend {
     /// Stops every instance of ours (SIGKILL), removes leftovers, and stops the embedded
     /// containerd if there is one. The backend is unusable afterwards.
     pub async fn shutdown(&self) -> Result<(), BackendError> {
+        self.shutdown_standbys().await;
         let ids: Vec<String> = self.lock().keys().cloned().collect();
         for id in ids {
             self.teardown(&id, Duration::ZERO).await?;
@@ -374,8 +419,8 @@ impl ContainerdBackend {
 
     /// Like reconcile, but also instances still starting (shutdown only).
     async fn reconcile_all(&self) -> Result<(), BackendError> {
-        for owned in self.list().await? {
-            self.teardown(owned.id.as_str(), Duration::ZERO).await?;
+        for container in self.containers().await? {
+            self.teardown(&container.id, Duration::ZERO).await?;
         }
         self.reconcile_inner(Duration::ZERO).await.map(|_| ())
     }
@@ -532,11 +577,27 @@ impl ContainerdBackend {
         Ok(())
     }
 
-    /// Drops what only this process holds about `id`: its log file and exit watch.
+    /// Drops what only this process holds about container `id`: its log file, exit watch and
+    /// the instance id it was known by (when it was a standby).
     async fn forget(&self, id: &str) {
         let _ = tokio::fs::remove_file(self.log_path(id)).await;
         self.inner.exits.remove(id);
         self.lock().remove(id);
+        self.unalias(id);
+    }
+
+    /// Our containers (by label), leftovers of a previous run included.
+    async fn containers(&self) -> Result<Vec<Container>, BackendError> {
+        let client = &self.inner.client;
+        Ok(client
+            .containers()
+            .list(client.req(ListContainersRequest {
+                filters: vec![format!("labels.\"{}\"", labels::INSTANCE)],
+            }))
+            .await
+            .map_err(|s| failed("container list", s))?
+            .into_inner()
+            .containers)
     }
 
     async fn delete_objects(&self, id: &str) -> Result<(), BackendError> {
@@ -615,6 +676,20 @@ impl ContainerdBackend {
         id: &str,
         phases: &mut Vec<(&'static str, Duration)>,
     ) -> Result<Started, BackendError> {
+        let created = self.create(app, id, false, phases).await?;
+        self.run(app, id, id, created, phases).await
+    }
+
+    /// Everything up to a created (not started) task: snapshot, container, task (shim spawn and
+    /// `runc create`: namespaces, cgroup, rootfs; the app's process has not run yet) and the
+    /// dialer into its network namespace. The exit watch of `id` is registered first.
+    async fn create(
+        &self,
+        app: &AppSpec,
+        id: &str,
+        standby: bool,
+        phases: &mut Vec<(&'static str, Duration)>,
+    ) -> Result<Created, BackendError> {
         let client = &self.inner.client;
         let image = self.prepared(app).await?;
         let cgroup_path = self.cgroup(id);
@@ -630,13 +705,16 @@ impl ContainerdBackend {
             BackendError::new(ErrorKind::Image, "serializing the runtime spec failed")
                 .with_source(e)
         })?;
-        let our_labels: HashMap<String, String> = [
+        let mut our_labels: HashMap<String, String> = [
             (labels::MANAGED.to_owned(), "true".to_owned()),
             (labels::APP.to_owned(), app.name.clone()),
             (labels::INSTANCE.to_owned(), id.to_owned()),
         ]
         .into();
-        let mut exit = self.inner.exits.register(id, cgroup_path);
+        if standby {
+            our_labels.insert(labels::STANDBY.to_owned(), "true".to_owned());
+        }
+        let exit = self.inner.exits.register(id, cgroup_path);
 
         let mut t = Instant::now();
         let mut phase = |name: &'static str, t: &mut Instant| {
@@ -712,7 +790,7 @@ impl ContainerdBackend {
                 stderr: log,
                 terminal: false,
                 checkpoint: None,
-                options: None,
+                options: self.inner.task_options.clone(),
                 runtime_path: String::new(),
             }))
             .await
@@ -727,7 +805,32 @@ impl ContainerdBackend {
             .with_source(e)
         })?;
         phase("task_create", &mut t);
+        Ok(Created {
+            image,
+            pid,
+            dialer,
+            exit,
+        })
+    }
 
+    /// Starts a created task (container `id`, known to callers as instance `name`) and waits
+    /// until it listens.
+    async fn run(
+        &self,
+        app: &AppSpec,
+        id: &str,
+        name: &str,
+        created: Created,
+        phases: &mut Vec<(&'static str, Duration)>,
+    ) -> Result<Started, BackendError> {
+        let client = &self.inner.client;
+        let Created {
+            pid,
+            dialer,
+            mut exit,
+            ..
+        } = created;
+        let mut t = Instant::now();
         client
             .tasks()
             .start(client.req(StartRequest {
@@ -735,11 +838,13 @@ impl ContainerdBackend {
                 exec_id: String::new(),
             }))
             .await
-            .map_err(|s| failed(format_args!("task start of {id}"), s))?;
-        phase("task_start", &mut t);
+            .map_err(|s| failed(format_args!("task start of {name}"), s))?;
+        let now = Instant::now();
+        phases.push(("task_start", now - t));
+        t = now;
 
-        let listener = self.await_listener(app, id, pid, &mut exit).await?;
-        phase("port_ready", &mut t);
+        let listener = self.await_listener(app, name, pid, &mut exit).await?;
+        phases.push(("port_ready", t.elapsed()));
 
         let addr = SocketAddr::new(listener.dial_addr(), listener.port);
         self.lock().insert(
@@ -857,25 +962,56 @@ fn validate_id(id: &InstanceId) -> Result<&str, BackendError> {
 
 #[async_trait]
 impl ContainerBackend for ContainerdBackend {
+    /// Imports or pulls the image; with [`Scale::standby`](serverless_core::Scale::standby)
+    /// also creates the app's standby (a failing standby is logged, never an error).
     async fn prepare(&self, app: &AppSpec) -> Result<(), BackendError> {
-        self.prepared(app).await.map(|_| ())
+        self.prepared(app).await?;
+        if app.scale.standby {
+            self.prepare_standby(app).await;
+        }
+        Ok(())
     }
 
+    /// With [`Scale::standby`](serverless_core::Scale::standby) and a standby made for this
+    /// exact spec (and image), only starts it and refills it in the background; otherwise (or
+    /// if that standby is unusable) creates and starts a new container.
     async fn start(&self, app: &AppSpec, id: &InstanceId) -> Result<Started, BackendError> {
         let id = validate_id(id)?;
-        if self.inner.exits.watch(id).is_some() {
+        if self.inner.exits.watch(id).is_some() || self.aliased(id) {
             return Err(BackendError::new(
                 ErrorKind::Unavailable,
                 format!("instance {id} already exists"),
             ));
         }
         let mut phases = Vec::with_capacity(5);
-        let err = match self.start_inner(app, id, &mut phases).await {
+        let t = Instant::now();
+        let standby = match app.scale.standby {
+            true => self.take_standby(app, id).await,
+            false => None,
+        };
+        let (container, result) = match standby {
+            Some(standby) => {
+                phases.push(("standby", t.elapsed()));
+                let result = self
+                    .run(app, &standby.container, id, standby.created, &mut phases)
+                    .await;
+                (standby.container, result)
+            }
+            None => {
+                let result = self.start_inner(app, id, &mut phases).await;
+                if result.is_ok() && app.scale.standby {
+                    self.refill_standby(app);
+                }
+                (id.to_owned(), result)
+            }
+        };
+        let err = match result {
             Ok(started) => return Ok(started),
             Err(err) => err,
         };
         // Free everything the attempt created. Deleting the task flushes its output, so the
         // log is read after that.
+        let id = container.as_str();
         let mut cleanup = self.terminate(id, Duration::ZERO).await;
         if cleanup.is_ok() {
             cleanup = self.delete_objects(id).await;
@@ -896,11 +1032,12 @@ impl ContainerBackend for ContainerdBackend {
 
     async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<(), BackendError> {
         let id = validate_id(id)?;
-        self.teardown(id, grace).await
+        self.teardown(&self.container_of(id), grace).await
     }
 
     async fn wait(&self, id: &InstanceId) -> Result<Exit, BackendError> {
-        let mut rx = self.inner.exits.watch(id.as_str()).ok_or_else(|| {
+        let container = self.container_of(id.as_str());
+        let mut rx = self.inner.exits.watch(&container).ok_or_else(|| {
             BackendError::new(ErrorKind::NotFound, format!("instance {id} not found"))
         })?;
         let exit = rx.wait_for(|e| e.is_some()).await.map_err(|_| {
@@ -913,7 +1050,8 @@ impl ContainerBackend for ContainerdBackend {
     }
 
     async fn connect(&self, id: &InstanceId) -> Result<Connection, BackendError> {
-        let instance = self.lock().get(id.as_str()).cloned().ok_or_else(|| {
+        let container = self.container_of(id.as_str());
+        let instance = self.lock().get(&container).cloned().ok_or_else(|| {
             BackendError::new(ErrorKind::NotFound, format!("instance {id} not found"))
         })?;
         let stream = instance.dialer.connect(instance.addr).await.map_err(|e| {
@@ -929,19 +1067,19 @@ impl ContainerBackend for ContainerdBackend {
         Ok(Box::new(stream))
     }
 
+    /// Instances by the ids they were started with; this run's standbys that no instance took
+    /// yet are not instances and not listed (a previous run's are).
     async fn list(&self) -> Result<Vec<OwnedInstance>, BackendError> {
-        let client = &self.inner.client;
-        let containers = client
-            .containers()
-            .list(client.req(ListContainersRequest {
-                filters: vec![format!("labels.\"{}\"", labels::INSTANCE)],
-            }))
-            .await
-            .map_err(|s| failed("container list", s))?
-            .into_inner()
-            .containers;
+        let containers = self.containers().await?;
         let mut out = Vec::with_capacity(containers.len());
         for c in containers {
+            let instance = self.instance_of(&c.id);
+            if instance.is_none()
+                && c.labels.contains_key(labels::STANDBY)
+                && self.inner.exits.watch(&c.id).is_some()
+            {
+                continue;
+            }
             let running = matches!(
                 self.task_status(&c.id).await,
                 Some((
@@ -951,7 +1089,7 @@ impl ContainerBackend for ContainerdBackend {
             );
             out.push(OwnedInstance {
                 app: c.labels.get(labels::APP).cloned().unwrap_or_default(),
-                id: InstanceId::new(c.id),
+                id: InstanceId::new(instance.unwrap_or(c.id)),
                 running,
             });
         }
@@ -960,7 +1098,7 @@ impl ContainerBackend for ContainerdBackend {
 
     async fn logs(&self, id: &InstanceId) -> Result<String, BackendError> {
         let id = validate_id(id)?;
-        let path = self.log_path(id);
+        let path = self.log_path(&self.container_of(id));
         match tail(&path, LOG_TAIL_BYTES).await {
             Ok(text) => Ok(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::new(
@@ -973,6 +1111,11 @@ impl ContainerBackend for ContainerdBackend {
             )
             .with_source(e)),
         }
+    }
+
+    /// Discards the app's standby if it was made for exactly this spec.
+    async fn release(&self, app: &AppSpec) {
+        self.release_standby(app).await;
     }
 }
 

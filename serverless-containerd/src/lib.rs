@@ -88,6 +88,8 @@ pub(crate) mod labels {
     pub(crate) const MANAGED: &str = "serverless.managed";
     /// The app an instance belongs to.
     pub(crate) const APP: &str = "serverless.app";
-    /// The instance id.
+    /// The instance id (for a standby: its container id).
     pub(crate) const INSTANCE: &str = "serverless.instance";
+    /// On a standby's container and snapshot: created for an app, not started yet.
+    pub(crate) const STANDBY: &str = "serverless.standby";
 }

@@ -231,6 +231,15 @@ pub trait ContainerBackend: Send + Sync + 'static {
 
     /// The instance's recent stdout/stderr.
     async fn logs(&self, id: &InstanceId) -> Result<String, BackendError>;
+
+    /// This app (exactly this spec) is gone: removed, redeployed with another spec, or the
+    /// engine is shutting down. Frees whatever the backend keeps ready for it outside of
+    /// instances (e.g. a pre-created standby, see [`Scale::standby`](crate::Scale::standby)).
+    /// Called by the pool's shutdown once its instances are stopped. Must not fail; the
+    /// default does nothing.
+    async fn release(&self, app: &AppSpec) {
+        let _ = app;
+    }
 }
 
 #[async_trait]
@@ -255,5 +264,8 @@ impl<B: ContainerBackend + ?Sized> ContainerBackend for Arc<B> {
     }
     async fn logs(&self, id: &InstanceId) -> Result<String, BackendError> {
         (**self).logs(id).await
+    }
+    async fn release(&self, app: &AppSpec) {
+        (**self).release(app).await
     }
 }

@@ -117,11 +117,19 @@ pub struct Scale {
     pub min: u32,
     /// Most instances at once (default 10).
     pub max: u32,
+    /// Keep one instance *created but not started* (a standby) so that a cold start only has
+    /// to start it (default false). Backends without such a notion ignore it; see
+    /// [`ContainerBackend::release`](crate::ContainerBackend::release).
+    pub standby: bool,
 }
 
 impl Default for Scale {
     fn default() -> Self {
-        Self { min: 0, max: 10 }
+        Self {
+            min: 0,
+            max: 10,
+            standby: false,
+        }
     }
 }
 

@@ -135,6 +135,11 @@ impl Harness {
                 .filter(|l| l.contains("Active"))
                 .map(|l| format!("snapshot {l}")),
         );
+        out.extend(
+            self.shims()
+                .into_iter()
+                .map(|pid| format!("shim pid {pid}")),
+        );
         let cg = Path::new("/sys/fs/cgroup/memory").join(self.backend.namespace());
         if let Ok(entries) = std::fs::read_dir(&cg) {
             for e in entries.flatten() {
@@ -144,6 +149,20 @@ impl Harness {
             }
         }
         out
+    }
+
+    /// Pids of `containerd-shim-runc-v2` processes serving our namespace.
+    pub fn shims(&self) -> Vec<u32> {
+        processes()
+            .into_iter()
+            .filter(|(_, args)| {
+                args.first().is_some_and(|a| a.contains("containerd-shim"))
+                    && args
+                        .windows(2)
+                        .any(|w| w[0] == "-namespace" && w[1] == self.backend.namespace())
+            })
+            .map(|(pid, _)| pid)
+            .collect()
     }
 
     pub async fn shutdown(mut self) {
@@ -206,4 +225,35 @@ impl Drop for Harness {
         })
         .join();
     }
+}
+
+/// Every process's pid and command line.
+pub fn processes() -> Vec<(u32, Vec<String>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            let args = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            out.push((pid, args));
+        }
+    }
+    out
+}
+
+/// `(rss, pss)` in KiB of a process (`/proc/<pid>/smaps_rollup`).
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("Rss:")?, field("Pss:")?))
 }

@@ -321,6 +321,7 @@ struct RawLimits {
 struct RawScale {
     min: Option<i64>,
     max: Option<i64>,
+    standby: Option<bool>,
 }
 
 /// A duration written as `"5m"`/`"250ms"` or as an integer number of milliseconds.
@@ -694,7 +695,8 @@ impl RawApp {
         let rs = self.scale.unwrap_or_default();
         let max = int_in(&f("scale.max"), rs.max, Scale::default().max, 1, 1000)?;
         let min = int_in(&f("scale.min"), rs.min, 0, 0, i64::from(max))?;
-        spec.scale = Scale { min, max };
+        let standby = rs.standby.unwrap_or(Scale::default().standby);
+        spec.scale = Scale { min, max, standby };
         Ok(spec)
     }
 }

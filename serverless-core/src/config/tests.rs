@@ -43,7 +43,8 @@ fn full_example_parses() {
     assert_eq!(app.env["GREETING"], "hi");
     assert_eq!(app.limits.max_duration, Duration::from_secs(300));
     assert_eq!(app.limits.idle_timeout, Duration::from_secs(60));
-    assert_eq!(app.scale, Scale { min: 0, max: 10 });
+    assert_eq!(app.scale, Scale::default());
+    assert!(!app.scale.standby);
     let cd = config.containerd.unwrap();
     assert_eq!(cd.socket, PathBuf::from("/run/containerd/containerd.sock"));
     assert_eq!(cd.namespace, "serverless");
@@ -211,4 +212,13 @@ fn normalized_config_serializes() {
     assert_eq!(json["apps"][0]["limits"]["max_duration"], "5m");
     assert_eq!(json["apps"][0]["slot"], "c.125-m512");
     assert_eq!(json["apps"][0]["image"], "oci-archive:./hello.tar");
+}
+
+#[test]
+fn standby_is_a_scale_setting() {
+    let config = Config::from_toml(&format!("{APP}[apps.scale]\nstandby = true\n")).unwrap();
+    assert!(config.apps[0].scale.standby);
+    let app = AppSpec::from_json(r#"{"name":"api","image":"x","scale":{"standby":true}}"#).unwrap();
+    assert!(app.scale.standby);
+    assert!(Config::from_toml(&format!("{APP}[apps.scale]\nstandby = 1\n")).is_err());
 }

@@ -348,7 +348,8 @@ impl Pool {
 
     /// Stops taking requests, answers waiting ones with [`PoolError::Closed`], lets in-flight
     /// requests finish (each instance bounded by `stop_grace`), and stops every instance.
-    /// Returns when all are stopped.
+    /// Returns when all are stopped and the backend has released what it kept for the app
+    /// ([`ContainerBackend::release`], e.g. a standby).
     pub async fn shutdown(&self) {
         let (waiters, wakes) = {
             let mut inner = self.shared.lock();
@@ -371,12 +372,11 @@ impl Pool {
         }
         // Supervisors stop their instances; wait until every one is gone (starting ones are
         // stopped by their start task as soon as the backend returns).
-        loop {
-            if self.shared.lock().instances.is_empty() {
-                return;
-            }
+        while !self.shared.lock().instances.is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // Then whatever the backend keeps ready for this app (e.g. a standby) goes too.
+        self.shared.backend.release(&self.shared.app).await;
     }
 }
 
