@@ -339,62 +339,56 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// A header value from bytes built here (only visible ASCII and spaces, so always valid).
-fn value(bytes: Vec<u8>) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
+/// A header value built here (only visible ASCII and spaces, so always valid): one allocation.
+fn value(bytes: &[u8]) -> Option<HeaderValue> {
+    HeaderValue::from_bytes(bytes).ok()
 }
 
 /// Appends the client to `x-forwarded-for` and `forwarded`, sets `x-forwarded-proto`.
 fn add_forwarded(headers: &mut HeaderMap, info: ClientInfo) {
     let ip = info.addr.ip();
     let proto: &[u8] = if info.tls { b"https" } else { b"http" };
-    let prev_xff = headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes);
-    let mut xff = Vec::with_capacity(prev_xff.map_or(0, |p| p.len() + 2) + 40);
-    if let Some(prev) = prev_xff {
-        xff.extend_from_slice(prev);
-        xff.extend_from_slice(b", ");
+    // One scratch buffer for both values (they are copied into their headers).
+    let mut buf = Vec::with_capacity(256);
+    if let Some(prev) = headers.get(&X_FORWARDED_FOR) {
+        buf.extend_from_slice(prev.as_bytes());
+        buf.extend_from_slice(b", ");
     }
-    push_ip(&mut xff, ip);
-    let prev_fwd = headers.get(header::FORWARDED).map(HeaderValue::as_bytes);
-    let host = headers
+    push_ip(&mut buf, ip);
+    if let Some(v) = value(&buf) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    buf.clear();
+    if let Some(prev) = headers.get(header::FORWARDED) {
+        buf.extend_from_slice(prev.as_bytes());
+        buf.extend_from_slice(b", ");
+    }
+    buf.extend_from_slice(b"for=");
+    if ip.is_ipv6() {
+        buf.extend_from_slice(b"\"[");
+        push_ip(&mut buf, ip);
+        buf.extend_from_slice(b"]\"");
+    } else {
+        push_ip(&mut buf, ip);
+    }
+    buf.extend_from_slice(b";proto=");
+    buf.extend_from_slice(proto);
+    if let Some(host) = headers
         .get(header::HOST)
         .map(HeaderValue::as_bytes)
-        .filter(|h| {
-            h.iter()
-                .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        });
-    let mut fwd = Vec::with_capacity(
-        prev_fwd.map_or(0, |p| p.len() + 2) + host.map_or(0, |h| h.len() + 8) + 64,
-    );
-    if let Some(prev) = prev_fwd {
-        fwd.extend_from_slice(prev);
-        fwd.extend_from_slice(b", ");
+        .filter(|h| h.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+    {
+        buf.extend_from_slice(b";host=\"");
+        buf.extend_from_slice(host);
+        buf.push(b'"');
     }
-    fwd.extend_from_slice(b"for=");
-    if ip.is_ipv6() {
-        fwd.extend_from_slice(b"\"[");
-        push_ip(&mut fwd, ip);
-        fwd.extend_from_slice(b"]\"");
-    } else {
-        push_ip(&mut fwd, ip);
-    }
-    fwd.extend_from_slice(b";proto=");
-    fwd.extend_from_slice(proto);
-    if let Some(host) = host {
-        fwd.extend_from_slice(b";host=\"");
-        fwd.extend_from_slice(host);
-        fwd.push(b'"');
-    }
-    if let Some(v) = value(xff) {
-        headers.insert(X_FORWARDED_FOR, v);
+    if let Some(v) = value(&buf) {
+        headers.insert(header::FORWARDED, v);
     }
     headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if info.tls { "https" } else { "http" }),
     );
-    if let Some(v) = value(fwd) {
-        headers.insert(header::FORWARDED, v);
-    }
 }
 
 #[cfg(test)]
