@@ -67,11 +67,14 @@ impl Inner {
         self.http2.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The most recently used idle connection that is still open and young enough.
+    /// The most recently used idle connection that is ready, still open and young enough.
     fn checkout(&self, instance: &InstanceId) -> Option<http1::SendRequest<ReqBody>> {
         let mut idle = self.http1();
         let list = idle.get_mut(instance)?;
         let now = Instant::now();
+        // Given back at its body's end, a connection is ready once its task has seen that end
+        // too (on a multi-thread runtime that may be a moment later): such ones stay listed.
+        let mut not_yet = Vec::new();
         let found = loop {
             let Some(conn) = list.pop_back() else {
                 break None;
@@ -84,7 +87,11 @@ impl Inner {
             if conn.sender.is_ready() {
                 break Some(conn.sender);
             }
+            if !conn.sender.is_closed() {
+                not_yet.push(conn);
+            }
         };
+        list.extend(not_yet.into_iter().rev());
         if list.is_empty() {
             idle.remove(instance);
         }
