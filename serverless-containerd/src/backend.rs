@@ -37,16 +37,7 @@ mod standby;
 use standby::Standbys;
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
 
-/// The fields we set of the runc shim's `containerd.runc.v1.Options`
-/// (containerd's `runtime/v2/runc/options/oci.proto`).
-#[derive(Clone, PartialEq, prost::Message)]
-struct RuncOptions {
-    /// The runtime binary the shim runs instead of `runc`.
-    #[prost(string, tag = "6")]
-    binary_name: String,
-}
 /// How much of an instance's log [`ContainerBackend::logs`] returns.
 const LOG_TAIL_BYTES: u64 = 64 * 1024;
 /// How much of the log a boot failure carries.
@@ -63,7 +54,6 @@ pub struct Builder {
     runtime: String,
     pull_progress: ProgressHook,
     max_unpacked_bytes: u64,
-    runtime_binary: Option<PathBuf>,
 }
 
 /// [`Builder::max_unpacked_bytes`]'s default: 10 GiB.
@@ -104,14 +94,6 @@ impl Builder {
         self
     }
 
-    /// The OCI runtime binary the `io.containerd.runc.v2` shim runs (default: `runc` on the
-    /// shim's `PATH`), e.g. `crun`: passed as the runc shim's `BinaryName` option with every
-    /// task. The binary must accept runc's command line.
-    pub fn runtime_binary(mut self, path: impl Into<PathBuf>) -> Self {
-        self.runtime_binary = Some(path.into());
-        self
-    }
-
     /// Called with the progress of registry pulls (bytes done and total, the current blob), e.g.
     /// to draw a progress bar.
     pub fn pull_progress(mut self, progress: PullProgressFn) -> Self {
@@ -147,12 +129,6 @@ impl Builder {
             }
         };
         let client = Client::new(channel, &self.namespace)?;
-        let task_options = self.runtime_binary.as_ref().map(|binary| prost_types::Any {
-            type_url: RUNC_OPTIONS_TYPE_URL.to_owned(),
-            value: prost::Message::encode_to_vec(&RuncOptions {
-                binary_name: binary.display().to_string(),
-            }),
-        });
         let exits = Arc::new(Exits::default());
         let (ready_tx, mut ready) = watch::channel(false);
         let events = tokio::spawn(events::run(client.clone(), exits.clone(), ready_tx));
@@ -180,7 +156,6 @@ impl Builder {
                 runtime: self.runtime,
                 pull_progress: self.pull_progress,
                 max_unpacked_bytes: self.max_unpacked_bytes,
-                task_options,
                 standbys: Standbys::default(),
                 exits,
                 instances: Mutex::new(HashMap::new()),
@@ -217,8 +192,6 @@ struct Inner {
     runtime: String,
     pull_progress: ProgressHook,
     max_unpacked_bytes: u64,
-    /// The runc shim's options for every task (the runtime binary), if not the defaults.
-    task_options: Option<prost_types::Any>,
     /// Standbys per app and the instances that took one.
     standbys: Standbys,
     exits: Arc<Exits>,
@@ -266,7 +239,6 @@ impl ContainerdBackend {
             runtime: "io.containerd.runc.v2".to_owned(),
             pull_progress: ProgressHook::default(),
             max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
-            runtime_binary: None,
         }
     }
 
@@ -790,7 +762,7 @@ impl ContainerdBackend {
                 stderr: log,
                 terminal: false,
                 checkpoint: None,
-                options: self.inner.task_options.clone(),
+                options: None,
                 runtime_path: String::new(),
             }))
             .await

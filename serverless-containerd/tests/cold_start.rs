@@ -1,5 +1,8 @@
 //! Cold start through the backend: start → port discovered → first response byte over
 //! `connect`, 10 runs, phases and median printed (numbers for benchmarks, not assertions).
+//!
+//! `COLD_START_RUNS` (default 10), `COLD_START_STANDBY=1` (start from a standby: the next one
+//! is awaited between runs).
 
 mod common;
 
@@ -14,8 +17,10 @@ async fn cold_start_to_first_byte() {
     if !common::can_run("cold_start_to_first_byte") {
         return;
     }
+    let standby = std::env::var("COLD_START_STANDBY").is_ok_and(|v| v == "1");
     let h = common::Harness::start().await;
-    let app = h.app("cold");
+    let mut app = h.app("cold");
+    app.scale.standby = standby;
     // Import once (deploy time), as the engine does with `prepare`.
     h.backend.prepare(&app).await.expect("prepare");
 
@@ -26,6 +31,10 @@ async fn cold_start_to_first_byte() {
     let mut totals = Vec::new();
     let mut phase_sums: Vec<(&'static str, Vec<Duration>)> = Vec::new();
     for _ in 0..runs {
+        if standby {
+            // Returns once the standby is ready.
+            h.backend.prepare(&app).await.expect("prepare");
+        }
         let id = h.id("cold");
         let t0 = Instant::now();
         let started = h.backend.start(&app, &id).await.expect("start");
@@ -83,12 +92,13 @@ async fn cold_start_to_first_byte() {
         totals.iter().max().copied().unwrap_or_default(),
     );
     eprintln!(
-        "COLD START over {runs} runs: median {:.1}ms (min {:.1}ms, max {:.1}ms); median phases: {}",
+        "COLD START (standby {standby}) over {runs} runs: median {:.1}ms (min {:.1}ms, max {:.1}ms); median phases: {}",
         median(&mut totals).as_secs_f64() * 1e3,
         min.as_secs_f64() * 1e3,
         max.as_secs_f64() * 1e3,
         phases.join(" ")
     );
+    h.backend.release(&app).await;
     assert!(h.leftovers().is_empty(), "{:?}", h.leftovers());
     h.shutdown().await;
 }
