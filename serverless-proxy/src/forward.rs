@@ -376,7 +376,10 @@ fn add_forwarded(headers: &mut HeaderMap, info: ClientInfo) {
     if let Some(host) = headers
         .get(header::HOST)
         .map(HeaderValue::as_bytes)
-        .filter(|h| h.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+        .filter(|h| {
+            h.iter()
+                .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        })
     {
         buf.extend_from_slice(b";host=\"");
         buf.extend_from_slice(host);

@@ -1,10 +1,9 @@
 //! End to end: the real gateway over a real (private) containerd running real runc containers,
 //! with real HTTP clients. Needs root, `containerd`, `runc` and Debian's `busybox-static`.
+//! The harness (a private containerd per test, images, clients) is `tests/support`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,116 +13,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serverless_containerd::ContainerdBackend;
-use serverless_core::{Config, ContainerBackend};
-use serverless_proxy::{Gateway, COLD_START_HEADER};
+use serverless_core::ContainerBackend;
+use serverless_proxy::COLD_START_HEADER;
 
 mod support;
 
-use support::{busybox_image, hello_image};
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A private containerd under a temp dir, in a namespace of its own (tests run in parallel).
-async fn containerd(dir: &Path) -> ContainerdBackend {
-    assert!(
-        Path::new("/bin/busybox").exists(),
-        "e2e tests need Debian's busybox-static (scripts/install-deps installs it)"
-    );
-    let ns = format!(
-        "e2e-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    ContainerdBackend::builder(dir)
-        .namespace(ns)
-        .build()
-        .await
-        .expect("start a private containerd (needs root, containerd and runc)")
-}
-
-struct Env {
-    gateway: Gateway,
-    stopped: bool,
-    backend: Arc<ContainerdBackend>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Env {
-    async fn start(app_toml: impl FnOnce(&Path) -> String) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let apps = app_toml(dir.path());
-        let config = Config::from_toml(&format!(
-            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{apps}"
-        ))
-        .unwrap();
-        let backend = Arc::new(containerd(dir.path()).await);
-        let gateway = Gateway::start(config, backend.clone()).await.unwrap();
-        Self {
-            gateway,
-            stopped: false,
-            backend,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            _dir: dir,
-        }
-    }
-
-    async fn get(&self, host: &str, path: &str) -> Result<(http::response::Parts, String), String> {
-        let req = Request::builder()
-            .uri(format!("http://{}{path}", self.gateway.listen_addr()))
-            .header("host", host)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let res = self.client.request(req).await.map_err(|e| e.to_string())?;
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((parts, String::from_utf8_lossy(&body).into_owned()))
-    }
-
-    fn instances(&self, app: &str) -> usize {
-        self.gateway
-            .engine()
-            .app(app)
-            .map(|a| a.pool.snapshot().instances.len())
-            .unwrap_or(0)
-    }
-
-    async fn stop(mut self) {
-        self.gateway.engine().shutdown().await;
-        let left = self.backend.list().await.unwrap();
-        assert!(left.is_empty(), "left behind: {left:?}");
-        self.backend.shutdown().await.unwrap();
-        self.stopped = true;
-    }
-}
-
-/// A test that failed before `stop` still removes its instances (otherwise their shims and
-/// processes outlive the private containerd): a second backend on the same socket reconciles.
-impl Drop for Env {
-    fn drop(&mut self) {
-        if self.stopped {
-            return;
-        }
-        let socket = self.backend.socket().to_owned();
-        let namespace = self.backend.namespace().to_owned();
-        let dir = self._dir.path().join("cleanup");
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok(b) = ContainerdBackend::connect(&socket, &namespace, &dir).await {
-                    let _ = b.reconcile().await;
-                }
-            });
-        })
-        .join();
-    }
-}
+use support::{busybox_image, hello_image, Env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_warm_scale_out_and_idle_stop() {
@@ -145,10 +40,10 @@ max = 3
     .await;
 
     // Cold start: the first request is held until busybox listens, then answered.
-    let (parts, body) = env.get("web.localhost", "/").await.unwrap();
-    assert_eq!(parts.status, StatusCode::OK);
-    assert_eq!(body, "hello from busybox\n");
-    let cold: u64 = parts.headers[COLD_START_HEADER]
+    let first = env.get("web.localhost", "/").await.unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body, "hello from busybox\n");
+    let cold: u64 = first.headers[COLD_START_HEADER]
         .to_str()
         .unwrap()
         .parse()
@@ -156,10 +51,10 @@ max = 3
     eprintln!("cold start through the gateway: {cold} ms");
 
     // Warm.
-    let (parts, _) = env.get("web.localhost", "/").await.unwrap();
-    assert_eq!(parts.status, StatusCode::OK);
-    assert!(parts.headers.get(COLD_START_HEADER).is_none());
-    assert_eq!(env.instances("web"), 1);
+    let warm = env.get("web.localhost", "/").await.unwrap();
+    assert_eq!(warm.status, StatusCode::OK);
+    assert!(warm.headers.get(COLD_START_HEADER).is_none());
+    assert_eq!(env.instances("web").len(), 1);
 
     // Scale out: 6 slow requests at 2 per instance need 3 instances, all succeed.
     let env = Arc::new(env);
@@ -170,15 +65,15 @@ max = 3
         })
         .collect();
     for t in tasks {
-        let (parts, body) = t.await.unwrap().unwrap();
-        assert_eq!(parts.status, StatusCode::OK, "{body}");
-        assert_eq!(body, "slow\n");
+        let answer = t.await.unwrap().unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(answer.body, "slow\n");
     }
-    assert_eq!(env.instances("web"), 3);
+    assert_eq!(env.instances("web").len(), 3);
 
     // Idle stop: with nothing in flight every instance stops after idle_timeout.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while env.instances("web") > 0 {
+    while !env.instances("web").is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "instances not stopped when idle"
@@ -188,9 +83,9 @@ max = 3
     assert!(env.backend.list().await.unwrap().is_empty());
 
     // And from zero again.
-    let (parts, _) = env.get("web.localhost", "/").await.unwrap();
-    assert_eq!(parts.status, StatusCode::OK);
-    assert!(parts.headers.contains_key(COLD_START_HEADER));
+    let again = env.get("web.localhost", "/").await.unwrap();
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(again.headers.contains_key(COLD_START_HEADER));
     Arc::into_inner(env).expect("sole owner").stop().await;
 }
 
@@ -220,8 +115,8 @@ stop_grace = "1s"
                 let (mut ok, mut failed) = (0, Vec::new());
                 while tokio::time::Instant::now() < deadline {
                     match env.get("web.localhost", "/").await {
-                        Ok((parts, _)) if parts.status == StatusCode::OK => ok += 1,
-                        Ok((parts, body)) => failed.push(format!("{}: {body}", parts.status)),
+                        Ok(a) if a.status == StatusCode::OK => ok += 1,
+                        Ok(a) => failed.push(format!("{}: {}", a.status, a.body)),
                         Err(e) => failed.push(e),
                     }
                 }
@@ -237,17 +132,8 @@ stop_grace = "1s"
         failed.extend(f);
     }
     // Recycled instances stop once drained (busybox ignores SIGTERM, so each takes stop_grace).
-    let recycled = || {
-        let metrics = env.gateway.engine().metrics().encode(env.gateway.engine());
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("serverless_instance_stops_total{app=\"web\",reason=\"recycled\"}")
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let recycled =
+        || env.metric("serverless_instance_stops_total{app=\"web\",reason=\"recycled\"}") as u64;
     let wait_until = tokio::time::Instant::now() + Duration::from_secs(10);
     while recycled() < 2 && tokio::time::Instant::now() < wait_until {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -276,17 +162,18 @@ command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]
         )
     })
     .await;
-    let (parts, body) = env.get("broken.localhost", "/").await.unwrap();
-    assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
-    let reason = parts.headers[serverless_proxy::ERROR_HEADER]
-        .to_str()
-        .unwrap();
-    assert!(reason.contains("exited with code 3"), "{reason}");
-    assert!(body.contains("config missing"), "{body}");
+    let answer = env.get("broken.localhost", "/").await.unwrap();
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        answer.reason.contains("exited with code 3"),
+        "{}",
+        answer.reason
+    );
+    assert!(answer.body.contains("config missing"), "{}", answer.body);
     // No container pile-up while backing off.
     for _ in 0..5 {
-        let (parts, _) = env.get("broken.localhost", "/").await.unwrap();
-        assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
+        let answer = env.get("broken.localhost", "/").await.unwrap();
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     }
     assert!(env.backend.list().await.unwrap().len() <= 1);
     env.stop().await;
@@ -324,12 +211,12 @@ h2c = true
         )
     })
     .await;
-    let addr = env.gateway.listen_addr();
+    let addr = env.addr();
 
     // Port discovery + PORT: the app listens on $PORT = 9000, found without configuration.
-    let (parts, body) = env.get("hello.localhost", "/env/PORT").await.unwrap();
-    assert_eq!(parts.status, StatusCode::OK, "{body}");
-    assert_eq!(body, "9000");
+    let port = env.get("hello.localhost", "/env/PORT").await.unwrap();
+    assert_eq!(port.status, StatusCode::OK, "{}", port.body);
+    assert_eq!(port.body, "9000");
 
     // WebSocket echo across the proxy; the connection holds its slot until it closes.
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -343,7 +230,7 @@ h2c = true
         assert_eq!(echo.into_text().unwrap().as_str(), format!("ping {i}"));
     }
     let in_flight = || {
-        env.gateway
+        env.gateway()
             .engine()
             .app("hello")
             .unwrap()

@@ -62,17 +62,7 @@ fn stalled_post(
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        let answer = Answer {
-            status: parts.status,
-            reason: parts
-                .headers
-                .get(serverless_proxy::ERROR_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
-            body: String::from_utf8_lossy(&body).into_owned(),
-        };
-        (Ok(answer), started.elapsed())
+        (Ok(Answer::new(parts, &body)), started.elapsed())
     });
     (hold, task)
 }

@@ -351,11 +351,12 @@ pub fn client() -> HttpClient {
         .build_http()
 }
 
-/// One response: status, `x-serverless-error`, body.
+/// One response: status, `x-serverless-error`, headers, body.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: StatusCode,
     pub reason: String,
+    pub headers: http::HeaderMap,
     pub body: String,
 }
 
@@ -380,16 +381,23 @@ pub async fn send(
         .await
         .map_err(|e| format!("body: {e:?}"))?
         .to_bytes();
-    Ok(Answer {
-        status: parts.status,
-        reason: parts
-            .headers
-            .get(ERROR_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Ok(Answer::new(parts, &body))
+}
+
+impl Answer {
+    pub fn new(parts: http::response::Parts, body: &[u8]) -> Self {
+        Self {
+            status: parts.status,
+            reason: parts
+                .headers
+                .get(ERROR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(body).into_owned(),
+        }
+    }
 }
 
 /// Continuous client load: `clients` tasks sending `GET path` back to back until stopped.
