@@ -35,6 +35,10 @@ impl Procs {
         Ok(())
     }
 
+    fn pid(&self, name: &str) -> Option<u32> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, c)| c.id())
+    }
+
     fn check(&mut self) -> Res<()> {
         for (name, child) in &mut self.0 {
             if let Some(status) = child.try_wait()? {
@@ -158,18 +162,40 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
                 .push(json!({ "summary": s, "errors": o.errors, "achieved_rps": o.rps() }));
         }
     }
+    let upstream_pid = procs.pid("serverless-hello").context("upstream pid")?;
     for r in 0..repeats {
         for (name, addr) in &targets {
+            // CPU time of the proxy (and of the upstream) per request during the run, from
+            // /proc: what the core spends, independent of how busy the machine is otherwise.
+            let proxy_pid = match *name {
+                "serverless" => procs.pid("gateway"),
+                "nginx" | "haproxy" => procs.pid(name),
+                _ => None,
+            };
+            let (proxy0, up0) = (proxy_pid.map(cpu_us), cpu_us(upstream_pid));
             let o = max_throughput(*addr, HOST, "/", tput_duration, 64).await?;
+            let (proxy1, up1) = (proxy_pid.map(cpu_us), cpu_us(upstream_pid));
+            let n = (o.latencies_us.len() as f64).max(1.0);
+            let per_req = |a: (f64, f64), b: (f64, f64)| json!({ "user_us": (b.0 - a.0) / n, "sys_us": (b.1 - a.1) / n });
+            let proxy_cpu = match (proxy0, proxy1) {
+                (Some(a), Some(b)) => per_req(a, b),
+                _ => json!(null),
+            };
             eprintln!(
-                "throughput {name} run {r}: {:.0} rps, errors {}",
+                "throughput {name} run {r}: {:.0} rps, errors {}, proxy CPU per request {proxy_cpu}",
                 o.rps(),
                 o.errors
             );
             results[*name]["tput"]
                 .as_array_mut()
                 .context("results")?
-                .push(json!({ "rps": o.rps(), "errors": o.errors, "summary": lat_summary(&o) }));
+                .push(json!({
+                    "rps": o.rps(),
+                    "errors": o.errors,
+                    "summary": lat_summary(&o),
+                    "proxy_cpu": proxy_cpu,
+                    "upstream_cpu": per_req(up0, up1),
+                }));
         }
     }
     procs.check()?;
@@ -203,6 +229,16 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
             format!("{:.0}", med(name, &rps, "tput")),
         );
     }
+    let proxy_cpu = |v: &serde_json::Value| {
+        v["proxy_cpu"]["user_us"].as_f64().unwrap_or(f64::NAN)
+            + v["proxy_cpu"]["sys_us"].as_f64().unwrap_or(f64::NAN)
+    };
+    for name in ["serverless", "nginx", "haproxy"] {
+        headline(
+            &format!("throughput_{name}_cpu_us_per_request"),
+            format!("{:.1}", med(name, &proxy_cpu, "tput")),
+        );
+    }
     let value = json!({
         "rate": rate,
         "duration_s": duration.as_secs(),
@@ -216,6 +252,30 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
         "noise_after": noise(),
     });
     write_json(out, "warm", &value)
+}
+
+/// User and system CPU time (µs) of a process and its children (nginx's workers), from
+/// `/proc/PID/stat` (clock ticks of 10 ms: USER_HZ is 100 on Linux).
+fn cpu_us(pid: u32) -> (f64, f64) {
+    let ticks = |pid: &str| -> (f64, f64) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command (which may hold spaces) start after the last ')'.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
+        (num(11) * 10_000.0, num(12) * 10_000.0)
+    };
+    let pid = pid.to_string();
+    let mut total = ticks(&pid);
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace() {
+        let (u, s) = ticks(child);
+        total.0 += u;
+        total.1 += s;
+    }
+    total
 }
 
 fn lat_summary(o: &Outcome) -> crate::util::Summary {
