@@ -1,5 +1,7 @@
 //! Scenario 1: cold start (zero instances → first response byte) through the gateway, against
-//! `ctr run` + first response and `podman run` + first response, interleaved run by run.
+//! `ctr run` + first response and `podman run` + first response, interleaved run by run. The
+//! gateway is measured twice per run: with nothing pre-created, and with a standby
+//! (`scale.standby = true`: the task created at deploy, only started by the cold start).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,7 +13,7 @@ use tokio::time::Instant;
 use http::StatusCode;
 use serde_json::json;
 
-use crate::lab::{busybox_image, Lab};
+use crate::lab::{busybox_image, Lab, StartRecord};
 use crate::util::{connect, env_num, get, headline, ms, noise, summary, Context, Res};
 
 const CTR_NS: &str = "bench-ctr";
@@ -19,10 +21,11 @@ const PODMAN_IMAGE: &str = "serverless.local/image:bench";
 
 pub(crate) async fn run(out: &Path) -> Res<()> {
     let runs: usize = env_num("BENCH_COLD_RUNS", 30)?;
+    let standby = env_num("BENCH_COLD_STANDBY", 1)? != 0;
     let peers = std::env::var("BENCH_COLD_PEERS").unwrap_or_else(|_| "ctr,podman".into());
     let noise_before = noise();
     let lab = Lab::start("bench-cold", &[("web.tar", busybox_image()?)]).await?;
-    let result = measure(&lab, runs, &peers).await;
+    let result = measure(&lab, runs, &peers, standby).await;
     let podman_root = lab.dir.path().join("podman");
     if podman_root.exists() {
         let _ = podman(&podman_root)
@@ -43,7 +46,7 @@ pub(crate) async fn run(out: &Path) -> Res<()> {
     crate::util::write_json(out, "cold", &value)
 }
 
-async fn measure(lab: &Lab, runs: usize, peers: &str) -> Res<serde_json::Value> {
+async fn measure(lab: &Lab, runs: usize, peers: &str, use_standby: bool) -> Res<serde_json::Value> {
     let gw = lab.gateway.listen_addr();
     let sock = lab.containerd.socket().to_owned();
     let dir = lab.dir.path();
@@ -71,6 +74,8 @@ async fn measure(lab: &Lab, runs: usize, peers: &str) -> Res<serde_json::Value> 
 
     let mut ours = Vec::new();
     let mut ours_header = Vec::new();
+    let mut sb = Vec::new();
+    let mut sb_header = Vec::new();
     let mut ctr = Vec::new();
     let mut ctr_ns = Vec::new();
     let mut pod = Vec::new();
@@ -78,10 +83,17 @@ async fn measure(lab: &Lab, runs: usize, peers: &str) -> Res<serde_json::Value> 
     // Two unrecorded warm-up rounds (page cache, first shim, podman's first-run setup).
     for i in 0..runs + 2 {
         let record = i >= 2;
-        let (total, header) = gateway_cold(lab, gw, i).await?;
+        let (total, header) = gateway_cold(lab, gw, i, false).await?;
         if record {
             ours.push(ms(total));
             ours_header.push(header);
+        }
+        if use_standby {
+            let (total, header) = gateway_cold(lab, gw, i, true).await?;
+            if record {
+                sb.push(ms(total));
+                sb_header.push(header);
+            }
         }
         if use_ctr {
             match ctr_cold(&sock, &ctr_image, i).await {
@@ -106,9 +118,12 @@ async fn measure(lab: &Lab, runs: usize, peers: &str) -> Res<serde_json::Value> 
         }
         if record {
             eprintln!(
-                "cold {}/{runs}: gateway {:.1} ms{}{}",
+                "cold {}/{runs}: gateway {:.1} ms{}{}{}",
                 i - 1,
                 ours.last().copied().unwrap_or(f64::NAN),
+                sb.last()
+                    .map(|d| format!(", gateway from standby {d:.1} ms"))
+                    .unwrap_or_default(),
                 ctr.last()
                     .map(|d| format!(
                         ", ctr {d:.1} ms, ctr+netns {:.1} ms",
@@ -122,39 +137,14 @@ async fn measure(lab: &Lab, runs: usize, peers: &str) -> Res<serde_json::Value> 
         }
     }
 
-    // Phase breakdown: the backend's phases of the recorded runs (one start per run).
+    // Phase breakdown: the backend's phases of the recorded runs (one start per run and
+    // variant; a start from a standby reports a `standby` phase first).
     let starts = lab.rec.starts();
-    let recorded: Vec<_> = starts
-        .iter()
-        .skip(starts.len().saturating_sub(runs))
-        .collect();
-    let mut phase_names: Vec<&str> = Vec::new();
-    for s in &recorded {
-        for (p, _) in &s.phases {
-            if !phase_names.contains(p) {
-                phase_names.push(p);
-            }
-        }
-    }
-    let mut phases = serde_json::Map::new();
-    for name in &phase_names {
-        let v: Vec<f64> = recorded
-            .iter()
-            .filter_map(|s| {
-                s.phases
-                    .iter()
-                    .find(|(p, _)| p == name)
-                    .map(|(_, d)| ms(*d))
-            })
-            .collect();
-        phases.insert((*name).to_owned(), json!(summary(&v)));
-    }
-    let backend_start: Vec<f64> = recorded.iter().map(|s| ms(s.took)).collect();
-    let overhead: Vec<f64> = ours
-        .iter()
-        .zip(&backend_start)
-        .map(|(total, start)| total - start)
-        .collect();
+    let from_standby = |r: &&StartRecord| r.phases.first().is_some_and(|(p, _)| *p == "standby");
+    let plain: Vec<&StartRecord> = starts.iter().filter(|r| !from_standby(r)).collect();
+    let standby: Vec<&StartRecord> = starts.iter().filter(from_standby).collect();
+    let plain = breakdown(&plain[plain.len().saturating_sub(runs)..], &ours);
+    let standby = breakdown(&standby[standby.len().saturating_sub(runs)..], &sb);
 
     let s_ours = summary(&ours);
     headline("cold_start_gateway_median_ms", format!("{:.1}", s_ours.p50));
@@ -162,12 +152,22 @@ async fn measure(lab: &Lab, runs: usize, peers: &str) -> Res<serde_json::Value> 
     let mut value = json!({
         "runs": runs,
         "gateway": { "samples": ours, "summary": s_ours, "cold_start_header_ms": ours_header },
-        "phases": phases,
-        "phase_order": phase_names,
-        "backend_start": summary(&backend_start),
-        "gateway_overhead": summary(&overhead),
+        "phases": plain["phases"],
+        "phase_order": plain["phase_order"],
+        "backend_start": plain["backend_start"],
+        "gateway_overhead": plain["gateway_overhead"],
         "errors": errors,
     });
+    let s_sb = summary(&sb);
+    if use_standby {
+        headline("cold_start_standby_median_ms", format!("{:.1}", s_sb.p50));
+        headline("cold_start_standby_p99_ms", format!("{:.1}", s_sb.p99));
+        let mut v = standby;
+        v["samples"] = json!(sb);
+        v["summary"] = json!(s_sb);
+        v["cold_start_header_ms"] = json!(sb_header);
+        value["gateway_standby"] = v;
+    }
     if use_ctr {
         let s = summary(&ctr);
         headline("cold_start_ctr_median_ms", format!("{:.1}", s.p50));
@@ -175,6 +175,12 @@ async fn measure(lab: &Lab, runs: usize, peers: &str) -> Res<serde_json::Value> 
             "cold_start_speedup_vs_ctr",
             format!("{:.2}", s.p50 / s_ours.p50),
         );
+        if use_standby {
+            headline(
+                "cold_start_standby_speedup_vs_ctr",
+                format!("{:.2}", s.p50 / s_sb.p50),
+            );
+        }
         value["ctr"] = json!({ "samples": ctr, "summary": s });
         let s = summary(&ctr_ns);
         headline("cold_start_ctr_netns_median_ms", format!("{:.1}", s.p50));
@@ -199,12 +205,60 @@ async fn measure(lab: &Lab, runs: usize, peers: &str) -> Res<serde_json::Value> 
     Ok(value)
 }
 
-/// A fresh app per run (so it has no instance): deploy, then time one request from connect to
-/// the response head; then remove it and wait until its container is gone.
-async fn gateway_cold(lab: &Lab, gw: SocketAddr, i: usize) -> Res<(Duration, Option<u64>)> {
-    let name = format!("cold{i}");
+/// The backend's phases of some starts, their totals, and what the gateway added to them
+/// (`totals`: the client-side times of the same runs, in order).
+fn breakdown(records: &[&StartRecord], totals: &[f64]) -> serde_json::Value {
+    let mut phase_names: Vec<&str> = Vec::new();
+    for s in records {
+        for (p, _) in &s.phases {
+            if !phase_names.contains(p) {
+                phase_names.push(p);
+            }
+        }
+    }
+    let mut phases = serde_json::Map::new();
+    for name in &phase_names {
+        let v: Vec<f64> = records
+            .iter()
+            .filter_map(|s| {
+                s.phases
+                    .iter()
+                    .find(|(p, _)| p == name)
+                    .map(|(_, d)| ms(*d))
+            })
+            .collect();
+        phases.insert((*name).to_owned(), json!(summary(&v)));
+    }
+    let backend_start: Vec<f64> = records.iter().map(|s| ms(s.took)).collect();
+    let overhead: Vec<f64> = totals
+        .iter()
+        .zip(&backend_start)
+        .map(|(total, start)| total - start)
+        .collect();
+    json!({
+        "phases": phases,
+        "phase_order": phase_names,
+        "backend_start": summary(&backend_start),
+        "gateway_overhead": summary(&overhead),
+    })
+}
+
+/// A fresh app per run (so it has no instance): deploy (with `standby`, deploy returns once
+/// the app's standby is created), then time one request from connect to the response head;
+/// then remove it and wait until its containers (the standby's refill too) are gone.
+async fn gateway_cold(
+    lab: &Lab,
+    gw: SocketAddr,
+    i: usize,
+    standby: bool,
+) -> Res<(Duration, Option<u64>)> {
+    let name = if standby {
+        format!("coldsb{i}")
+    } else {
+        format!("cold{i}")
+    };
     lab.deploy(&format!(
-        "[[apps]]\nname = \"{name}\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n"
+        "[[apps]]\nname = \"{name}\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n[apps.scale]\nstandby = {standby}\n"
     ))
     .await?;
     let host = format!("{name}.localhost");

@@ -108,6 +108,9 @@ impl<B: ContainerBackend> ContainerBackend for Recording<B> {
     async fn logs(&self, id: &InstanceId) -> Result<String, BackendError> {
         self.inner.logs(id).await
     }
+    async fn release(&self, app: &AppSpec) {
+        self.inner.release(app).await
+    }
 }
 
 /// "Instances" that are one native server on a loopback port: isolates the gateway's own cost

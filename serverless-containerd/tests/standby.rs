@@ -252,8 +252,7 @@ async fn shutdown_with_a_refill_in_flight_leaves_no_shims() {
     let shims: Vec<_> = processes()
         .into_iter()
         .filter(|(_, args)| {
-            args.first().is_some_and(|a| a.contains("containerd-shim"))
-                && args.contains(&namespace)
+            args.first().is_some_and(|a| a.contains("containerd-shim")) && args.contains(&namespace)
         })
         .collect();
     assert!(shims.is_empty(), "{shims:?}");
