@@ -26,6 +26,12 @@
 //!   `command`, ENV + `PORT`), the slot's CPU quota, memory limit without swap and pids limit,
 //!   containerd's default capabilities, masked and read-only paths, no-new-privileges, an own
 //!   cgroup and a new network namespace with only loopback.
+//! - **standbys** (per app with [`Scale::standby`](serverless_core::Scale::standby), off by
+//!   default): one container whose task is created (`runc create` done) but not started, made
+//!   at `prepare` and again 100 ms after a cold start takes it; that cold start is then only
+//!   `task start` + port discovery. It costs a shim and a waiting `runc init` (≈ 21 MiB PSS per
+//!   app here). [`release`](serverless_core::ContainerBackend::release), a start or `prepare`
+//!   with another spec, [`ContainerdBackend::shutdown`] and reconcile remove it.
 //! - **port discovery**: the LISTEN sockets of the instance's namespace (`/proc/<pid>/net/tcp`
 //!   and `tcp6`), polled every millisecond at first; `PORT` is preferred when several listen.
 //! - **dialing**: [`connect`](serverless_core::ContainerBackend::connect) creates the socket in
