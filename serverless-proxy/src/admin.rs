@@ -51,7 +51,11 @@ fn app_json(app: &App) -> serde_json::Value {
         "image": app.spec.image.to_string(),
         "hosts": app.spec.hosts,
         "slot": app.spec.slot.to_string(),
-        "scale": {"min": app.spec.scale.min, "max": app.spec.scale.max},
+        "scale": {
+            "min": app.spec.scale.min,
+            "max": app.spec.scale.max,
+            "standby": app.spec.scale.standby,
+        },
         "queued": snap.queued,
         "instances": snap.instances.iter().map(|i| json!({
             "id": i.id.as_str(),

@@ -149,7 +149,22 @@ impl Engine {
             old
         };
         if let Some(old) = old {
-            tokio::spawn(async move { old.pool.shutdown().await });
+            let engine = self.clone();
+            let new = app.clone();
+            tokio::spawn(async move {
+                old.pool.shutdown().await;
+                // The old pool's shutdown released what the backend kept for its spec (a
+                // standby); when the new spec is the same, that was the new app's too: prepare
+                // it again unless the app was replaced or removed meanwhile.
+                let still_routed = engine
+                    .app(&new.spec.name)
+                    .is_some_and(|current| Arc::ptr_eq(&current, &new));
+                if old.spec == new.spec && still_routed {
+                    if let Err(error) = engine.inner.backend.prepare(&new.spec).await {
+                        tracing::warn!(app = %new.spec.name, %error, "preparing the redeployed app again failed");
+                    }
+                }
+            });
         }
         tracing::info!(app = %app.spec.name, hosts = ?app.spec.hosts, "deployed");
         Ok(())

@@ -551,3 +551,129 @@ async fn tls_negotiates_h2_and_http11_by_alpn() {
     }
     h.gateway.shutdown().await;
 }
+
+/// What the engine asks the backend to keep ready per app (`prepare`) and to let go (`release`).
+#[derive(Clone, Default)]
+struct Prepares {
+    inner: FakeBackend,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Prepares {
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, entries: usize) -> Vec<String> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.log().len() < entries {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("expected {entries} calls, got {:?}", self.log()));
+        self.log()
+    }
+}
+
+#[async_trait::async_trait]
+impl serverless_core::ContainerBackend for Prepares {
+    async fn prepare(
+        &self,
+        app: &serverless_core::AppSpec,
+    ) -> Result<(), serverless_core::BackendError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("prepare max={}", app.scale.max));
+        self.inner.prepare(app).await
+    }
+    async fn release(&self, app: &serverless_core::AppSpec) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("release max={}", app.scale.max));
+    }
+    async fn start(
+        &self,
+        app: &serverless_core::AppSpec,
+        id: &serverless_core::InstanceId,
+    ) -> Result<serverless_core::Started, serverless_core::BackendError> {
+        self.inner.start(app, id).await
+    }
+    async fn stop(
+        &self,
+        id: &serverless_core::InstanceId,
+        grace: Duration,
+    ) -> Result<(), serverless_core::BackendError> {
+        self.inner.stop(id, grace).await
+    }
+    async fn wait(
+        &self,
+        id: &serverless_core::InstanceId,
+    ) -> Result<serverless_core::Exit, serverless_core::BackendError> {
+        self.inner.wait(id).await
+    }
+    async fn connect(
+        &self,
+        id: &serverless_core::InstanceId,
+    ) -> Result<serverless_core::Connection, serverless_core::BackendError> {
+        self.inner.connect(id).await
+    }
+    async fn list(
+        &self,
+    ) -> Result<Vec<serverless_core::OwnedInstance>, serverless_core::BackendError> {
+        self.inner.list().await
+    }
+    async fn logs(
+        &self,
+        id: &serverless_core::InstanceId,
+    ) -> Result<String, serverless_core::BackendError> {
+        self.inner.logs(id).await
+    }
+}
+
+/// Redeploying an identical spec: the old pool's shutdown releases that spec (e.g. the
+/// containerd backend's standby), so the engine prepares it again; a changed spec is not.
+#[tokio::test]
+async fn redeploying_the_same_spec_prepares_it_again() {
+    let backend = Prepares::default();
+    let gateway = Gateway::start(config("", HELLO), Arc::new(backend.clone()))
+        .await
+        .unwrap();
+    let engine = gateway.engine().clone();
+    let spec = engine.app("hello").unwrap().spec.as_ref().clone();
+    let max = spec.scale.max;
+    engine.deploy(spec.clone()).await.unwrap();
+    assert_eq!(
+        backend.wait_for(4).await,
+        [
+            format!("prepare max={max}"),
+            format!("prepare max={max}"),
+            format!("release max={max}"),
+            format!("prepare max={max}"),
+        ]
+    );
+
+    let mut changed = spec;
+    changed.scale.max = max + 1;
+    engine.deploy(changed).await.unwrap();
+    let log = backend.wait_for(6).await;
+    assert_eq!(
+        log[4..],
+        [
+            format!("prepare max={}", max + 1),
+            format!("release max={max}")
+        ]
+    );
+    // The task that released the old spec has finished deciding by now.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(backend.log().len(), 6, "{:?}", backend.log());
+    gateway.shutdown().await;
+    assert_eq!(
+        backend.log().last().unwrap(),
+        &format!("release max={}", max + 1)
+    );
+}
