@@ -30,6 +30,7 @@ use crate::client::{failed, is_not_found, Client, Lease};
 use crate::daemon::Daemon;
 use crate::events::{self, Exits};
 use crate::image::{import_archive, pull_image, PreparedImage, ProgressHook, PullProgressFn};
+use crate::logs::{self, LogFifos};
 use crate::netns::Dialer;
 use crate::{cgroup, labels, ports, spec};
 
@@ -159,6 +160,7 @@ impl Builder {
                 standbys: Standbys::default(),
                 exits,
                 instances: Mutex::new(HashMap::new()),
+                log_copies: Mutex::new(HashMap::new()),
                 images: tokio::sync::Mutex::new(HashMap::new()),
                 daemon: tokio::sync::Mutex::new(daemon),
                 events,
@@ -196,6 +198,8 @@ struct Inner {
     standbys: Standbys,
     exits: Arc<Exits>,
     instances: Mutex<HashMap<String, Arc<Instance>>>,
+    /// Per container: resolves once its output is all in its log file (see [`logs`]).
+    log_copies: Mutex<HashMap<String, watch::Receiver<bool>>>,
     /// Prepared images, by reference; the lock also serializes imports.
     images: tokio::sync::Mutex<HashMap<ImageRef, (Fingerprint, Arc<PreparedImage>)>>,
     daemon: tokio::sync::Mutex<Option<Daemon>>,
@@ -552,7 +556,14 @@ impl ContainerdBackend {
     /// Drops what only this process holds about container `id`: its log file, exit watch and
     /// the instance id it was known by (when it was a standby).
     async fn forget(&self, id: &str) {
-        let _ = tokio::fs::remove_file(self.log_path(id)).await;
+        let log = self.log_path(id);
+        let _ = tokio::fs::remove_file(&log).await;
+        logs::remove_fifos(&log);
+        self.inner
+            .log_copies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         self.inner.exits.remove(id);
         self.lock().remove(id);
         self.unalias(id);
@@ -621,23 +632,19 @@ impl ContainerdBackend {
         tail(&self.log_path(id), max).await.unwrap_or_default()
     }
 
-    /// The log tail of a process that just exited. The shim copies its output to the file
-    /// asynchronously; when the events loop deleted the task first, our delete did not wait for
-    /// that copy. So wait until the file stops growing (and, if still empty, up to 500 ms).
+    /// The log tail of a process that just exited: complete once our copy of its output has
+    /// reached the end of both streams (the shim closes them after delivering everything, at
+    /// the latest 2 s after the exit).
     async fn read_settled_log_tail(&self, id: &str, max: u64) -> String {
-        let path = self.log_path(id);
-        let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let started = Instant::now();
-        let mut last = size();
-        loop {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let now = size();
-            let settled =
-                now == last && (now > 0 || started.elapsed() >= Duration::from_millis(500));
-            if settled || started.elapsed() >= Duration::from_secs(1) {
-                break;
-            }
-            last = now;
+        let copy = self
+            .inner
+            .log_copies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        if let Some(done) = copy {
+            logs::copied(done, Duration::from_secs(3)).await;
         }
         self.read_log_tail(id, max).await
     }
@@ -751,15 +758,21 @@ impl ContainerdBackend {
         created?;
         phase("container", &mut t);
 
-        let log = format!("file://{}", self.log_path(id).display());
+        let fifos = LogFifos::open(&self.log_path(id)).map_err(|e| {
+            BackendError::new(
+                ErrorKind::Unavailable,
+                format!("making the output FIFOs of {id} failed"),
+            )
+            .with_source(e)
+        })?;
         let pid = client
             .tasks()
             .create(client.req(CreateTaskRequest {
                 container_id: id.to_owned(),
                 rootfs: mounts,
                 stdin: String::new(),
-                stdout: log.clone(),
-                stderr: log,
+                stdout: fifos.stdout.clone(),
+                stderr: fifos.stderr.clone(),
                 terminal: false,
                 checkpoint: None,
                 options: None,
@@ -769,6 +782,12 @@ impl ContainerdBackend {
             .map_err(|s| failed(format_args!("task create of {id}"), s))?
             .into_inner()
             .pid;
+        let copied = fifos.copy();
+        self.inner
+            .log_copies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), copied);
         let dialer = Dialer::spawn(pid, id).await.map_err(|e| {
             BackendError::new(
                 ErrorKind::Unavailable,

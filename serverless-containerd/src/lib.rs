@@ -38,8 +38,11 @@
 //!   the instance's namespace (a per-instance helper thread that joined it with `setns`) and
 //!   connects to the loopback port.
 //! - **exits** come from containerd's events service (OOM kills are flagged from the OOM event
-//!   and the cgroup's `oom_kill` counter); **logs** (stdout and stderr) go to a file per
-//!   instance; [`ContainerdBackend::reconcile`] removes leftovers of a previous run.
+//!   and the cgroup's `oom_kill` counter); **logs**: the task's stdout and stderr are FIFOs that
+//!   this process copies into one file per instance (one writer, so nothing is lost — containerd
+//!   1.6's own `file://` stdio drops stderr written after stdout closed — and a boot failure's
+//!   last lines are complete once both FIFOs ended); [`ContainerdBackend::reconcile`] removes
+//!   leftovers of a previous run.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -81,6 +84,7 @@ mod client;
 mod daemon;
 mod events;
 mod image;
+mod logs;
 mod netns;
 mod ports;
 mod spec;
