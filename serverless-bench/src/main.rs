@@ -12,6 +12,10 @@
 //!
 //! Each scenario writes `OUT_DIR/<scenario>.json` and prints `name=value` headline lines.
 
+/// The same allocator as the `serverless` binary, so `gateway-native` measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cold;
 mod idle;
 mod lab;
