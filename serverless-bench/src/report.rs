@@ -341,7 +341,7 @@ fn median_of(runs: &Value, f_: impl Fn(&Value) -> f64) -> (f64, f64, f64) {
 fn warm_section(md: &mut String, w: &Value, img: &Path) -> Res<()> {
     let _ = write!(
         md,
-        "## 2. Warm proxy overhead\n\nOne native `serverless-hello` (hyper) on loopback is the backend for all four paths: **direct**, **serverless** (the real gateway, one runtime thread, in its own process, over a backend whose \"instance\" is that server — this isolates the gateway's routing, limits and forwarding from container networking), **nginx** (`proxy_pass`, `keepalive 64` upstream, 1 worker) and **haproxy** (`nbthread 1`, `http-reuse always`). Upstream and proxy are pinned to CPU 1 (`taskset`), the load generator to CPU 0. Load generator: this crate's, HTTP/1.1 keep-alive, open-loop fixed rate with coordinated-omission correction (a request delayed because its connection was still busy is timed from when it was due).\n\n**Fixed rate {} rps**, {} s per run, {} connections, {} repeats (median of repeats; range in brackets), ms:\n\n| path | p50 | p99 | added p50 over direct | added p99 over direct | errors |\n|---|---|---|---|---|---|\n",
+        "## 2. Warm proxy overhead\n\nOne native `serverless-hello` (hyper) on loopback is the backend for all four paths: **direct**, **serverless** (the real gateway on one thread — tokio's current-thread runtime, mimalloc as in the `serverless` binary — in its own process, over a backend whose \"instance\" is that server — this isolates the gateway's routing, limits and forwarding from container networking), **nginx** (`proxy_pass`, `keepalive 64` upstream, 1 worker) and **haproxy** (`nbthread 1`, `http-reuse always`). Upstream and proxy are pinned to CPU 1 (`taskset`), the load generator to CPU 0. Load generator: this crate's, HTTP/1.1 keep-alive, open-loop fixed rate with coordinated-omission correction (a request delayed because its connection was still busy is timed from when it was due).\n\n**Fixed rate {} rps**, {} s per run, {} connections, {} repeats (median of repeats; range in brackets), ms:\n\n| path | p50 | p99 | added p50 over direct | added p99 over direct | errors |\n|---|---|---|---|---|---|\n",
         w["rate"], w["duration_s"], w["connections_fixed"], w["repeats"]
     );
     let names = ["direct", "serverless", "nginx", "haproxy"];
@@ -371,7 +371,7 @@ fn warm_section(md: &mut String, w: &Value, img: &Path) -> Res<()> {
             added(m9, d99)
         );
     }
-    let _ = write!(md, "\n**Max throughput**, {} connections, closed loop, {} s per run, median of {} repeats [range]:\n\n| path | requests/s | ratio to nginx | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|\n", w["connections_tput"], w["tput_duration_s"], w["repeats"]);
+    let _ = write!(md, "\n**Max throughput**, {} connections, closed loop, {} s per run, median of {} repeats [range]; CPU time per request from `/proc/PID/stat` during the runs (user + system, µs; the proxy's own, and the upstream's):\n\n| path | requests/s | ratio to nginx | p50 ms | p99 ms | errors | proxy CPU µs/req (user + sys) | upstream CPU µs/req |\n|---|---|---|---|---|---|---|---|\n", w["connections_tput"], w["tput_duration_s"], w["repeats"]);
     let rps = |v: &Value| f(&v["rps"]);
     let (_, nginx, _) = median_of(&r["nginx"]["tput"], rps);
     for name in names {
@@ -382,13 +382,21 @@ fn warm_section(md: &mut String, w: &Value, img: &Path) -> Res<()> {
             .as_array()
             .map(|a| a.iter().map(|x| f(&x["errors"])).sum())
             .unwrap_or(0.0);
+        let cpu = |key: &str, part: &str| median_of(&r[name]["tput"], |v| f(&v[key][part])).1;
+        let proxy = if name == "direct" {
+            "—".to_owned()
+        } else {
+            let (u, s) = (cpu("proxy_cpu", "user_us"), cpu("proxy_cpu", "sys_us"));
+            format!("{:.1} ({u:.1} + {s:.1})", u + s)
+        };
+        let upstream = cpu("upstream_cpu", "user_us") + cpu("upstream_cpu", "sys_us");
         let _ = writeln!(
             md,
-            "| {name} | {m:.0} [{a:.0}–{b:.0}] | {:.2} | {l50:.2} | {l99:.2} | {errors} |",
+            "| {name} | {m:.0} [{a:.0}–{b:.0}] | {:.2} | {l50:.2} | {l99:.2} | {errors} | {proxy} | {upstream:.1} |",
             m / nginx
         );
     }
-    md.push_str("\nThe upstream shares CPU 1 with the proxy, so the proxies' throughput is bounded by one core split between proxy and upstream; direct has the core to itself. Goal: added p50 ≤ 0.1 ms, p99 ≤ 0.5 ms; throughput ≥ nginx's. Not measured here: the extra hop into a container's network namespace (the gateway dials it with a socket created in that namespace; loopback to loopback, no bridge or NAT).\n\n");
+    md.push_str("\nThe upstream shares CPU 1 with the proxy, so the proxies' throughput is bounded by one core split between proxy and upstream; direct has the core to itself. The CPU column is what decides it: requests/s ≈ 1 / (proxy + upstream CPU per request). The gateway is hyper's HTTP/1 server and hyper's HTTP/1 client back to back, each costing about what the whole upstream (a hyper server) costs per request, plus routing, limits and forwarding. Goal: added p50 ≤ 0.1 ms, p99 ≤ 0.5 ms; throughput ≥ nginx's. Not measured here: the extra hop into a container's network namespace (the gateway dials it with a socket created in that namespace; loopback to loopback, no bridge or NAT).\n\n");
     let _ = write!(
         md,
         "![latency by percentile at fixed rate](benchmarks/warm-latency.svg)\n\n{}.\n\n",
