@@ -19,9 +19,9 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use serverless_core::{BackendError, ContainerBackend, InstanceId};
+use serverless_core::{BackendError, Connection, ContainerBackend, InstanceId};
 use tokio::time::Instant;
 
 use crate::response::ReqBody;
@@ -45,6 +45,23 @@ pub(crate) enum SendError {
 pub(crate) struct Failed {
     pub(crate) error: SendError,
     pub(crate) request: Option<Request<ReqBody>>,
+}
+
+/// After a failed send: the request back to go out again when a *kept* connection refused it
+/// unwritten (it closed meanwhile); otherwise the failure, with the request if it was not sent.
+/// (The request travels by value, as in hyper's own `TrySendError`.)
+#[allow(clippy::result_large_err)]
+fn again_or_fail(
+    mut err: TrySendError<Request<ReqBody>>,
+    kept: bool,
+) -> Result<Request<ReqBody>, Failed> {
+    match err.take_message() {
+        Some(back) if kept => Ok(back),
+        request => Err(Failed {
+            error: SendError::Failed(err.into_error()),
+            request,
+        }),
+    }
 }
 
 struct Idle {
@@ -189,17 +206,7 @@ impl Upstreams {
                         });
                     return Ok(res.map(|body| UpstreamBody::new(body, giver)));
                 }
-                Err(mut err) => match err.take_message() {
-                    // A kept connection closed meanwhile: the request was not written, try the
-                    // next one (or a new one).
-                    Some(back) if kept => req = back,
-                    request => {
-                        return Err(Failed {
-                            error: SendError::Failed(err.into_error()),
-                            request,
-                        })
-                    }
-                },
+                Err(err) => req = again_or_fail(err, kept)?,
             }
         }
     }
@@ -225,15 +232,7 @@ impl Upstreams {
             };
             match sender.try_send_request(req).await {
                 Ok(res) => return Ok(res.map(|body| UpstreamBody::new(body, None))),
-                Err(mut err) => match err.take_message() {
-                    Some(back) if was_kept => req = back,
-                    request => {
-                        return Err(Failed {
-                            error: SendError::Failed(err.into_error()),
-                            request,
-                        })
-                    }
-                },
+                Err(err) => req = again_or_fail(err, was_kept)?,
             }
         }
     }
@@ -242,24 +241,11 @@ impl Upstreams {
         &self,
         instance: &InstanceId,
     ) -> Result<http1::SendRequest<ReqBody>, SendError> {
-        let io = self
-            .inner
-            .backend
-            .connect(instance)
-            .await
-            .map_err(SendError::Connect)?;
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
+            .handshake(self.dial(instance).await?)
             .await
             .map_err(SendError::Failed)?;
-        let upstreams = self.inner.clone();
-        let id = instance.clone();
-        tokio::spawn(async move {
-            if let Err(error) = conn.with_upgrades().await {
-                tracing::debug!(instance = %id, %error, "connection to instance ended");
-            }
-            upstreams.prune(&id);
-        });
+        self.watch(instance, conn.with_upgrades());
         Ok(sender)
     }
 
@@ -267,27 +253,39 @@ impl Upstreams {
         &self,
         instance: &InstanceId,
     ) -> Result<http2::SendRequest<ReqBody>, SendError> {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(self.dial(instance).await?)
+            .await
+            .map_err(SendError::Failed)?;
+        self.watch(instance, conn);
+        self.inner.http2().insert(instance.clone(), sender.clone());
+        Ok(sender)
+    }
+
+    async fn dial(&self, instance: &InstanceId) -> Result<TokioIo<Connection>, SendError> {
         let io = self
             .inner
             .backend
             .connect(instance)
             .await
             .map_err(SendError::Connect)?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(SendError::Failed)?;
+        Ok(TokioIo::new(io))
+    }
+
+    /// Runs a connection's task; when it ends, the instance's closed connections are forgotten.
+    fn watch<C>(&self, instance: &InstanceId, conn: C)
+    where
+        C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    {
         let upstreams = self.inner.clone();
         let id = instance.clone();
         tokio::spawn(async move {
             if let Err(error) = conn.await {
-                tracing::debug!(instance = %id, %error, "h2c connection to instance ended");
+                tracing::debug!(instance = %id, %error, "connection to instance ended");
             }
             upstreams.prune(&id);
         });
-        self.inner.http2().insert(instance.clone(), sender.clone());
-        Ok(sender)
     }
 
     /// Idle HTTP/1.1 connections kept for `instance` (for tests and metrics).
