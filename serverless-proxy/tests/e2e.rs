@@ -18,7 +18,7 @@ use serverless_proxy::COLD_START_HEADER;
 
 mod support;
 
-use support::{busybox_image, hello_image, Env};
+use support::{busybox_image, hello_image, Env, Load};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_warm_scale_out_and_idle_stop() {
@@ -106,31 +106,9 @@ stop_grace = "1s"
         )
     })
     .await;
-    let env = Arc::new(env);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let clients: Vec<_> = (0..3)
-        .map(|_| {
-            let env = env.clone();
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0, Vec::new());
-                while tokio::time::Instant::now() < deadline {
-                    match env.get("web.localhost", "/").await {
-                        Ok(a) if a.status == StatusCode::OK => ok += 1,
-                        Ok(a) => failed.push(format!("{}: {}", a.status, a.body)),
-                        Err(e) => failed.push(e),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    let mut failed = Vec::new();
-    for c in clients {
-        let (o, f) = c.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
+    let load = Load::start(env.addr(), "web.localhost", "/", 3);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (sent, failed) = load.finish().await;
     // Recycled instances stop once drained (busybox ignores SIGTERM, so each takes stop_grace).
     let recycled =
         || env.metric("serverless_instance_stops_total{app=\"web\",reason=\"recycled\"}") as u64;
@@ -140,12 +118,13 @@ stop_grace = "1s"
     }
     let recycled = recycled();
     eprintln!(
-        "recycle under load: {ok} ok, {} failed, {recycled} recycles",
+        "recycle under load: {sent} sent, {} failed, {recycled} recycles",
         failed.len()
     );
+    assert!(sent > 0);
     assert!(failed.is_empty(), "{failed:?}");
     assert!(recycled >= 2, "only {recycled} recycles");
-    Arc::into_inner(env).expect("sole owner").stop().await;
+    env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
