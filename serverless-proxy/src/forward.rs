@@ -1,6 +1,6 @@
-//! Forwarding to an instance: pooled hyper clients over the backend's dialer, hop-by-hop
-//! headers, `x-forwarded-*`/`forwarded`, upgrades (WebSocket) and retry of requests that were
-//! not sent.
+//! Forwarding to an instance: connections kept per instance over the backend's dialer, hop-by-hop
+//! headers, `x-forwarded-*`/`forwarded`, upgrades (WebSocket) and sending again requests that
+//! were not written (or, idempotent and bodiless, broke before an answer).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
