@@ -834,7 +834,9 @@ impl ContainerdBackend {
         phases.push(("task_start", now - t));
         t = now;
 
-        let listener = self.await_listener(app, name, pid, &mut exit).await?;
+        let listener = self
+            .await_listener(app, name, pid, &dialer, &mut exit)
+            .await?;
         phases.push(("port_ready", t.elapsed()));
 
         let addr = SocketAddr::new(listener.dial_addr(), listener.port);
@@ -859,19 +861,32 @@ impl ContainerdBackend {
         app: &AppSpec,
         id: &str,
         pid: u32,
+        dialer: &Dialer,
         exit: &mut watch::Receiver<Option<Exit>>,
     ) -> Result<ports::Listener, BackendError> {
         let started = Instant::now();
         let timeout = app.limits.startup_timeout;
         let mut polls = 0u32;
+        let mut sock_diag = true;
         loop {
             if let Some(code) = *exit.borrow() {
                 return Err(BackendError::boot_failed(code, String::new()));
             }
             let mut listeners = Vec::new();
-            for table in ["tcp", "tcp6"] {
-                if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
-                    listeners.extend(ports::parse_listeners(&text));
+            if sock_diag {
+                match dialer.listeners().await {
+                    Ok(found) => listeners = found,
+                    Err(e) => {
+                        tracing::debug!(instance = %id, error = %e, "sock_diag port discovery failed, reading /proc/{pid}/net instead");
+                        sock_diag = false;
+                    }
+                }
+            }
+            if !sock_diag {
+                for table in ["tcp", "tcp6"] {
+                    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+                        listeners.extend(ports::parse_listeners(&text));
+                    }
                 }
             }
             if let Some(l) = ports::choose(&listeners, app.port) {

@@ -32,8 +32,9 @@
 //!   `task start` + port discovery. It costs a shim and a waiting `runc init` (≈ 21 MiB PSS per
 //!   app here). [`release`](serverless_core::ContainerBackend::release), a start or `prepare`
 //!   with another spec, [`ContainerdBackend::shutdown`] and reconcile remove it.
-//! - **port discovery**: the LISTEN sockets of the instance's namespace (`/proc/<pid>/net/tcp`
-//!   and `tcp6`), polled every millisecond at first; `PORT` is preferred when several listen.
+//! - **port discovery**: the LISTEN sockets of the instance's namespace (a `NETLINK_SOCK_DIAG`
+//!   dump made inside it; `/proc/<pid>/net/tcp` and `tcp6` when the kernel lacks `inet_diag`),
+//!   polled every millisecond at first; `PORT` is preferred when several listen.
 //! - **dialing**: [`connect`](serverless_core::ContainerBackend::connect) creates the socket in
 //!   the instance's namespace (a per-instance helper thread that joined it with `setns`) and
 //!   connects to the loopback port.
@@ -87,6 +88,7 @@ mod image;
 mod logs;
 mod netns;
 mod ports;
+mod sock_diag;
 mod spec;
 
 pub use backend::{Builder, ContainerdBackend, DEFAULT_MAX_UNPACKED_BYTES};

@@ -4,6 +4,8 @@
 //! Each instance gets one small helper thread that joined the instance's namespace with
 //! `setns(2)` once; connecting means asking that thread for a fresh socket (a channel round
 //! trip and a `socket(2)` call) and connecting it from the async caller to the loopback port.
+//! The same thread answers port discovery's sock_diag queries, which must also be made from a
+//! socket inside the namespace.
 
 use std::fs::File;
 use std::io;
@@ -14,7 +16,15 @@ use nix::sched::{setns, CloneFlags};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
-type Request = (bool, oneshot::Sender<io::Result<TcpSocket>>);
+use crate::ports::Listener;
+use crate::sock_diag;
+
+enum Request {
+    /// A new TCP socket, IPv6 when true.
+    Socket(bool, oneshot::Sender<io::Result<TcpSocket>>),
+    /// The namespace's TCP LISTEN sockets.
+    Listeners(oneshot::Sender<io::Result<Vec<Listener>>>),
+}
 
 /// Makes sockets inside one network namespace. Dropping it ends the helper thread.
 pub(crate) struct Dialer {
@@ -41,13 +51,20 @@ impl Dialer {
                 // The thread now holds the namespace; the file is no longer needed.
                 drop(netns);
                 let _ = ready_tx.send(Ok(()));
-                for (v6, reply) in incoming {
-                    let socket = if v6 {
-                        TcpSocket::new_v6()
-                    } else {
-                        TcpSocket::new_v4()
-                    };
-                    let _ = reply.send(socket);
+                for request in incoming {
+                    match request {
+                        Request::Socket(v6, reply) => {
+                            let socket = if v6 {
+                                TcpSocket::new_v6()
+                            } else {
+                                TcpSocket::new_v4()
+                            };
+                            let _ = reply.send(socket);
+                        }
+                        Request::Listeners(reply) => {
+                            let _ = reply.send(sock_diag::listening());
+                        }
+                    }
                 }
             })?;
         ready_rx
@@ -58,15 +75,29 @@ impl Dialer {
 
     /// Connects to `addr` (a loopback address) inside the namespace.
     pub(crate) async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        let (reply, socket) = oneshot::channel();
-        self.requests
-            .send((addr.is_ipv6(), reply))
-            .map_err(|_| io::Error::other("netns helper thread ended"))?;
-        let socket = socket
-            .await
-            .map_err(|_| io::Error::other("netns helper thread ended"))??;
+        let socket = self
+            .ask(|reply| Request::Socket(addr.is_ipv6(), reply))
+            .await?;
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+
+    /// The TCP LISTEN sockets of the namespace (see [`sock_diag::listening`]).
+    pub(crate) async fn listeners(&self) -> io::Result<Vec<Listener>> {
+        self.ask(Request::Listeners).await
+    }
+
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<io::Result<T>>) -> Request,
+    ) -> io::Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(request(reply))
+            .map_err(|_| io::Error::other("netns helper thread ended"))?;
+        answer
+            .await
+            .map_err(|_| io::Error::other("netns helper thread ended"))?
     }
 }

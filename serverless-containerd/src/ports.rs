@@ -1,7 +1,14 @@
-//! Port discovery: LISTEN sockets read from `/proc/<pid>/net/tcp` and `tcp6`.
+//! Port discovery: the TCP LISTEN sockets of an instance's network namespace.
 //!
-//! Any process in a network namespace sees that namespace's sockets in `/proc/<pid>/net/*`, so
-//! reading the tables through the instance's init pid lists exactly the instance's listeners.
+//! The first choice is a `NETLINK_SOCK_DIAG` dump asking for LISTEN sockets only
+//! ([`crate::sock_diag::listening`], called on a thread inside the namespace): the kernel then
+//! walks only its listening hash and answers in microseconds. The fallback, for kernels without
+//! `inet_diag`, is `/proc/<pid>/net/tcp` and `tcp6` ([`parse_listeners`]): any process in the
+//! namespace sees its sockets there, but producing that text walks every bucket of the
+//! host-wide established hash, whatever the namespace — about 3 ms per table on a 24 GiB host,
+//! each poll.
+//!
+//! This file is plain `std` code: the fuzz target compiles it in directly.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
