@@ -22,7 +22,7 @@ const PODMAN_IMAGE: &str = "serverless.local/image:bench";
 pub(crate) async fn run(out: &Path) -> Res<()> {
     let runs: usize = env_num("BENCH_COLD_RUNS", 30)?;
     let standby = env_num("BENCH_COLD_STANDBY", 1)? != 0;
-    let peers = std::env::var("BENCH_COLD_PEERS").unwrap_or_else(|_| "ctr,podman".into());
+    let peers = std::env::var("BENCH_COLD_PEERS").unwrap_or_else(|_| "ctr,podman,runc".into());
     let noise_before = noise();
     let lab = Lab::start("bench-cold", &[("web.tar", busybox_image()?)]).await?;
     let result = measure(&lab, runs, &peers, standby).await;
@@ -56,6 +56,11 @@ async fn measure(lab: &Lab, runs: usize, peers: &str, use_standby: bool) -> Res<
         .context("write the docker archive")?;
     let use_ctr = peers.contains("ctr");
     let use_podman = peers.contains("podman");
+    let use_runc = peers.contains("runc");
+    let bundle = dir.join("runc-bundle");
+    if use_runc {
+        runc_bundle(&bundle)?;
+    }
     let mut ctr_image = String::new();
     if use_ctr {
         ctr_image = ctr_import(&sock, &docker_tar)?;
@@ -79,6 +84,7 @@ async fn measure(lab: &Lab, runs: usize, peers: &str, use_standby: bool) -> Res<
     let mut ctr = Vec::new();
     let mut ctr_ns = Vec::new();
     let mut pod = Vec::new();
+    let mut bare = Vec::new();
     let mut errors = Vec::new();
     // Two unrecorded warm-up rounds (page cache, first shim, podman's first-run setup).
     for i in 0..runs + 2 {
@@ -116,9 +122,16 @@ async fn measure(lab: &Lab, runs: usize, peers: &str, use_standby: bool) -> Res<
                 Err(e) => errors.push(format!("podman run {i}: {e}")),
             }
         }
+        if use_runc {
+            match runc_cold(&bundle, i).await {
+                Ok(d) if record => bare.push(ms(d)),
+                Ok(_) => {}
+                Err(e) => errors.push(format!("runc {i}: {e}")),
+            }
+        }
         if record {
             eprintln!(
-                "cold {}/{runs}: gateway {:.1} ms{}{}{}",
+                "cold {}/{runs}: gateway {:.1} ms{}{}{}{}",
                 i - 1,
                 ours.last().copied().unwrap_or(f64::NAN),
                 sb.last()
@@ -132,6 +145,9 @@ async fn measure(lab: &Lab, runs: usize, peers: &str, use_standby: bool) -> Res<
                     .unwrap_or_default(),
                 pod.last()
                     .map(|d| format!(", podman {d:.1} ms"))
+                    .unwrap_or_default(),
+                bare.last()
+                    .map(|d| format!(", bare runc {d:.1} ms"))
                     .unwrap_or_default()
             );
         }
@@ -194,6 +210,9 @@ async fn measure(lab: &Lab, runs: usize, peers: &str, use_standby: bool) -> Res<
     }
     if use_podman {
         value["podman"] = peer("podman", &pod).1;
+    }
+    if use_runc {
+        value["runc"] = peer("runc", &bare).1;
     }
     for e in &errors {
         eprintln!("cold: {e}");
@@ -404,6 +423,74 @@ async fn ctr_cold(sock: &Path, image: &str, i: usize) -> Res<Duration> {
     };
     let took = t.elapsed();
     remove_ctr(sock, &name).await?;
+    result.map(|()| took)
+}
+
+const RUNC_ROOT: &str = "runc-state";
+
+/// A runc bundle for the bare-runtime floor: the busybox image's files as a plain rootfs
+/// directory and `runc spec`'s default config (host network, like `ctr run --net-host`).
+fn runc_bundle(bundle: &Path) -> Res<()> {
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin"))?;
+    std::fs::create_dir_all(rootfs.join("www"))?;
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("copy /bin/busybox")?;
+    std::fs::write(rootfs.join("www/index.html"), b"hello from busybox\n")?;
+    let status = Command::new("runc")
+        .args(["spec", "-b"])
+        .arg(bundle)
+        .status()
+        .context("run runc spec")?;
+    if !status.success() {
+        return Err(format!("runc spec exited with {status}").into());
+    }
+    Ok(())
+}
+
+/// The runtime floor under every containerd-based start (the gateway's included): `runc
+/// create` + `runc start` of busybox httpd on a unique host port, straight from a prepared
+/// bundle (no containerd, no shim, no snapshot), + first response; then `runc delete -f`.
+async fn runc_cold(bundle: &Path, i: usize) -> Res<Duration> {
+    let port = crate::util::free_port()?;
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)?;
+    spec["process"]["terminal"] = json!(false);
+    spec["process"]["args"] = json!([
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-h",
+        "/www",
+        "-p",
+        port.to_string()
+    ]);
+    if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+        ns.retain(|n| n["type"] != "network");
+    }
+    std::fs::write(&config, serde_json::to_vec(&spec)?)?;
+    let root = bundle.join(RUNC_ROOT);
+    let id = format!("bench-runc-{}-{i}", std::process::id());
+    let runc = |args: &[&str]| {
+        Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    };
+    let t = Instant::now();
+    let bundle_arg = bundle.to_string_lossy();
+    let result = match runc(&["create", "--bundle", &bundle_arg, &id]) {
+        Ok(s) if s.success() => match runc(&["start", &id]) {
+            Ok(s) if s.success() => first_response(port, Duration::from_secs(10)).await,
+            other => Err(format!("runc start: {other:?}").into()),
+        },
+        other => Err(format!("runc create: {other:?}").into()),
+    };
+    let took = t.elapsed();
+    let _ = runc(&["delete", "-f", &id]);
     result.map(|()| took)
 }
 

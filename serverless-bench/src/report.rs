@@ -188,14 +188,15 @@ fn cold_section(md: &mut String, c: &Value, img: &Path) -> Res<()> {
     let p50_standby = standby.map_or(f64::NAN, |s| f(&s["summary"]["p50"]));
     let _ = write!(
         md,
-        "## 1. Cold start\n\nZero instances → first response byte, {} runs each, interleaved run by run (gateway with nothing pre-created, gateway from a standby, `ctr run`, `ctr run` in a netns, `podman run`), after 2 unrecorded warm-up rounds. Image: static busybox `httpd` serving a small page (built with `ImageBuilder`). Milliseconds.\n\n",
+        "## 1. Cold start\n\nZero instances → first response byte, {} runs each, interleaved run by run (gateway with nothing pre-created, gateway from a standby, `ctr run`, `ctr run` in a netns, `podman run`, bare `runc`), after 2 unrecorded warm-up rounds. Image: static busybox `httpd` serving a small page (built with `ImageBuilder`). Milliseconds.\n\n",
         c["runs"]
     );
     md.push_str("- **serverless, nothing pre-created** (the default): a fresh app is deployed per run (so it has no instance); the time is from opening the TCP connection to the gateway to the response head. It includes creating the instance's snapshot, container, runc task (shim spawn + `runc create`: its own network namespace, cgroup, rootfs), starting it, and port discovery.\n");
     md.push_str("- **serverless, from a standby** (`[apps.scale] standby = true`): the same, but the app's deploy already created one task without starting it (shim + `runc init` waiting, ≈ 21 MB PSS per app, which is why it is off by default); the cold start only starts that task and discovers the port, and a new standby is made 100 ms later. Deploy returns once the standby exists, so every run starts from one.\n");
     md.push_str("- **ctr run**: `ctr run -d --net-host` against the same containerd and runc, then a Rust client polling `127.0.0.1:PORT` every 1 ms until it answers 200. Host networking: no network namespace to create — an advantage for the peer.\n");
     md.push_str("- **ctr run + netns**: isolated like the gateway's instances: `ip netns add` + loopback up, `ctr run -d --with-ns network:…`, then `ip netns exec … busybox wget` every 1 ms until it answers (each poll is a process, as a shell user would do it).\n");
-    md.push_str("- **podman run**: `podman run -d --network host` with explicit `--ulimit nofile=1024:1024 --ulimit nproc=4096:4096` (this machine lacks CAP_SYS_RESOURCE, so podman's defaults and `--ulimit host` fail), Debian podman 4 with runc, its own `--root`; then the same polling as `ctr run`.\n\n");
+    md.push_str("- **podman run**: `podman run -d --network host` with explicit `--ulimit nofile=1024:1024 --ulimit nproc=4096:4096` (this machine lacks CAP_SYS_RESOURCE, so podman's defaults and `--ulimit host` fail), Debian podman 4 with runc, its own `--root`; then the same polling as `ctr run`.\n");
+    md.push_str("- **bare runc** (the floor, not a competitor): `runc create` + `runc start` straight from a prepared bundle (the same busybox files as a plain directory, `runc spec`'s default config, host network), then the same polling. No containerd, shim, snapshot or image: the part of every containerd-based start (the gateway's and `ctr run`'s alike) that only pre-creating the task — the standby — takes off the request's path.\n\n");
     md.push_str("| system | runs | min | median | p99 | max | median ÷ serverless | median ÷ serverless from a standby |\n|---|---|---|---|---|---|---|---|\n");
     md.push_str(&cold_row(
         "serverless (gateway), nothing pre-created",
@@ -225,6 +226,11 @@ fn cold_section(md: &mut String, c: &Value, img: &Path) -> Res<()> {
             "`podman run --network host` + first response",
             GREEN,
         ),
+        (
+            "runc",
+            "bare `runc create` + `runc start` + first response (the floor)",
+            BLACK,
+        ),
     ] {
         if c.get(key).is_some() {
             md.push_str(&cold_row(label, &c[key]["summary"], p50, p50_standby));
@@ -250,6 +256,15 @@ fn cold_section(md: &mut String, c: &Value, img: &Path) -> Res<()> {
             );
         }
         None => md.push_str(".\n\n"),
+    }
+    if let Some(r) = c.get("runc") {
+        let floor = f(&r["summary"]["p50"]);
+        let _ = write!(
+            md,
+            "The floor: bare `runc create` + `runc start` + first response, with no containerd at all, has a median of {floor:.1} ms — {:.0} % of the {:.1} ms that 1.7× `ctr run` allows. A start that creates its task on the request's path cannot go much below that floor plus containerd's shim spawn; the standby takes task creation off that path.\n\n",
+            100.0 * floor / (ctr / 1.7),
+            ctr / 1.7
+        );
     }
     md.push_str("**Phases** of the gateway's cold starts (as the containerd backend reports them in `Started.phases`, recorded by a wrapping backend; the same numbers feed the `serverless_cold_start_seconds` metric), ms.\n\nNothing pre-created:\n\n");
     cold_phases(md, c);
