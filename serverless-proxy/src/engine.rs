@@ -2,11 +2,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use http::{Request, Response};
-use serverless_core::{AppSpec, BackendError, ContainerBackend, GlobalLimits, ServerConfig};
+use serverless_core::{
+    AppSpec, BackendError, ContainerBackend, Exit, GlobalLimits, InstanceId, ServerConfig,
+};
 use serverless_limits::{
     ColdStartBufferLayer, ConcurrencyLimitLayer, GlobalLimitLayer, InstanceBudget, Pool,
+    PoolObserver,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +27,30 @@ pub struct App {
     pub spec: Arc<AppSpec>,
     /// Its instances.
     pub pool: Pool,
+}
+
+/// What the pools tell the engine: metrics, and instances gone (their kept connections go).
+struct Observer {
+    metrics: Arc<Metrics>,
+    upstreams: Upstreams,
+}
+
+impl PoolObserver for Observer {
+    fn cold_start(&self, app: &str, total: Duration, phases: &[(&'static str, Duration)]) {
+        self.metrics.cold_start(app, total, phases);
+    }
+    fn boot_failed(&self, app: &str, error: &BackendError) {
+        self.metrics.boot_failed(app, error);
+    }
+    fn crashed(&self, app: &str, id: &InstanceId, exit: Exit) {
+        self.metrics.crashed(app, id, exit);
+    }
+    fn stopped(&self, app: &str, id: &InstanceId, reason: &'static str) {
+        self.metrics.stopped(app, id, reason);
+    }
+    fn removed(&self, _app: &str, id: &InstanceId) {
+        self.upstreams.forget(id);
+    }
 }
 
 #[derive(Default)]
@@ -129,7 +157,10 @@ impl Engine {
             })?;
         let pool = Pool::builder(spec.clone(), self.inner.backend.clone())
             .budget(self.inner.budget.clone())
-            .observer(self.inner.metrics.clone())
+            .observer(Arc::new(Observer {
+                metrics: self.inner.metrics.clone(),
+                upstreams: self.inner.upstreams.clone(),
+            }))
             .build();
         let app = Arc::new(App {
             spec: Arc::new(spec),

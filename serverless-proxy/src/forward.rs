@@ -165,6 +165,7 @@ async fn forward(
         let (what, source): (_, BoxError) = match failed.error {
             SendError::Connect(e) => ("could not be reached", Box::new(e)),
             SendError::Failed(e) => ("failed before answering", Box::new(e)),
+            SendError::Io(e) => ("failed before answering", Box::new(e)),
         };
         return Err(Box::new(ForwardError {
             app: app.clone(),
@@ -204,7 +205,7 @@ async fn forward(
                 app: app.clone(),
                 instance: instance.clone(),
                 what: "failed while sending the response body",
-                source: Box::new(e),
+                source: e,
             })
         })
         .boxed_unsync()

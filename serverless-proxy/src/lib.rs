@@ -36,6 +36,7 @@
 pub mod admin;
 mod engine;
 pub mod forward;
+mod h1;
 pub mod metrics;
 pub mod response;
 pub mod server;

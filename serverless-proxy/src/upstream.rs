@@ -2,15 +2,19 @@
 //! a time each, back to the idle list when the response body ends) and one multiplexed HTTP/2
 //! connection per instance for h2c apps.
 //!
-//! Built on hyper's connection-level client (`hyper::client::conn`) rather than hyper-util's
+//! Body-less, non-upgrade HTTP/1.1 requests — most requests — go through the lean client in
+//! [`crate::h1`]: the request's task writes and reads the connection itself. The rest goes
+//! through hyper's connection-level client (`hyper::client::conn`). Neither is hyper-util's
 //! pooled `Client`: the request already knows its instance (the lease picked it), so there is
 //! no URI to format and parse, no pool key to hash, and no task spawned per request to watch a
 //! connection become idle — the response body gives the connection back when it ends. A
 //! request that a connection refused before writing it (closed meanwhile) comes back and goes
-//! out on another connection.
+//! out on another connection. The engine closes an instance's idle connections when its pool
+//! removes the instance ([`Upstreams::forget`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -24,7 +28,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serverless_core::{BackendError, Connection, ContainerBackend, InstanceId};
 use tokio::time::Instant;
 
-use crate::response::ReqBody;
+use crate::h1;
+use crate::response::{BoxError, ReqBody};
 
 /// Idle HTTP/1.1 connections older than this are closed instead of reused (apps may close
 /// idle keep-alive connections themselves; a fresh dial into the instance is cheap).
@@ -39,6 +44,9 @@ pub(crate) enum SendError {
     Connect(BackendError),
     /// The connection failed; the request comes back if it was not written.
     Failed(hyper::Error),
+    /// The connection of the lean HTTP/1.1 client failed; the request comes back if it was
+    /// not written.
+    Io(std::io::Error),
 }
 
 /// A failed send, with the request when it was not sent.
@@ -71,6 +79,9 @@ struct Idle {
 
 struct Inner {
     backend: Arc<dyn ContainerBackend>,
+    lean: Mutex<HashMap<InstanceId, Vec<(h1::Conn, Instant)>>>,
+    /// Whether the task that closes stale idle lean connections runs.
+    sweeping: AtomicBool,
     http1: Mutex<HashMap<InstanceId, VecDeque<Idle>>>,
     http2: Mutex<HashMap<InstanceId, http2::SendRequest<ReqBody>>>,
 }
@@ -82,6 +93,72 @@ impl Inner {
 
     fn http2(&self) -> MutexGuard<'_, HashMap<InstanceId, http2::SendRequest<ReqBody>>> {
         self.http2.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lean(&self) -> MutexGuard<'_, HashMap<InstanceId, Vec<(h1::Conn, Instant)>>> {
+        self.lean.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used idle lean connection that still looks open and is young enough.
+    fn checkout_lean(&self, instance: &InstanceId) -> Option<h1::Conn> {
+        let mut idle = self.lean();
+        let list = idle.get_mut(instance)?;
+        let now = Instant::now();
+        let found = loop {
+            let Some((mut conn, since)) = list.pop() else {
+                break None;
+            };
+            if now.duration_since(since) >= IDLE_TIMEOUT {
+                list.clear();
+                break None;
+            }
+            if conn.is_usable() {
+                break Some(conn);
+            }
+        };
+        if list.is_empty() {
+            idle.remove(instance);
+        }
+        found
+    }
+
+    fn give_back_lean(self: &Arc<Self>, instance: &InstanceId, conn: h1::Conn) {
+        {
+            let mut idle = self.lean();
+            let list = idle.entry(instance.clone()).or_default();
+            if list.len() < MAX_IDLE_PER_INSTANCE {
+                list.push((conn, Instant::now()));
+            }
+        }
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            // Nothing watches an idle lean connection: every so often, close the ones that
+            // expired or that their instance closed. Ends with the last `Upstreams`.
+            let inner = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match inner.upgrade() {
+                        Some(inner) => inner.sweep_lean(),
+                        None => break,
+                    }
+                }
+            });
+        }
+    }
+
+    /// Closes idle lean connections that are too old or that their instance closed (nothing
+    /// watches them while they sit idle).
+    fn sweep_lean(&self) {
+        let now = Instant::now();
+        let mut idle = self.lean();
+        idle.retain(|_, list| {
+            list.retain_mut(|(conn, since)| {
+                now.duration_since(*since) < IDLE_TIMEOUT && conn.is_usable()
+            });
+            !list.is_empty()
+        });
     }
 
     /// The most recently used idle connection that is ready, still open and young enough.
@@ -158,6 +235,8 @@ impl Upstreams {
         Self {
             inner: Arc::new(Inner {
                 backend,
+                lean: Mutex::new(HashMap::new()),
+                sweeping: AtomicBool::new(false),
                 http1: Mutex::new(HashMap::new()),
                 http2: Mutex::new(HashMap::new()),
             }),
@@ -173,8 +252,58 @@ impl Upstreams {
     ) -> Result<Response<UpstreamBody>, Failed> {
         if h2c {
             self.send_http2(instance, req).await
+        } else if h1::fits(&req) {
+            self.send_lean(instance, req).await
         } else {
             self.send_http1(instance, req).await
+        }
+    }
+
+    /// The common request (no body, no upgrade) through the lean HTTP/1.1 client.
+    async fn send_lean(
+        &self,
+        instance: &InstanceId,
+        req: Request<ReqBody>,
+    ) -> Result<Response<UpstreamBody>, Failed> {
+        loop {
+            let (mut conn, kept) = match self.inner.checkout_lean(instance) {
+                Some(conn) => (conn, true),
+                None => match self.inner.backend.connect(instance).await {
+                    Ok(io) => (h1::Conn::new(io), false),
+                    Err(error) => {
+                        return Err(Failed {
+                            error: SendError::Connect(error),
+                            request: Some(req),
+                        })
+                    }
+                },
+            };
+            if let Err(error) = conn.write_request(&req).await {
+                // Not (completely) written, so not processed: a kept connection that closed
+                // meanwhile is simply replaced; a new one that failed gives the request back.
+                if kept {
+                    continue;
+                }
+                return Err(Failed {
+                    error: SendError::Io(error),
+                    request: Some(req),
+                });
+            }
+            let error = match conn.read_response(req.method()).await {
+                Ok(Some((res, reader))) => {
+                    let back = (instance.clone(), self.inner.clone());
+                    return Ok(res.map(|()| UpstreamBody::lean(reader, back)));
+                }
+                Ok(None) => std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the instance closed the connection without answering",
+                ),
+                Err(error) => error,
+            };
+            return Err(Failed {
+                error: SendError::Io(error),
+                request: None,
+            });
         }
     }
 
@@ -288,10 +417,18 @@ impl Upstreams {
         });
     }
 
+    /// Closes every connection kept idle for `instance`: it is gone.
+    pub(crate) fn forget(&self, instance: &InstanceId) {
+        self.inner.lean().remove(instance);
+        self.inner.http1().remove(instance);
+        self.inner.http2().remove(instance);
+    }
+
     /// Idle HTTP/1.1 connections kept for `instance` (for tests and metrics).
     #[cfg(test)]
     pub(crate) fn idle(&self, instance: &InstanceId) -> usize {
         self.inner.http1().get(instance).map_or(0, VecDeque::len)
+            + self.inner.lean().get(instance).map_or(0, Vec::len)
     }
 }
 
@@ -308,60 +445,123 @@ impl GiveBack {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// An instance's response body; its connection is reused once the body has ended (a body
-    /// dropped before its end closes the connection, which cannot be reused then).
-    pub(crate) struct UpstreamBody {
-        #[pin]
+/// An instance's response body; its connection is reused once the body has ended (a body
+/// dropped before its end closes the connection, which cannot be reused then).
+pub(crate) struct UpstreamBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Hyper {
         inner: Incoming,
         giver: Option<GiveBack>,
-    }
+    },
+    Lean {
+        reader: h1::Reader,
+        back: Option<(InstanceId, Arc<Inner>)>,
+    },
 }
 
 impl UpstreamBody {
     fn new(inner: Incoming, giver: Option<GiveBack>) -> Self {
-        let mut body = Self { inner, giver };
-        if body.inner.is_end_stream() {
-            if let Some(giver) = body.giver.take() {
+        let mut giver = giver;
+        if inner.is_end_stream() {
+            if let Some(giver) = giver.take() {
                 giver.give();
             }
         }
+        Self {
+            kind: Kind::Hyper { inner, giver },
+        }
+    }
+
+    fn lean(reader: h1::Reader, back: (InstanceId, Arc<Inner>)) -> Self {
+        let mut body = Self {
+            kind: Kind::Lean {
+                reader,
+                back: Some(back),
+            },
+        };
+        if body.is_end_stream() {
+            // Nothing to read: settle the connection now (servers do not poll such a body).
+            let _ = body.poll_lean(&mut Context::from_waker(std::task::Waker::noop()));
+        }
         body
+    }
+
+    fn poll_lean(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Kind::Lean { reader, back } = &mut self.kind else {
+            return Poll::Ready(None);
+        };
+        match ready!(reader.poll_read(cx)) {
+            Ok(h1::Read::Frame(frame)) => Poll::Ready(Some(Ok(frame))),
+            Ok(h1::Read::End(conn)) => {
+                if let (Some(conn), Some((instance, upstreams))) = (conn, back.take()) {
+                    upstreams.give_back_lean(&instance, conn);
+                }
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                back.take();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+        }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let (inner, giver) = match &mut this.kind {
+            Kind::Hyper { inner, giver } => (inner, giver),
+            Kind::Lean { .. } => {
+                let frame = ready!(this.poll_lean(cx));
+                if let (Some(Ok(_)), Kind::Lean { reader, .. }) = (&frame, &this.kind) {
+                    if reader.is_end() {
+                        // Servers stop polling at `is_end_stream`: settle the connection.
+                        let _ = this.poll_lean(cx);
+                    }
+                }
+                return Poll::Ready(frame);
+            }
+        };
+        let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
         match &frame {
             // Servers stop polling once `is_end_stream` says so: give the connection back on
             // the last frame, not only on the end.
-            Some(Ok(_)) if !this.inner.is_end_stream() => {}
+            Some(Ok(_)) if !inner.is_end_stream() => {}
             None | Some(Ok(_)) => {
-                if let Some(giver) = this.giver.take() {
+                if let Some(giver) = giver.take() {
                     giver.give();
                 }
             }
             Some(Err(_)) => {
-                this.giver.take();
+                giver.take();
             }
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|f| f.map_err(|e| -> BoxError { Box::new(e) })))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Hyper { inner, .. } => inner.is_end_stream(),
+            Kind::Lean { reader, .. } => reader.is_end(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            Kind::Hyper { inner, .. } => inner.size_hint(),
+            Kind::Lean { reader, .. } => reader
+                .exact_len()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
     }
 }
 
@@ -444,13 +644,19 @@ mod tests {
         (addr, conns)
     }
 
+    /// A POST with `body` (through hyper's client), or a body-less GET when it is empty
+    /// (through the lean client): the tests below run both.
     fn request(body: &'static str) -> Request<ReqBody> {
-        let mut req = Request::new(
+        let mut req = Request::new(if body.is_empty() {
+            http_body_util::Empty::new().map_err(|e| match e {}).boxed()
+        } else {
             Full::new(Bytes::from_static(body.as_bytes()))
                 .map_err(|e| match e {})
-                .boxed(),
-        );
-        *req.method_mut() = http::Method::POST;
+                .boxed()
+        });
+        if !body.is_empty() {
+            *req.method_mut() = http::Method::POST;
+        }
         req.headers_mut()
             .insert(http::header::HOST, http::HeaderValue::from_static("app"));
         req
@@ -463,49 +669,108 @@ mod tests {
 
     #[tokio::test]
     async fn connections_are_reused_after_the_body_ends() {
-        let (addr, conns) = server(true).await;
-        let up = Upstreams::new(Arc::new(Local { addr: Some(addr) }));
-        let id = InstanceId::new("i-1");
-        for _ in 0..5 {
-            let res = up.send(&id, false, request("hello")).await.ok().unwrap();
-            assert_eq!(up.idle(&id), 0, "busy until the body ends");
-            assert_eq!(text(res).await, "got 5 bytes");
-            assert_eq!(up.idle(&id), 1);
+        for body in ["hello", ""] {
+            let (addr, conns) = server(true).await;
+            let up = Upstreams::new(Arc::new(Local { addr: Some(addr) }));
+            let id = InstanceId::new("i-1");
+            for _ in 0..5 {
+                let res = up.send(&id, false, request(body)).await.ok().unwrap();
+                assert_eq!(up.idle(&id), 0, "busy until the body ends");
+                assert_eq!(text(res).await, format!("got {} bytes", body.len()));
+                assert_eq!(up.idle(&id), 1);
+            }
+            assert_eq!(conns.load(Ordering::SeqCst), 1, "body {body:?}");
         }
-        assert_eq!(conns.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn a_connection_the_instance_closed_is_not_reused() {
-        let (addr, conns) = server(false).await;
-        let up = Upstreams::new(Arc::new(Local { addr: Some(addr) }));
-        let id = InstanceId::new("i-1");
-        for i in 1..=3 {
-            let res = up.send(&id, false, request("hi")).await.ok().unwrap();
-            // The server closes after answering; the next request must not fail on it.
-            assert_eq!(text(res).await, "got 2 bytes");
-            assert_eq!(conns.load(Ordering::SeqCst), i);
-        }
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while up.idle(&id) > 0 {
-                tokio::task::yield_now().await;
+        for body in ["hi", ""] {
+            let (addr, conns) = server(false).await;
+            let up = Upstreams::new(Arc::new(Local { addr: Some(addr) }));
+            let id = InstanceId::new("i-1");
+            for i in 1..=3 {
+                let res = up.send(&id, false, request(body)).await.ok().unwrap();
+                // The server closes after answering; the next request must not fail on it.
+                assert_eq!(text(res).await, format!("got {} bytes", body.len()));
+                assert_eq!(conns.load(Ordering::SeqCst), i);
             }
-        })
-        .await
-        .expect("closed connections are forgotten");
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while up.idle(&id) > 0 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("closed connections are forgotten");
+        }
     }
 
     #[tokio::test]
     async fn a_dropped_body_closes_its_connection() {
+        for body in ["x", ""] {
+            let (addr, conns) = server(true).await;
+            let up = Upstreams::new(Arc::new(Local { addr: Some(addr) }));
+            let id = InstanceId::new("i-1");
+            let res = up.send(&id, false, request(body)).await.ok().unwrap();
+            drop(res);
+            assert_eq!(up.idle(&id), 0);
+            let res = up.send(&id, false, request(body)).await.ok().unwrap();
+            assert_eq!(text(res).await, format!("got {} bytes", body.len()));
+            assert_eq!(conns.load(Ordering::SeqCst), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_go_with_their_instance_or_when_it_closes_them() {
         let (addr, conns) = server(true).await;
         let up = Upstreams::new(Arc::new(Local { addr: Some(addr) }));
         let id = InstanceId::new("i-1");
-        let res = up.send(&id, false, request("x")).await.ok().unwrap();
-        drop(res);
-        assert_eq!(up.idle(&id), 0);
-        let res = up.send(&id, false, request("x")).await.ok().unwrap();
-        assert_eq!(text(res).await, "got 1 bytes");
-        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        let (a, b) = (
+            up.send(&id, false, request("")).await.ok().unwrap(),
+            up.send(&id, false, request("")).await.ok().unwrap(),
+        );
+        assert_eq!(text(a).await, "got 0 bytes");
+        assert_eq!(text(b).await, "got 0 bytes");
+        assert_eq!(up.idle(&id), 2);
+        up.forget(&id);
+        assert_eq!(up.idle(&id), 0, "the instance is gone");
+
+        // An idle connection the instance closes later is swept; a live one stays.
+        let res = up.send(&id, false, request("")).await.ok().unwrap();
+        assert_eq!(text(res).await, "got 0 bytes");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        let addr2 = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await.unwrap();
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            drop(stream);
+            let _ = closed_tx.send(());
+        });
+        let other = InstanceId::new("i-2");
+        let closing = Upstreams::new(Arc::new(Local { addr: Some(addr2) }));
+        let res = closing.send(&other, false, request("")).await.ok().unwrap();
+        assert_eq!(text(res).await, "ok");
+        closed.await.unwrap();
+        assert_eq!(closing.idle(&other), 1, "kept: it looked reusable");
+        // The FIN arrives asynchronously: sweep until it has been seen.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while closing.idle(&other) > 0 {
+                closing.inner.sweep_lean();
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("a connection its instance closed is swept");
+        up.inner.sweep_lean();
+        assert_eq!(up.idle(&id), 1, "a live idle connection stays");
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

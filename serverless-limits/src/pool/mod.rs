@@ -69,6 +69,11 @@ pub trait PoolObserver: Send + Sync + 'static {
     fn stopped(&self, app: &str, id: &InstanceId, reason: &'static str) {
         let _ = (app, id, reason);
     }
+    /// An instance is gone for good, whatever the reason (stopped, exited, crashed): nothing
+    /// will be sent to it again, so whatever was kept for it (e.g. idle connections) can go.
+    fn removed(&self, app: &str, id: &InstanceId) {
+        let _ = (app, id);
+    }
 }
 
 struct NoObserver;
@@ -759,12 +764,15 @@ impl Shared {
         if reason != "exited" {
             self.observer.stopped(&self.app.name, id, reason);
         }
-        let mut inner = self.lock();
-        inner.instances.retain(|i| &i.id != id);
-        if let Some(budget) = &self.budget {
-            budget.give_back();
+        {
+            let mut inner = self.lock();
+            inner.instances.retain(|i| &i.id != id);
+            if let Some(budget) = &self.budget {
+                budget.give_back();
+            }
+            self.scale(&mut inner);
         }
-        self.scale(&mut inner);
+        self.observer.removed(&self.app.name, id);
         tracing::debug!(app = %self.app.name, instance = %id, reason, "instance stopped");
     }
 

@@ -260,6 +260,7 @@ async fn idle_stop_racing_new_requests_never_fails() {
 struct Recorder {
     stopped: Mutex<Vec<(InstanceId, &'static str, Instant)>>,
     cold: Mutex<Vec<Duration>>,
+    removed: Mutex<Vec<InstanceId>>,
 }
 
 impl PoolObserver for Recorder {
@@ -271,6 +272,9 @@ impl PoolObserver for Recorder {
     }
     fn cold_start(&self, _app: &str, total: Duration, _phases: &[(&'static str, Duration)]) {
         self.cold.lock().unwrap().push(total);
+    }
+    fn removed(&self, _app: &str, id: &InstanceId) {
+        self.removed.lock().unwrap().push(id.clone());
     }
 }
 
@@ -351,6 +355,10 @@ async fn recycle_under_continuous_load_loses_nothing() {
     let stopped = recorder.stopped.lock().unwrap().clone();
     let recycled: Vec<_> = stopped.iter().filter(|s| s.1 == "recycled").collect();
     assert!(recycled.len() >= 5, "{stopped:?}");
+    let removed = recorder.removed.lock().unwrap().clone();
+    for (id, _, _) in &stopped {
+        assert!(removed.contains(id), "{id} stopped but not reported removed");
+    }
     let ends = body_ends.lock().unwrap();
     for (id, _, at) in &recycled {
         let last_end = ends[id];
@@ -386,13 +394,16 @@ async fn a_stream_longer_than_idle_timeout_keeps_its_instance() {
 #[tokio::test(start_paused = true)]
 async fn scale_min_is_kept_warm_and_replaced() {
     let backend = FakeBackend::new();
-    let pool = Pool::new(
+    let recorder = Arc::new(Recorder::default());
+    let pool = Pool::builder(
         app("a", |a| {
             a.scale.min = 2;
             a.limits.idle_timeout = Duration::from_secs(1);
         }),
         Arc::new(backend.clone()),
-    );
+    )
+    .observer(recorder.clone())
+    .build();
     sleep(Duration::from_secs(10)).await;
     assert_eq!(backend.running("a").len(), 2);
     let victim = backend.running("a")[0].clone();
@@ -401,8 +412,15 @@ async fn scale_min_is_kept_warm_and_replaced() {
     let running = backend.running("a");
     assert_eq!(running.len(), 2, "crashed instance replaced");
     assert!(!running.contains(&victim));
+    assert_eq!(
+        *recorder.removed.lock().unwrap(),
+        [victim.clone()],
+        "the observer hears that the crashed instance is gone"
+    );
     pool.shutdown().await;
     assert!(backend.running("a").is_empty());
+    let removed = recorder.removed.lock().unwrap();
+    assert_eq!(removed.len(), 3, "and of the two shut down: {removed:?}");
 }
 
 #[tokio::test(start_paused = true)]
