@@ -13,6 +13,7 @@
 //! parked connection costs its task (a few hundred bytes), the socket and the kernel's buffers.
 //! HTTP/2 and TLS connections are not parked.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::IoSlice;
@@ -545,29 +546,34 @@ impl hyper::rt::Write for ConnIo {
 /// The host a request is for: `Host` (HTTP/1.1) or the URI authority (HTTP/2), lowercase,
 /// without port.
 pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })?;
+    host_of(req).map(Cow::into_owned)
+}
+
+/// [`request_host`] without allocating when the host is already in canonical form (the common
+/// case: lowercase, no port, no trailing dot).
+fn host_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
     let host = match raw.rsplit_once(':') {
         // `[::1]:8080` or `name:8080`; a bare IPv6 literal is bracketed.
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h.to_owned(),
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => raw,
     };
-    Some(host.trim_end_matches('.').to_ascii_lowercase())
+    let host = host.trim_end_matches('.');
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 /// The gateway's request handler: route by host, enforce the body limit, serve through the
 /// engine, count it.
 pub async fn handle(engine: Engine, req: Request<Incoming>, info: ClientInfo) -> Response<ResBody> {
     let started = Instant::now();
-    let Some(host) = request_host(&req) else {
+    let Some(host) = host_of(&req) else {
         return failure(StatusCode::BAD_REQUEST, "request has no Host header", None);
     };
     let Some(app) = engine.route(&host) else {

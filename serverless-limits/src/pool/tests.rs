@@ -357,7 +357,10 @@ async fn recycle_under_continuous_load_loses_nothing() {
     assert!(recycled.len() >= 5, "{stopped:?}");
     let removed = recorder.removed.lock().unwrap().clone();
     for (id, _, _) in &stopped {
-        assert!(removed.contains(id), "{id} stopped but not reported removed");
+        assert!(
+            removed.contains(id),
+            "{id} stopped but not reported removed"
+        );
     }
     let ends = body_ends.lock().unwrap();
     for (id, _, at) in &recycled {
