@@ -1,8 +1,8 @@
 //! A lean HTTP/1.1 client for the common request: no body, no upgrade. The request head is
 //! written and the response head read by the request's own task, on a connection it owns
-//! while the response lasts — no connection task, no channels between tasks, no per-request
-//! allocation beyond the response's header map. Everything else (requests with bodies,
-//! upgrades, h2c) goes through hyper's client.
+//! while the response lasts — no connection task, no channels between tasks; header values are
+//! shared with the read buffer, not copied. Everything else (requests with bodies, upgrades,
+//! h2c) goes through hyper's client.
 //!
 //! Framing follows RFC 9112 §6.3: no body for `HEAD`, 1xx, 204 and 304; chunked when the last
 //! transfer coding is `chunked`; read-to-close for any other transfer coding or when no length
