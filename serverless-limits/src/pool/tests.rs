@@ -417,7 +417,7 @@ async fn scale_min_is_kept_warm_and_replaced() {
     assert!(!running.contains(&victim));
     assert_eq!(
         *recorder.removed.lock().unwrap(),
-        [victim.clone()],
+        std::slice::from_ref(&victim),
         "the observer hears that the crashed instance is gone"
     );
     pool.shutdown().await;
