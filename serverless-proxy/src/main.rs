@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct AdminArgs {
-    /// Admin API base URL.
+    /// Admin API address: http://HOST:PORT, or HOST:PORT as in the config's `admin` key.
     #[arg(
         long,
         env = "SERVERLESS_ADMIN",
@@ -316,6 +316,23 @@ async fn serve(config: Config) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The admin API URL of `path`: `--admin` is a base URL (`http://127.0.0.1:8081`) or, like the
+/// config's `admin` key, a bare `HOST:PORT`.
+fn admin_uri(base: &str, path: &str) -> Result<http::Uri, String> {
+    let base = base.trim();
+    let full = if base.contains("://") {
+        format!("{}{path}", base.trim_end_matches('/'))
+    } else {
+        format!("http://{}{path}", base.trim_end_matches('/'))
+    };
+    match full.parse::<http::Uri>() {
+        Ok(uri) if uri.host().is_some() && uri.scheme_str() == Some("http") => Ok(uri),
+        _ => Err(format!(
+            "--admin {base:?} is not an admin API address: expected HOST:PORT or http://HOST:PORT"
+        )),
+    }
+}
+
 async fn admin_call(
     admin: &AdminArgs,
     method: Method,
@@ -323,8 +340,8 @@ async fn admin_call(
     body: Option<Vec<u8>>,
 ) -> Result<Bytes, BoxError> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri = format!("{}{path}", admin.admin.trim_end_matches('/'));
-    let mut req = Request::builder().method(method).uri(&uri);
+    let uri = admin_uri(&admin.admin, path)?;
+    let mut req = Request::builder().method(method).uri(uri.clone());
     if let Some(token) = &admin.token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
@@ -351,4 +368,38 @@ async fn admin_call(
         .into());
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admin_uri;
+
+    #[test]
+    fn admin_address_is_a_url_or_host_port() {
+        for base in [
+            "http://127.0.0.1:8081",
+            "http://127.0.0.1:8081/",
+            "127.0.0.1:8081",
+            " 127.0.0.1:8081 ",
+        ] {
+            assert_eq!(
+                admin_uri(base, "/v1/apps").expect(base).to_string(),
+                "http://127.0.0.1:8081/v1/apps"
+            );
+        }
+        assert_eq!(
+            admin_uri("[::1]:9000", "/v1/apps").expect("v6").to_string(),
+            "http://[::1]:9000/v1/apps"
+        );
+        for bad in [
+            "",
+            "https://example.com",
+            "ftp://x:1",
+            "not a host",
+            "http://",
+        ] {
+            let err = admin_uri(bad, "/v1/apps").expect_err(bad);
+            assert!(err.contains("--admin"), "{err}");
+        }
+    }
 }
