@@ -236,9 +236,12 @@ fn parse_response(
             let name = HeaderName::from_bytes(&head[n0..n1]).map_err(invalid)?;
             let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(invalid)?;
             if name == http::header::CONTENT_LENGTH {
-                let n = std::str::from_utf8(raw)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
+                // 1*DIGIT: no sign, no spaces inside, no list (what `parse` alone would allow
+                // is how requests get smuggled).
+                let digits = raw.trim_ascii();
+                let n = Some(digits)
+                    .filter(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit))
+                    .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u64>().ok())
                     .ok_or_else(|| invalid("invalid content-length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(invalid("differing content-length values"));
@@ -609,6 +612,22 @@ mod tests {
         .err()
         .expect("101 without an upgrade is an error");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn content_length_is_digits_only() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok"[..],
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok"[..],
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 0x2\r\n\r\nok"[..],
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\nok"[..],
+        ] {
+            let err = exchange(get("/"), answer, 100)
+                .await
+                .err()
+                .expect("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        }
     }
 
     #[tokio::test]
