@@ -45,6 +45,8 @@ pub(crate) struct Conn {
     buf: BytesMut,
     /// Scratch: where each header of the head being parsed sits in `buf`.
     spans: Vec<[usize; 4]>,
+    /// Scratch: the request head being written.
+    head: Vec<u8>,
 }
 
 /// How the rest of a response's body is delimited.
@@ -78,6 +80,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             spans: Vec::new(),
+            head: Vec::new(),
         }
     }
 
@@ -99,9 +102,9 @@ impl Conn {
     /// Writes the request head. An error means the request may be incomplete on the wire,
     /// never that it was processed.
     pub(crate) async fn write_request<B>(&mut self, req: &Request<B>) -> io::Result<()> {
-        let mut head = Vec::with_capacity(256);
-        encode_request(req, &mut head);
-        self.io.write_all(&head).await?;
+        self.head.clear();
+        encode_request(req, &mut self.head);
+        self.io.write_all(&self.head).await?;
         self.io.flush().await
     }
 
@@ -111,8 +114,10 @@ impl Conn {
         mut self,
         method: &Method,
     ) -> io::Result<Option<(Response<()>, Reader)>> {
+        // Whether any byte of a response (an interim 1xx one included) has arrived.
         let mut any = false;
         loop {
+            any |= !self.buf.is_empty();
             let parsed = if self.buf.is_empty() {
                 None
             } else {
@@ -129,9 +134,8 @@ impl Conn {
             if self.buf.len() > MAX_HEAD {
                 return Err(invalid("response head too large"));
             }
-            any |= !self.buf.is_empty();
             if read_more(&mut self).await? == 0 {
-                if any || !self.buf.is_empty() {
+                if any {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "connection closed in the middle of the response head",
@@ -673,6 +677,11 @@ mod tests {
             .await
             .expect("no error")
             .is_none());
+        let err = exchange(get("/"), b"HTTP/1.1 100 Continue\r\n\r\n", 100)
+            .await
+            .err()
+            .expect("an interim answer, then nothing");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         let err = exchange(get("/"), b"HTTP/1.1 200 OK\r\ncontent-le", 4)
             .await
             .err()
