@@ -678,6 +678,7 @@ impl ContainerdBackend {
                 id,
                 cgroup_path: &cgroup_path,
                 image: image.config.as_ref(),
+                user: &image.user,
             },
         )?;
         let spec_json = serde_json::to_vec(&spec).map_err(|e| {

@@ -23,7 +23,9 @@
 //!   decompressed as a stream): an image over [`Builder::max_unpacked_bytes`] (default 10 GiB)
 //!   is refused, and a failed import or pull leaves no content or snapshots behind.
 //! - **instances**: an OCI runtime spec from the image config and the app (ENTRYPOINT/CMD or
-//!   `command`, ENV + `PORT`), the slot's CPU quota, memory limit without swap and pids limit,
+//!   `command`, ENV + `PORT`, USER — a name or number, `user[:group]`, resolved against the
+//!   image's own `/etc/passwd` and `/etc/group` when the image is prepared, with the user's
+//!   supplementary groups, as Docker does), the slot's CPU quota, memory limit without swap and pids limit,
 //!   containerd's default capabilities, masked and read-only paths, no-new-privileges, an own
 //!   cgroup and a new network namespace with only loopback.
 //! - **standbys** (per app with [`Scale::standby`](serverless_core::Scale::standby), off by

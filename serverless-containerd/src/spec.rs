@@ -13,6 +13,8 @@ use oci_spec::runtime::{
 };
 use serverless_core::{AppSpec, BackendError, ErrorKind, Slot};
 
+use crate::image::ImageUser;
+
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// containerd's (and Docker's) default capability set.
@@ -84,29 +86,6 @@ pub(crate) fn env(app: &AppSpec, image: Option<&oci_spec::image::Config>) -> Vec
     out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// `uid[:gid]` from the image config (names need the image's /etc/passwd: not supported).
-fn user(image: Option<&oci_spec::image::Config>) -> Result<(u32, u32), BackendError> {
-    let spec = image.and_then(|c| c.user().clone()).unwrap_or_default();
-    if spec.is_empty() {
-        return Ok((0, 0));
-    }
-    let (u, g) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec.as_str(), None),
-    };
-    let parse = |s: &str| s.parse::<u32>().ok();
-    match (parse(u), g.map(parse)) {
-        (Some(uid), None) => Ok((uid, 0)),
-        (Some(uid), Some(Some(gid))) => Ok((uid, gid)),
-        _ => Err(BackendError::new(
-            ErrorKind::Image,
-            format!(
-                "image user {spec:?} is not numeric (uid[:gid]); user names are not supported yet"
-            ),
-        )),
-    }
-}
-
 fn tmpfs(dest: &str, source: &str, options: &[&str]) -> Result<Mount, BackendError> {
     MountBuilder::default()
         .destination(dest)
@@ -136,12 +115,13 @@ pub(crate) struct SpecInput<'a> {
     pub(crate) id: &'a str,
     pub(crate) cgroup_path: &'a str,
     pub(crate) image: Option<&'a oci_spec::image::Config>,
+    /// The image's `USER`, resolved when the image was prepared.
+    pub(crate) user: &'a ImageUser,
 }
 
 /// Builds the instance's runtime spec.
 pub(crate) fn build(app: &AppSpec, input: &SpecInput<'_>) -> Result<Spec, BackendError> {
     let caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
-    let (uid, gid) = user(input.image)?;
     let cwd = input
         .image
         .and_then(|c| c.working_dir().clone())
@@ -151,8 +131,9 @@ pub(crate) fn build(app: &AppSpec, input: &SpecInput<'_>) -> Result<Spec, Backen
         .terminal(false)
         .user(
             UserBuilder::default()
-                .uid(uid)
-                .gid(gid)
+                .uid(input.user.uid)
+                .gid(input.user.gid)
+                .additional_gids(input.user.additional_gids.clone())
                 .build()
                 .map_err(spec_error)?,
         )
@@ -309,6 +290,11 @@ mod tests {
                 id: "hello-1",
                 cgroup_path: "/serverless/hello-1",
                 image: Some(&image),
+                user: &ImageUser {
+                    uid: 1234,
+                    gid: 2345,
+                    additional_gids: vec![3456],
+                },
             },
         )
         .unwrap();
@@ -329,6 +315,10 @@ mod tests {
             serde_json::json!(["PATH=/bin", "PORT=8080"])
         );
         assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert_eq!(
+            json["process"]["user"],
+            serde_json::json!({"uid": 1234, "gid": 2345, "additionalGids": [3456]})
+        );
         let caps = json["process"]["capabilities"]["bounding"]
             .as_array()
             .unwrap();
@@ -370,14 +360,5 @@ mod tests {
         let err = args(&app, None).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Image);
         assert!(err.to_string().contains("no ENTRYPOINT or CMD"), "{err}");
-    }
-
-    #[test]
-    fn users() {
-        let cfg = |u: &str| ConfigBuilder::default().user(u.to_owned()).build().unwrap();
-        assert_eq!(user(None).unwrap(), (0, 0));
-        assert_eq!(user(Some(&cfg("1000"))).unwrap(), (1000, 0));
-        assert_eq!(user(Some(&cfg("1000:50"))).unwrap(), (1000, 50));
-        assert!(user(Some(&cfg("nginx"))).is_err());
     }
 }

@@ -349,3 +349,66 @@ async fn image_import_formats_and_errors() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_user_names_resolve_inside_the_image() {
+    if !common::can_run("image_user_names_resolve_inside_the_image") {
+        return;
+    }
+    let h = Harness::start().await;
+    let dir = h.dir.path();
+    // `/etc/passwd` is an absolute symlink: it must resolve inside the image, not on the host.
+    let image = |user: &str| {
+        common::busybox_image()
+            .symlink("/etc/passwd", "/data/passwd")
+            .file(
+                "/data/passwd",
+                b"root:x:0:0:root:/root:/bin/sh\nweb:x:1234:2345:web:/tmp:/bin/sh\n".to_vec(),
+                0o644,
+            )
+            .file(
+                "/etc/group",
+                b"root:x:0:\nweb:x:2345:\nextra:x:3456:other,web\n".to_vec(),
+                0o644,
+            )
+            .user(user)
+    };
+    let path = dir.join("users.tar");
+    image("web").write_oci_archive(&path).unwrap();
+    let mut app = serverless_core::AppSpec::new(
+        "users",
+        ImageRef::parse(&format!("oci-archive:{}", path.display())).unwrap(),
+    );
+    // The app serves what `id` says about its own process.
+    app.command =
+        sh("/bin/busybox id > /tmp/index.html; exec /bin/busybox httpd -f -p 8080 -h /tmp");
+    let id = h.id("users");
+    h.backend.start(&app, &id).await.expect("start");
+    let response = http_get(h.backend.connect(&id).await.unwrap()).await;
+    assert!(
+        response.contains("uid=1234(web) gid=2345(web) groups=2345(web),3456(extra)"),
+        "{response}"
+    );
+    h.backend.stop(&id, Duration::ZERO).await.expect("stop");
+
+    // A name the image does not know: refused when the image is prepared, naming it.
+    let ghost = dir.join("ghost.tar");
+    image("ghost:web").write_oci_archive(&ghost).unwrap();
+    let app = serverless_core::AppSpec::new(
+        "ghost",
+        ImageRef::parse(&format!("oci-archive:{}", ghost.display())).unwrap(),
+    );
+    let err = h.backend.prepare(&app).await.expect_err("unknown user");
+    assert_eq!(err.kind(), ErrorKind::Image);
+    assert!(
+        err.to_string().contains(
+            "USER \"ghost:web\" cannot be used: user \"ghost\" is not in the image's /etc/passwd"
+        ),
+        "{err}"
+    );
+    // The temporary view of the image is unmounted and gone.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("serverless-users-"), "{mounts}");
+    assert!(h.leftovers().is_empty(), "{:?}", h.leftovers());
+    h.shutdown().await;
+}

@@ -33,6 +33,8 @@ pub(crate) struct PreparedImage {
     pub(crate) chain_id: String,
     /// ENTRYPOINT, CMD, ENV, … from the image config.
     pub(crate) config: Option<oci_spec::image::Config>,
+    /// Its `USER`, resolved against its own `/etc/passwd` and `/etc/group`.
+    pub(crate) user: super::ImageUser,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -159,6 +161,13 @@ pub(super) async fn finish(
         ));
     }
     let chain_id = unpack(client, snapshotter, lease, layers, &diff_ids, max_unpacked).await?;
+    let user_spec = image_config
+        .config()
+        .as_ref()
+        .and_then(|c| c.user().clone())
+        .unwrap_or_default();
+    let user =
+        super::users::image_user(client, snapshotter, lease, name, &chain_id, &user_spec).await?;
 
     // Garbage-collection references: image → manifest → config + layers, config → snapshot.
     let mut manifest_labels = HashMap::new();
@@ -216,6 +225,7 @@ pub(super) async fn finish(
         name: name.to_owned(),
         chain_id,
         config: image_config.config().clone(),
+        user,
     })
 }
 

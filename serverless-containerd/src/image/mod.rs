@@ -6,8 +6,10 @@ mod content;
 mod executable;
 mod import;
 mod pull;
+mod users;
 
 pub use builder::{BuildError, ImageBuilder};
 pub(crate) use import::{import_archive, PreparedImage};
 pub(crate) use pull::{pull_image, ProgressHook};
 pub use pull::{PullProgress, PullProgressFn};
+pub(crate) use users::ImageUser;

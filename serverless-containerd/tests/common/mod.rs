@@ -115,7 +115,7 @@ impl Harness {
             .collect()
     }
 
-    /// Containers, tasks and active (instance) snapshots containerd still holds in our
+    /// Containers, tasks, active (instance) snapshots and views containerd still holds in our
     /// namespace, seen through `ctr`, plus leftover cgroups and netns helper threads.
     pub fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -132,7 +132,7 @@ impl Harness {
         out.extend(
             self.ctr(&["snapshots", "ls"])
                 .into_iter()
-                .filter(|l| l.contains("Active"))
+                .filter(|l| l.contains("Active") || l.contains("View"))
                 .map(|l| format!("snapshot {l}")),
         );
         out.extend(
