@@ -29,7 +29,9 @@ use tokio::time::Instant;
 use crate::client::{failed, is_not_found, Client, Lease};
 use crate::daemon::Daemon;
 use crate::events::{self, Exits};
-use crate::image::{import_archive, pull_image, PreparedImage, ProgressHook, PullProgressFn};
+use crate::image::{
+    import_archive, pull_image, PreparedImage, ProgressHook, PullProgressFn, RegistryLogins,
+};
 use crate::logs::{self, LogFifos};
 use crate::netns::Dialer;
 use crate::{cgroup, labels, ports, spec};
@@ -54,6 +56,7 @@ pub struct Builder {
     snapshotter: String,
     runtime: String,
     pull_progress: ProgressHook,
+    registry_logins: RegistryLogins,
     max_unpacked_bytes: u64,
 }
 
@@ -99,6 +102,22 @@ impl Builder {
     /// to draw a progress bar.
     pub fn pull_progress(mut self, progress: PullProgressFn) -> Self {
         self.pull_progress = ProgressHook(Some(progress));
+        self
+    }
+
+    /// Credentials for pulls from `registry` (`host[:port]` as written in image references;
+    /// `docker.io` for Docker Hub): HTTP Basic, or exchanged for a token when the registry
+    /// answers with a Bearer challenge. Registries without credentials are pulled from
+    /// anonymously. The password is never logged or shown in `Debug`.
+    pub fn registry_auth(
+        mut self,
+        registry: impl Into<String>,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.registry_logins
+            .0
+            .insert(registry.into(), (username.into(), password.into()));
         self
     }
 
@@ -156,6 +175,7 @@ impl Builder {
                 snapshotter: self.snapshotter,
                 runtime: self.runtime,
                 pull_progress: self.pull_progress,
+                registry_logins: self.registry_logins,
                 max_unpacked_bytes: self.max_unpacked_bytes,
                 standbys: Standbys::default(),
                 exits,
@@ -193,6 +213,7 @@ struct Inner {
     snapshotter: String,
     runtime: String,
     pull_progress: ProgressHook,
+    registry_logins: RegistryLogins,
     max_unpacked_bytes: u64,
     /// Standbys per app and the instances that took one.
     standbys: Standbys,
@@ -242,6 +263,7 @@ impl ContainerdBackend {
             snapshotter: "overlayfs".to_owned(),
             runtime: "io.containerd.runc.v2".to_owned(),
             pull_progress: ProgressHook::default(),
+            registry_logins: RegistryLogins::default(),
             max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
         }
     }
@@ -433,6 +455,7 @@ impl ContainerdBackend {
                     &self.inner.snapshotter,
                     reference,
                     &self.inner.pull_progress,
+                    &self.inner.registry_logins,
                     self.inner.max_unpacked_bytes,
                 )
                 .await?

@@ -14,8 +14,9 @@
 //!   service): the linux manifest for this machine's architecture is chosen from an index (OCI or
 //!   Docker v2 media types), blobs are streamed into the content store with their digests
 //!   checked, blobs already present are skipped, and the layers are unpacked the same way.
-//!   Pulls are anonymous; loopback registries are spoken to over plain HTTP, all others over
-//!   HTTPS. [`Builder::pull_progress`] reports progress ([`PullProgress`]). Failures (unknown
+//!   Pulls are anonymous unless [`Builder::registry_auth`] gives credentials for the
+//!   registry (HTTP Basic, or the token a Bearer challenge hands out for them); loopback
+//!   registries are spoken to over plain HTTP, all others over HTTPS. [`Builder::pull_progress`] reports progress ([`PullProgress`]). Failures (unknown
 //!   repository or tag, unreachable registry, authentication required, no matching platform)
 //!   are [`ErrorKind::Image`](serverless_core::ErrorKind::Image) errors naming the reference.
 //!   A reference is pulled once per backend; later starts reuse it. Before containerd unpacks

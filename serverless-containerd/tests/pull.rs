@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::Reference;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Reference, RegistryOperation};
 use serverless_containerd::{ImageBuilder, PullProgress};
 use serverless_core::{AppSpec, ContainerBackend, ErrorKind, ImageRef};
 
@@ -27,6 +28,8 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 struct Registry {
     child: Child,
     addr: String,
+    /// User and password the test pushes with (a registry with `htpasswd` auth).
+    login: Option<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -96,6 +99,7 @@ impl Registry {
         let registry = Registry {
             child,
             addr,
+            login: None,
             _dir: dir,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -161,6 +165,16 @@ async fn push_image(
     let (blobs, manifest_digest) =
         archive_blobs(image, dir, &format!("{repo}-{tag:?}").replace('/', "_"));
     let reference: Reference = format!("{}/{repo}:x", registry.addr).parse().expect("ref");
+    if let Some((user, password)) = &registry.login {
+        client
+            .auth(
+                &reference,
+                &RegistryAuth::Basic(user.clone(), password.clone()),
+                RegistryOperation::Push,
+            )
+            .await
+            .expect("log in to push");
+    }
     let manifest = blobs.get(&manifest_digest).expect("manifest blob").clone();
     for (digest, bytes) in &blobs {
         if *digest != manifest_digest {
@@ -534,5 +548,83 @@ async fn pull_from_a_registry_that_wants_auth() {
         msg.contains(&reference) && msg.contains("requires authentication"),
         "{msg}"
     );
+    h.shutdown().await;
+}
+
+/// `robot` / `secret`, bcrypt (cost 4), for the registry's `htpasswd` auth.
+const HTPASSWD: &str = "robot:$2b$04$j2SsFAm/xr4Bm6L0Fj9EHeyySLpFZtvudIoRPAr.r566AV3dhXz3G\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_with_credentials() {
+    if !common::can_run("pull_with_credentials") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, HTPASSWD).expect("write htpasswd");
+    let Some(mut registry) = Registry::start_with("pull_with_credentials", |_| {
+        format!(
+            "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+            htpasswd.display()
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    registry.login = Some(("robot".to_owned(), "secret".to_owned()));
+    push_image(
+        &registry,
+        "private/httpd",
+        Some("1"),
+        &common::busybox_image(),
+        dir.path(),
+    )
+    .await;
+    let reference = format!("{}/private/httpd:1", registry.addr);
+
+    // Without credentials: refused, saying none are configured.
+    let h = common::Harness::start().await;
+    let err = h
+        .backend
+        .prepare(&app("anon", &reference))
+        .await
+        .expect_err("anonymous pull");
+    assert_eq!(err.kind(), ErrorKind::Image, "{err}");
+    assert!(
+        err.to_string().contains("no credentials are configured"),
+        "{err}"
+    );
+    h.shutdown().await;
+
+    // A wrong password: refused, naming the user (and never the password).
+    let addr = registry.addr.clone();
+    let h =
+        common::Harness::start_with(|b| b.registry_auth(&addr, "robot", "wrong-password")).await;
+    let err = h
+        .backend
+        .prepare(&app("wrong", &reference))
+        .await
+        .expect_err("wrong password");
+    let msg = format!("{err} {err:?}");
+    assert!(
+        msg.contains("refused the credentials of user \"robot\""),
+        "{msg}"
+    );
+    assert!(!msg.contains("wrong-password"), "{msg}");
+    h.shutdown().await;
+
+    // The right ones: pulled, started, served.
+    let h = common::Harness::start_with(|b| b.registry_auth(&addr, "robot", "secret")).await;
+    let app = app("private", &reference);
+    h.backend
+        .prepare(&app)
+        .await
+        .expect("pull with credentials");
+    let id = h.id("private");
+    h.backend.start(&app, &id).await.expect("start");
+    let response = common::http_get(h.backend.connect(&id).await.expect("connect")).await;
+    assert!(response.contains("hello from busybox"), "{response}");
+    h.backend.stop(&id, Duration::ZERO).await.expect("stop");
     h.shutdown().await;
 }

@@ -10,6 +10,6 @@ mod users;
 
 pub use builder::{BuildError, ImageBuilder};
 pub(crate) use import::{import_archive, PreparedImage};
-pub(crate) use pull::{pull_image, ProgressHook};
+pub(crate) use pull::{pull_image, ProgressHook, RegistryLogins};
 pub use pull::{PullProgress, PullProgressFn};
 pub(crate) use users::ImageUser;

@@ -4,8 +4,11 @@
 //! archive import.
 //!
 //! Plain HTTP is used only for loopback registries (`127.0.0.1`, `localhost`, `[::1]`); every
-//! other registry is HTTPS. Pulls are anonymous.
+//! other registry is HTTPS. Pulls are anonymous unless credentials are given for the registry
+//! ([`Builder::registry_auth`](crate::Builder::registry_auth)): then HTTP Basic, or the token
+//! the registry's Bearer challenge hands out for them.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Once};
 
@@ -59,6 +62,28 @@ pub(crate) struct ProgressHook(pub(crate) Option<PullProgressFn>);
 impl fmt::Debug for ProgressHook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
+/// Registry credentials by host (`host[:port]` as in image references); never printed.
+#[derive(Clone, Default)]
+pub(crate) struct RegistryLogins(pub(crate) HashMap<String, (String, String)>);
+
+impl fmt::Debug for RegistryLogins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(host, (user, _))| (host, user)))
+            .finish()
+    }
+}
+
+impl RegistryLogins {
+    /// The user and password for `reference`'s registry (`docker.io` also names Docker Hub's
+    /// `index.docker.io`).
+    fn for_reference(&self, reference: &Reference) -> Option<&(String, String)> {
+        self.0
+            .get(reference.registry())
+            .or_else(|| self.0.get(reference.resolve_registry()))
     }
 }
 
@@ -122,7 +147,22 @@ fn image_err(reference: &str, what: impl fmt::Display) -> BackendError {
 }
 
 /// Turns a registry client error into an [`ErrorKind::Image`] error naming the reference.
-fn registry_err(reference: &str, registry: &str, e: OciDistributionError) -> BackendError {
+fn registry_err(
+    reference: &str,
+    registry: &str,
+    user: Option<&str>,
+    e: OciDistributionError,
+) -> BackendError {
+    let unauthorized = || {
+        match user {
+        Some(user) => format!(
+            "registry {registry} refused the credentials of user {user:?} (or the repository does not exist)"
+        ),
+        None => format!(
+            "registry {registry} requires authentication (or the repository does not exist), and no credentials are configured for it"
+        ),
+    }
+    };
     let what = match &e {
         OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
             format!("registry {registry} is unreachable")
@@ -146,7 +186,7 @@ fn registry_err(reference: &str, registry: &str, e: OciDistributionError) -> Bac
                 .iter()
                 .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
             {
-                format!("registry {registry} requires authentication (or the repository does not exist); only anonymous pulls are supported")
+                unauthorized()
             } else {
                 format!("registry {registry} refused the request")
             }
@@ -158,7 +198,7 @@ fn registry_err(reference: &str, registry: &str, e: OciDistributionError) -> Bac
         | OciDistributionError::AuthenticationFailure(_)
         | OciDistributionError::ServerError {
             code: 401 | 403, ..
-        } => format!("registry {registry} requires authentication (or the repository does not exist); only anonymous pulls are supported"),
+        } => unauthorized(),
         OciDistributionError::RequestError(_) => {
             format!("request to registry {registry} failed")
         }
@@ -190,6 +230,7 @@ pub(crate) async fn pull_image(
     snapshotter: &str,
     reference: &str,
     progress: &ProgressHook,
+    logins: &RegistryLogins,
     max_unpacked: u64,
 ) -> Result<PreparedImage, BackendError> {
     install_crypto();
@@ -214,13 +255,18 @@ pub(crate) async fn pull_image(
         read_timeout: Some(std::time::Duration::from_secs(60)),
         ..ClientConfig::default()
     });
-    let auth = RegistryAuth::Anonymous;
+    let login = logins.for_reference(&parsed);
+    let user = login.map(|(u, _)| u.as_str());
+    let auth = match login {
+        Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+        None => RegistryAuth::Anonymous,
+    };
 
     // The manifest, through an index if there is one.
     let (bytes, digest) = oci
         .pull_manifest_raw(&parsed, &auth, ACCEPTED)
         .await
-        .map_err(|e| registry_err(&name, &registry, e))?;
+        .map_err(|e| registry_err(&name, &registry, user, e))?;
     let mut manifest_bytes = bytes.to_vec();
     let mut manifest_digest = checked_digest(&name, &manifest_bytes, &digest)?;
     if let Some(want) = parsed.digest() {
@@ -270,7 +316,7 @@ pub(crate) async fn pull_image(
         let (bytes, digest) = oci
             .pull_manifest_raw(&by_digest, &auth, ACCEPTED)
             .await
-            .map_err(|e| registry_err(&name, &registry, e))?;
+            .map_err(|e| registry_err(&name, &registry, user, e))?;
         manifest_bytes = bytes.to_vec();
         manifest_digest = checked_digest(&name, &manifest_bytes, &digest)?;
         if manifest_digest != chosen.digest {
@@ -321,7 +367,7 @@ pub(crate) async fn pull_image(
                 layer,
                 &mut meter,
                 i + 1,
-                &registry,
+                (&registry, user),
             )
             .await?;
         }
@@ -333,7 +379,7 @@ pub(crate) async fn pull_image(
             &config_desc,
             &mut meter,
             layer_descs.len() + 1,
-            &registry,
+            (&registry, user),
         )
         .await?;
         write_bytes(client, &lease.value, &manifest_desc, manifest_bytes).await?;
@@ -424,7 +470,7 @@ async fn fetch_blob(
     desc: &Desc,
     meter: &mut Meter,
     index: usize,
-    registry: &str,
+    (registry, user): (&str, Option<&str>),
 ) -> Result<(), BackendError> {
     let name = meter.reference.clone();
     if exists(client, &desc.digest).await? {
@@ -441,7 +487,7 @@ async fn fetch_blob(
     let mut stream = oci
         .pull_blob_stream(image, desc.digest.as_str())
         .await
-        .map_err(|e| registry_err(&name, registry, e))?;
+        .map_err(|e| registry_err(&name, registry, user, e))?;
     let reference = format!("serverless-pull-{}", desc.digest);
     write_content(client, lease, desc, reference, |mut sink| async move {
         let mut hasher = Sha256::new();
