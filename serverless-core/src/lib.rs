@@ -33,7 +33,10 @@ pub mod fake;
 pub use backend::{
     BackendError, Connection, ContainerBackend, ErrorKind, Exit, InstanceId, OwnedInstance, Started,
 };
-pub use config::{Config, ContainerdConfig, GlobalLimits, ServerConfig, TlsConfig};
+pub use config::{
+    Config, ContainerdConfig, GlobalLimits, RegistryCredentials, SecretSource, ServerConfig,
+    TlsConfig,
+};
 pub use error::ConfigError;
 pub use slot::{Slot, SlotError};
 pub use spec::{AppSpec, ImageRef, Limits, Scale};

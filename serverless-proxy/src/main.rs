@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serverless_containerd::{ContainerdBackend, PullProgress, PullProgressFn};
-use serverless_core::{AppSpec, Config, ContainerBackend, ImageRef};
+use serverless_core::{AppSpec, Config, ContainerBackend, ImageRef, SecretSource};
 use serverless_proxy::{BoxError, Gateway, ADMIN_TOKEN_ENV};
 
 #[derive(Parser)]
@@ -253,6 +253,17 @@ async fn backend(config: &Config) -> Result<ContainerdBackend, BoxError> {
     let mut builder = ContainerdBackend::builder(&config.data_dir).pull_progress(pull_progress());
     if let Some(c) = &config.containerd {
         builder = builder.socket(&c.socket).namespace(&c.namespace);
+    }
+    for (i, r) in config.registries.iter().enumerate() {
+        let field = match &r.password {
+            SecretSource::Env(_) => "password_env",
+            SecretSource::File(_) => "password_file",
+        };
+        let password = r
+            .password
+            .read()
+            .map_err(|e| format!("registries[{i}].{field} (registry {}): {e}", r.host))?;
+        builder = builder.registry_auth(&r.host, &r.username, password);
     }
     Ok(builder.build().await?)
 }

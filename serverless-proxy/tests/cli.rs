@@ -164,3 +164,42 @@ async fn client_commands_drive_the_admin_api() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     gateway.shutdown().await;
 }
+
+#[test]
+fn registry_password_must_be_readable_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registries.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\n[[registries]]\nhost = \"ghcr.io\"\nusername = \"robot\"\n\
+             password_env = \"SERVERLESS_TEST_UNSET_PASSWORD\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    // `validate` shows where the password comes from, never a password.
+    let (ok, stdout, stderr) = serverless(&["validate", file.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        json["registries"][0],
+        serde_json::json!({"host": "ghcr.io", "username": "robot",
+            "password": {"env": "SERVERLESS_TEST_UNSET_PASSWORD"}})
+    );
+    // `serve` refuses to start without it, naming the field, the registry and the variable.
+    let out = Command::new(env!("CARGO_BIN_EXE_serverless"))
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .env_remove("SERVERLESS_TEST_UNSET_PASSWORD")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "registries[0].password_env (registry ghcr.io): environment variable \
+             SERVERLESS_TEST_UNSET_PASSWORD is not set"
+        ),
+        "{stderr}"
+    );
+}

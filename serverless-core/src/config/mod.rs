@@ -75,6 +75,58 @@ impl Default for ServerConfig {
     }
 }
 
+/// Where a secret is read from when the engine starts (never written in the config itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretSource {
+    /// An environment variable of the engine's process.
+    Env(String),
+    /// A file (one trailing newline is dropped), e.g. a mounted secret.
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// Reads the secret; the error says which variable or file and why.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            SecretSource::Env(name) => match std::env::var(name) {
+                Ok(v) if !v.is_empty() => Ok(v),
+                Ok(_) => Err(format!("environment variable {name} is empty")),
+                Err(std::env::VarError::NotPresent) => {
+                    Err(format!("environment variable {name} is not set"))
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    Err(format!("environment variable {name} is not UTF-8"))
+                }
+            },
+            SecretSource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading {} failed: {e}", path.display()))?;
+                let v = text
+                    .strip_suffix('\n')
+                    .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                    .unwrap_or(&text);
+                if v.is_empty() {
+                    return Err(format!("{} is empty", path.display()));
+                }
+                Ok(v.to_owned())
+            }
+        }
+    }
+}
+
+/// Credentials for pulling from one registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegistryCredentials {
+    /// The registry as written in image references: `host` or `host:port` (`docker.io` for
+    /// Docker Hub).
+    pub host: String,
+    /// The user name.
+    pub username: String,
+    /// Where the password (or token) is read from at startup.
+    pub password: SecretSource,
+}
+
 /// A whole engine configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -92,6 +144,9 @@ pub struct Config {
     pub limits: GlobalLimits,
     /// Gateway server settings.
     pub server: ServerConfig,
+    /// Registry credentials for pulls (`[[registries]]`); registries not listed are pulled
+    /// from anonymously.
+    pub registries: Vec<RegistryCredentials>,
     /// The apps.
     pub apps: Vec<AppSpec>,
 }
@@ -106,6 +161,7 @@ impl Default for Config {
             containerd: None,
             limits: GlobalLimits::default(),
             server: ServerConfig::default(),
+            registries: Vec::new(),
             apps: Vec::new(),
         }
     }
@@ -255,7 +311,18 @@ struct RawConfig {
     limits: Option<RawGlobalLimits>,
     server: Option<RawServer>,
     #[serde(default)]
+    registries: Vec<RawRegistry>,
+    #[serde(default)]
     apps: Vec<RawApp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    host: Option<String>,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,6 +486,88 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// `host` or `host:port` as in image references: a DNS name (letters kept as written, any case
+/// folded by the caller), an IPv4 address or `[IPv6]`, and a port in 1..=65535.
+fn is_registry_host(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        // `[v6]` alone has colons inside its brackets, not a port.
+        Some((h, p)) if !s.ends_with(']') => (h, Some(p)),
+        _ => (s, None),
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => is_host_name(host),
+    };
+    port_ok && host_ok
+}
+
+impl RawRegistry {
+    fn validate(self, i: usize) -> Result<RegistryCredentials, ConfigError> {
+        let f = |name: &str| format!("registries[{i}].{name}");
+        let host = self.host.ok_or_else(|| {
+            ConfigError::invalid(
+                f("host"),
+                "(missing)",
+                "the registry as in image references: host or host:port",
+            )
+        })?;
+        if !is_registry_host(&host) {
+            return Err(ConfigError::invalid(
+                f("host"),
+                format!("{host:?}"),
+                "the registry as in image references: a lowercase host or host:port, without scheme or path (e.g. \"ghcr.io\", \"127.0.0.1:5000\")",
+            ));
+        }
+        let username = self.username.ok_or_else(|| {
+            ConfigError::invalid(f("username"), "(missing)", "the user name to log in with")
+        })?;
+        if username.is_empty() || username.contains(':') || username.chars().any(char::is_control) {
+            return Err(ConfigError::invalid(
+                f("username"),
+                format!("{username:?}"),
+                "a non-empty user name without ':' or control characters",
+            ));
+        }
+        let password = match (self.password_env, self.password_file) {
+            (Some(name), None) => {
+                if name.is_empty() || name.contains('=') || name.contains('\0') {
+                    return Err(ConfigError::invalid(
+                        f("password_env"),
+                        format!("{name:?}"),
+                        "an environment variable name (non-empty, without '=' or NUL)",
+                    ));
+                }
+                SecretSource::Env(name)
+            }
+            (None, Some(path)) => SecretSource::File(path),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    format!("registries[{i}]"),
+                    "both password_env and password_file",
+                    "exactly one of password_env or password_file",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    format!("registries[{i}]"),
+                    "no password_env or password_file",
+                    "exactly one of password_env (a variable name) or password_file (a path); passwords are not written in the config",
+                ))
+            }
+        };
+        Ok(RegistryCredentials {
+            host,
+            username,
+            password,
+        })
+    }
+}
+
 fn is_host_name(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
@@ -506,6 +655,21 @@ impl RawConfig {
                 key: t.key,
             }),
         };
+        let mut registries = Vec::with_capacity(self.registries.len());
+        for (i, raw) in self.registries.into_iter().enumerate() {
+            let r = raw.validate(i)?;
+            if registries
+                .iter()
+                .any(|o: &RegistryCredentials| o.host == r.host)
+            {
+                return Err(ConfigError::invalid(
+                    format!("registries[{i}].host"),
+                    format!("{:?}", r.host),
+                    "a registry not listed before",
+                ));
+            }
+            registries.push(r);
+        }
         let mut apps = Vec::with_capacity(self.apps.len());
         let mut names = HashSet::new();
         let mut hosts = HashSet::new();
@@ -546,6 +710,7 @@ impl RawConfig {
             containerd,
             limits,
             server,
+            registries,
             apps,
         })
     }

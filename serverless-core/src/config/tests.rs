@@ -222,3 +222,118 @@ fn standby_is_a_scale_setting() {
     assert!(app.scale.standby);
     assert!(Config::from_toml(&format!("{APP}[apps.scale]\nstandby = 1\n")).is_err());
 }
+
+#[test]
+fn registries_take_a_password_source_never_a_password() {
+    let config = Config::from_toml(
+        r#"
+        [[registries]]
+        host = "ghcr.io"
+        username = "robot"
+        password_env = "GHCR_TOKEN"
+        [[registries]]
+        host = "127.0.0.1:5000"
+        username = "ci"
+        password_file = "/run/secrets/registry"
+        [[registries]]
+        host = "[::1]:5000"
+        username = "v6"
+        password_env = "V6"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        config.registries[0],
+        RegistryCredentials {
+            host: "ghcr.io".into(),
+            username: "robot".into(),
+            password: SecretSource::Env("GHCR_TOKEN".into()),
+        }
+    );
+    assert_eq!(
+        config.registries[1].password,
+        SecretSource::File("/run/secrets/registry".into())
+    );
+    assert_eq!(config.registries[2].host, "[::1]:5000");
+
+    let reg = |body: &str| invalid(&format!("[[registries]]\n{body}"));
+    for host in [
+        "https://ghcr.io",
+        "ghcr.io/org",
+        "GHCR.io",
+        "host:0",
+        "host:99999",
+        "host:",
+        "",
+        "[::1",
+    ] {
+        let (field, value, expected) = reg(&format!(
+            "host = {host:?}\nusername = \"u\"\npassword_env = \"P\""
+        ));
+        assert_eq!(field, "registries[0].host", "{host}");
+        assert_eq!(value, format!("{host:?}"));
+        assert!(expected.contains("host:port"), "{expected}");
+    }
+    let (field, value, _) = reg("host = \"a.io\"\nusername = \"u:x\"\npassword_env = \"P\"");
+    assert_eq!(
+        (field.as_str(), value.as_str()),
+        ("registries[0].username", "\"u:x\"")
+    );
+    let (field, value, expected) = reg("host = \"a.io\"\nusername = \"u\"");
+    assert_eq!(field, "registries[0]");
+    assert_eq!(value, "no password_env or password_file");
+    assert!(expected.contains("not written in the config"), "{expected}");
+    let (_, value, _) =
+        reg("host = \"a.io\"\nusername = \"u\"\npassword_env = \"P\"\npassword_file = \"/f\"");
+    assert_eq!(value, "both password_env and password_file");
+    let (field, _, _) = reg("host = \"a.io\"\nusername = \"u\"\npassword_env = \"A=B\"");
+    assert_eq!(field, "registries[0].password_env");
+    // An inline password is an unknown key, not silently accepted.
+    assert!(Config::from_toml(
+        "[[registries]]\nhost = \"a.io\"\nusername = \"u\"\npassword = \"hunter2\""
+    )
+    .unwrap_err()
+    .to_string()
+    .contains("password"));
+    let (field, value, expected) = invalid(
+        "[[registries]]\nhost = \"a.io\"\nusername = \"u\"\npassword_env = \"P\"\n\
+         [[registries]]\nhost = \"a.io\"\nusername = \"v\"\npassword_env = \"Q\"",
+    );
+    assert_eq!(
+        (field.as_str(), value.as_str(), expected.as_str()),
+        (
+            "registries[1].host",
+            "\"a.io\"",
+            "a registry not listed before"
+        )
+    );
+}
+
+#[test]
+fn secrets_are_read_from_env_or_file() {
+    let dir = std::env::temp_dir().join(format!("sl-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pw");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    assert_eq!(SecretSource::File(file.clone()).read().unwrap(), "s3cret");
+    std::fs::write(&file, "\n").unwrap();
+    assert!(SecretSource::File(file.clone())
+        .read()
+        .unwrap_err()
+        .contains("is empty"));
+    let missing = SecretSource::File(dir.join("nope")).read().unwrap_err();
+    assert!(
+        missing.contains("nope") && missing.contains("failed"),
+        "{missing}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    // PATH is set in any test environment; a variable with this name is not.
+    assert!(!SecretSource::Env("PATH".into()).read().unwrap().is_empty());
+    let unset = SecretSource::Env("SERVERLESS_TEST_SURELY_UNSET_VARIABLE".into())
+        .read()
+        .unwrap_err();
+    assert_eq!(
+        unset,
+        "environment variable SERVERLESS_TEST_SURELY_UNSET_VARIABLE is not set"
+    );
+}
