@@ -57,6 +57,7 @@ pub struct Builder {
     runtime: String,
     pull_progress: ProgressHook,
     registry_logins: RegistryLogins,
+    registry_auth_file: Option<PathBuf>,
     max_unpacked_bytes: u64,
 }
 
@@ -116,16 +117,31 @@ impl Builder {
         password: impl Into<String>,
     ) -> Self {
         self.registry_logins
-            .0
-            .insert(registry.into(), (username.into(), password.into()));
+            .insert(registry.into(), username.into(), password.into());
+        self
+    }
+
+    /// Also takes credentials from an auth file as `docker login` and `podman login` write it
+    /// (`{"auths": {"ghcr.io": {"auth": "<base64 user:password>"}}}`; keys may carry a scheme
+    /// and path, `https://index.docker.io/v1/` is Docker Hub). Read by [`build`](Self::build),
+    /// which fails naming the file (and the entry) when it cannot be read or parsed; entries
+    /// with only an identity token, and credential helpers, are skipped. Credentials given with
+    /// [`registry_auth`](Self::registry_auth) win over the file's for the same registry.
+    pub fn registry_auth_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.registry_auth_file = Some(path.into());
         self
     }
 
     /// Connects (or starts the embedded containerd and connects) and subscribes to events.
-    pub async fn build(self) -> Result<ContainerdBackend, BackendError> {
+    pub async fn build(mut self) -> Result<ContainerdBackend, BackendError> {
         let io = |what: String, e: std::io::Error| {
             BackendError::new(ErrorKind::Unavailable, format!("{what} failed")).with_source(e)
         };
+        if let Some(path) = &self.registry_auth_file {
+            self.registry_logins
+                .add_auth_file(path)
+                .map_err(|e| BackendError::new(ErrorKind::Image, e))?;
+        }
         let logs = self.data_dir.join("logs");
         tokio::fs::create_dir_all(&logs)
             .await
@@ -264,6 +280,7 @@ impl ContainerdBackend {
             runtime: "io.containerd.runc.v2".to_owned(),
             pull_progress: ProgressHook::default(),
             registry_logins: RegistryLogins::default(),
+            registry_auth_file: None,
             max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
         }
     }

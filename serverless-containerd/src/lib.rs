@@ -14,7 +14,8 @@
 //!   service): the linux manifest for this machine's architecture is chosen from an index (OCI or
 //!   Docker v2 media types), blobs are streamed into the content store with their digests
 //!   checked, blobs already present are skipped, and the layers are unpacked the same way.
-//!   Pulls are anonymous unless [`Builder::registry_auth`] gives credentials for the
+//!   Pulls are anonymous unless [`Builder::registry_auth`] or an auth file
+//!   ([`Builder::registry_auth_file`], as `docker login` writes it) gives credentials for the
 //!   registry (HTTP Basic, or the token a Bearer challenge hands out for them); loopback
 //!   registries are spoken to over plain HTTP, all others over HTTPS. [`Builder::pull_progress`] reports progress ([`PullProgress`]). Failures (unknown
 //!   repository or tag, unreachable registry, authentication required, no matching platform)

@@ -627,4 +627,18 @@ async fn pull_with_credentials() {
     assert!(response.contains("hello from busybox"), "{response}");
     h.backend.stop(&id, Duration::ZERO).await.expect("stop");
     h.shutdown().await;
+
+    // The same from an auth file as `docker login` writes it (key with scheme and path).
+    let auth_file = dir.path().join("auth.json");
+    std::fs::write(
+        &auth_file,
+        format!(r#"{{"auths": {{"http://{addr}/v2/": {{"auth": "cm9ib3Q6c2VjcmV0"}}}}}}"#),
+    )
+    .expect("write auth file");
+    let h = common::Harness::start_with(|b| b.registry_auth_file(&auth_file)).await;
+    h.backend
+        .prepare(&app)
+        .await
+        .expect("pull with the auth file's credentials");
+    h.shutdown().await;
 }

@@ -265,6 +265,9 @@ async fn backend(config: &Config) -> Result<ContainerdBackend, BoxError> {
             .map_err(|e| format!("registries[{i}].{field} (registry {}): {e}", r.host))?;
         builder = builder.registry_auth(&r.host, &r.username, password);
     }
+    if let Some(path) = &config.registry_auth_file {
+        builder = builder.registry_auth_file(path);
+    }
     Ok(builder.build().await?)
 }
 

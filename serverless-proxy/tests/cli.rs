@@ -202,4 +202,21 @@ fn registry_password_must_be_readable_at_startup() {
         ),
         "{stderr}"
     );
+    // An auth file that is not there stops the start too, naming it.
+    let missing = dir.path().join("no-such-auth.json");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\nregistry_auth_file = {:?}\n",
+            dir.path().join("data"),
+            missing
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = serverless(&["serve", "--config", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("reading {}", missing.display())),
+        "{stderr}"
+    );
 }

@@ -5,11 +5,13 @@ mod builder;
 mod content;
 mod executable;
 mod import;
+mod logins;
 mod pull;
 mod users;
 
 pub use builder::{BuildError, ImageBuilder};
 pub(crate) use import::{import_archive, PreparedImage};
-pub(crate) use pull::{pull_image, ProgressHook, RegistryLogins};
+pub(crate) use logins::RegistryLogins;
+pub(crate) use pull::{pull_image, ProgressHook};
 pub use pull::{PullProgress, PullProgressFn};
 pub(crate) use users::ImageUser;

@@ -8,7 +8,6 @@
 //! ([`Builder::registry_auth`](crate::Builder::registry_auth)): then HTTP Basic, or the token
 //! the registry's Bearer challenge hands out for them.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Once};
 
@@ -29,6 +28,7 @@ use sha2::{Digest as _, Sha256};
 use super::archive::{host_platform, Desc};
 use super::content::{exists, write_content};
 use super::import::{finish, PreparedImage};
+use super::logins::RegistryLogins;
 use crate::client::{failed, Client, Lease};
 
 /// How far a registry pull is: handed to the [`PullProgressFn`] set with
@@ -62,28 +62,6 @@ pub(crate) struct ProgressHook(pub(crate) Option<PullProgressFn>);
 impl fmt::Debug for ProgressHook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
-    }
-}
-
-/// Registry credentials by host (`host[:port]` as in image references); never printed.
-#[derive(Clone, Default)]
-pub(crate) struct RegistryLogins(pub(crate) HashMap<String, (String, String)>);
-
-impl fmt::Debug for RegistryLogins {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.0.iter().map(|(host, (user, _))| (host, user)))
-            .finish()
-    }
-}
-
-impl RegistryLogins {
-    /// The user and password for `reference`'s registry (`docker.io` also names Docker Hub's
-    /// `index.docker.io`).
-    fn for_reference(&self, reference: &Reference) -> Option<&(String, String)> {
-        self.0
-            .get(reference.registry())
-            .or_else(|| self.0.get(reference.resolve_registry()))
     }
 }
 

@@ -147,6 +147,9 @@ pub struct Config {
     /// Registry credentials for pulls (`[[registries]]`); registries not listed are pulled
     /// from anonymously.
     pub registries: Vec<RegistryCredentials>,
+    /// An auth file as `docker login`/`podman login` write it, for registries not listed in
+    /// `registries`.
+    pub registry_auth_file: Option<PathBuf>,
     /// The apps.
     pub apps: Vec<AppSpec>,
 }
@@ -162,6 +165,7 @@ impl Default for Config {
             limits: GlobalLimits::default(),
             server: ServerConfig::default(),
             registries: Vec::new(),
+            registry_auth_file: None,
             apps: Vec::new(),
         }
     }
@@ -312,6 +316,7 @@ struct RawConfig {
     server: Option<RawServer>,
     #[serde(default)]
     registries: Vec<RawRegistry>,
+    registry_auth_file: Option<PathBuf>,
     #[serde(default)]
     apps: Vec<RawApp>,
 }
@@ -711,6 +716,7 @@ impl RawConfig {
             limits,
             server,
             registries,
+            registry_auth_file: self.registry_auth_file,
             apps,
         })
     }

@@ -255,6 +255,11 @@ fn registries_take_a_password_source_never_a_password() {
         SecretSource::File("/run/secrets/registry".into())
     );
     assert_eq!(config.registries[2].host, "[::1]:5000");
+    let config = Config::from_toml("registry_auth_file = \"/root/.docker/config.json\"").unwrap();
+    assert_eq!(
+        config.registry_auth_file.as_deref(),
+        Some(Path::new("/root/.docker/config.json"))
+    );
 
     let reg = |body: &str| invalid(&format!("[[registries]]\n{body}"));
     for host in [
