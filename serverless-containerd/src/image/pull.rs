@@ -5,8 +5,9 @@
 //!
 //! Plain HTTP is used only for loopback registries (`127.0.0.1`, `localhost`, `[::1]`); every
 //! other registry is HTTPS. Pulls are anonymous unless credentials are given for the registry
-//! ([`Builder::registry_auth`](crate::Builder::registry_auth)): then HTTP Basic, or the token
-//! the registry's Bearer challenge hands out for them.
+//! ([`Builder::registry_auth`](crate::Builder::registry_auth) or an auth file, see
+//! [`logins`](super::logins)): then HTTP Basic, or the token the registry's Bearer challenge
+//! hands out for them.
 
 use std::fmt;
 use std::sync::{Arc, Once};
@@ -131,15 +132,15 @@ fn registry_err(
     user: Option<&str>,
     e: OciDistributionError,
 ) -> BackendError {
-    let unauthorized = || {
-        match user {
+    let unauthorized = || match user {
         Some(user) => format!(
-            "registry {registry} refused the credentials of user {user:?} (or the repository does not exist)"
+            "registry {registry} refused the credentials of user {user:?} \
+             (or the repository does not exist)"
         ),
         None => format!(
-            "registry {registry} requires authentication (or the repository does not exist), and no credentials are configured for it"
+            "registry {registry} requires authentication (or the repository does not exist), \
+             and no credentials are configured for it"
         ),
-    }
     };
     let what = match &e {
         OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
