@@ -195,6 +195,7 @@ impl Builder {
                 max_unpacked_bytes: self.max_unpacked_bytes,
                 standbys: Standbys::default(),
                 exits,
+                primer: cgroup::AttachPrimer::new(),
                 instances: Mutex::new(HashMap::new()),
                 log_copies: Mutex::new(HashMap::new()),
                 images: tokio::sync::Mutex::new(HashMap::new()),
@@ -234,6 +235,8 @@ struct Inner {
     /// Standbys per app and the instances that took one.
     standbys: Standbys,
     exits: Arc<Exits>,
+    /// Takes the cgroup attach's grace period off task creation (see [`cgroup::AttachPrimer`]).
+    primer: cgroup::AttachPrimer,
     instances: Mutex<HashMap<String, Arc<Instance>>>,
     /// Per container: resolves once its output is all in its log file (see [`logs`]).
     log_copies: Mutex<HashMap<String, watch::Receiver<bool>>>,
@@ -743,6 +746,8 @@ impl ContainerdBackend {
             *t = now;
         };
 
+        // From here to the created task, runc's cgroup attach passes without a grace period.
+        let _primed = self.inner.primer.hold();
         // The snapshot is unreferenced until the container exists: a lease keeps a garbage
         // collection (after another instance's removal) from taking it meanwhile.
         let lease = Lease::create(client, &format!("start-{id}")).await?;
