@@ -261,7 +261,7 @@ fn cold_section(md: &mut String, c: &Value, img: &Path) -> Res<()> {
         let floor = f(&r["summary"]["p50"]);
         let _ = write!(
             md,
-            "The floor: bare `runc create` + `runc start` + first response, with no containerd at all, has a median of {floor:.1} ms — {:.0} % of the {:.1} ms that 1.7× `ctr run` allows. A start that creates its task on the request's path cannot go much below that floor plus containerd's shim spawn; the standby takes task creation off that path.\n\n",
+            "The floor: bare `runc create` + `runc start` + first response, with no containerd at all, has a median of {floor:.1} ms — {:.0} % of the {:.1} ms that 1.7× `ctr run` allows. The floor includes one wait that is not work — runc's first cgroup attach waits for an RCU grace period (see docs/src/architecture.md, \"Cold start\") — which the gateway pays ahead, during the shim spawn; beyond that, a start that creates its task on the request's path cannot go much below the floor plus containerd's shim spawn, and the standby takes task creation off that path.\n\n",
             100.0 * floor / (ctr / 1.7),
             ctr / 1.7
         );
