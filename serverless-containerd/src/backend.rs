@@ -36,7 +36,9 @@ use crate::logs::{self, LogFifos};
 use crate::netns::Dialer;
 use crate::{cgroup, labels, ports, spec};
 
+mod shims;
 mod standby;
+use shims::ShimPool;
 use standby::Standbys;
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -59,6 +61,7 @@ pub struct Builder {
     registry_logins: RegistryLogins,
     registry_auth_file: Option<PathBuf>,
     max_unpacked_bytes: u64,
+    spare_shim: bool,
 }
 
 /// [`Builder::max_unpacked_bytes`]'s default: 10 GiB.
@@ -132,6 +135,14 @@ impl Builder {
         self
     }
 
+    /// Keeps one runc shim spawned ahead for the next start that takes no standby (default
+    /// on): ≈ 9 ms less per cold start, for one idle shim process. Only with containerd's
+    /// `io.containerd.runc.v2` runtime, whose shim can serve several containers.
+    pub fn spare_shim(mut self, on: bool) -> Self {
+        self.spare_shim = on;
+        self
+    }
+
     /// Connects (or starts the embedded containerd and connects) and subscribes to events.
     pub async fn build(mut self) -> Result<ContainerdBackend, BackendError> {
         let io = |what: String, e: std::io::Error| {
@@ -183,6 +194,8 @@ impl Builder {
                 ),
             ));
         }
+        let spare_shim_root = (self.spare_shim && self.runtime == shims::RUNC_V2)
+            .then(|| self.data_dir.join("spare-shim-root"));
         Ok(ContainerdBackend {
             inner: Arc::new(Inner {
                 client,
@@ -194,6 +207,7 @@ impl Builder {
                 registry_logins: self.registry_logins,
                 max_unpacked_bytes: self.max_unpacked_bytes,
                 standbys: Standbys::default(),
+                shims: ShimPool::new(spare_shim_root),
                 exits,
                 primer: cgroup::AttachPrimer::new(),
                 instances: Mutex::new(HashMap::new()),
@@ -234,6 +248,8 @@ struct Inner {
     max_unpacked_bytes: u64,
     /// Standbys per app and the instances that took one.
     standbys: Standbys,
+    /// The spare shim (see [`shims`]).
+    shims: ShimPool,
     exits: Arc<Exits>,
     /// Takes the cgroup attach's grace period off task creation (see [`cgroup::AttachPrimer`]).
     primer: cgroup::AttachPrimer,
@@ -285,6 +301,7 @@ impl ContainerdBackend {
             registry_logins: RegistryLogins::default(),
             registry_auth_file: None,
             max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
+            spare_shim: true,
         }
     }
 
@@ -345,7 +362,10 @@ impl ContainerdBackend {
         let mut removed = 0;
         for container in self.containers().await? {
             let id = container.id.as_str();
-            if known.iter().any(|k| k == id) || self.inner.exits.watch(id).is_some() {
+            if known.iter().any(|k| k == id)
+                || self.inner.exits.watch(id).is_some()
+                || self.inner.shims.is_live(id)
+            {
                 continue;
             }
             self.teardown(id, Duration::ZERO).await?;
@@ -409,11 +429,14 @@ impl ContainerdBackend {
         }
         for cg in cgroup::children(self.namespace()) {
             let id = cg.rsplit('/').next().unwrap_or_default().to_owned();
-            if !known.contains(&id) && self.inner.exits.watch(&id).is_none() {
+            if !known.contains(&id)
+                && self.inner.exits.watch(&id).is_none()
+                && !self.inner.shims.is_live(&id)
+            {
                 cgroup::remove(&cg);
             }
         }
-        if known.is_empty() && starting == 0 {
+        if known.is_empty() && starting == 0 && !self.inner.shims.any_live() {
             cgroup::remove_parent(self.namespace());
         }
         Ok(removed)
@@ -423,6 +446,7 @@ impl ContainerdBackend {
     /// containerd if there is one. The backend is unusable afterwards.
     pub async fn shutdown(&self) -> Result<(), BackendError> {
         self.shutdown_standbys().await;
+        self.shutdown_shims().await;
         let ids: Vec<String> = self.lock().keys().cloned().collect();
         for id in ids {
             self.teardown(&id, Duration::ZERO).await?;
@@ -715,7 +739,7 @@ impl ContainerdBackend {
         let client = &self.inner.client;
         let image = self.prepared(app).await?;
         let cgroup_path = self.cgroup(id);
-        let spec = spec::build(
+        let mut spec = spec::build(
             app,
             &spec::SpecInput {
                 id,
@@ -724,6 +748,13 @@ impl ContainerdBackend {
                 user: &image.user,
             },
         )?;
+        // A standby is made off the request's path: it spawns its own shim.
+        let spare_shim = if standby { None } else { self.claim_shim() };
+        if let Some(claim) = &spare_shim {
+            let mut annotations = spec.annotations().clone().unwrap_or_default();
+            annotations.insert(shims::GROUP_ANNOTATION.to_owned(), claim.group().to_owned());
+            spec.set_annotations(Some(annotations));
+        }
         let spec_json = serde_json::to_vec(&spec).map_err(|e| {
             BackendError::new(ErrorKind::Image, "serializing the runtime spec failed")
                 .with_source(e)
@@ -842,6 +873,8 @@ impl ContainerdBackend {
             .with_source(e)
         })?;
         phase("task_create", &mut t);
+        // The instance's task is in the spare shim now: its keeper can go.
+        drop(spare_shim);
         Ok(Created {
             image,
             pid,
@@ -1018,6 +1051,7 @@ impl ContainerBackend for ContainerdBackend {
     /// also creates the app's standby (a failing standby is logged, never an error).
     async fn prepare(&self, app: &AppSpec) -> Result<(), BackendError> {
         self.prepared(app).await?;
+        self.refill_shim(Duration::ZERO);
         if app.scale.standby {
             self.prepare_standby(app).await;
         }
@@ -1130,6 +1164,11 @@ impl ContainerBackend for ContainerdBackend {
                 && c.labels.contains_key(labels::STANDBY)
                 && self.inner.exits.watch(&c.id).is_some()
             {
+                continue;
+            }
+            // Spare shims' keepers are not instances: this run's are its own business, a
+            // previous run's are removed by reconcile.
+            if c.labels.contains_key(labels::SPARE_SHIM) {
                 continue;
             }
             let running = matches!(

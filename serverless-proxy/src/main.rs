@@ -236,7 +236,8 @@ async fn run(command: Command) -> Result<(), BoxError> {
                 Some(path) => Config::from_path(path)?,
                 None => Config::default(),
             };
-            let backend = backend(&config).await?;
+            // Only imports: no spare shim to make (and leave behind in a given containerd).
+            let backend = backend(&config, false).await?;
             let app = AppSpec::new("image", image.clone());
             let result = backend.prepare(&app).await;
             if config.containerd.is_none() {
@@ -249,8 +250,11 @@ async fn run(command: Command) -> Result<(), BoxError> {
     }
 }
 
-async fn backend(config: &Config) -> Result<ContainerdBackend, BoxError> {
-    let mut builder = ContainerdBackend::builder(&config.data_dir).pull_progress(pull_progress());
+/// The backend the config describes; `spare_shim`: keep a shim spawned ahead (serving only).
+async fn backend(config: &Config, spare_shim: bool) -> Result<ContainerdBackend, BoxError> {
+    let mut builder = ContainerdBackend::builder(&config.data_dir)
+        .pull_progress(pull_progress())
+        .spare_shim(spare_shim);
     if let Some(c) = &config.containerd {
         builder = builder.socket(&c.socket).namespace(&c.namespace);
     }
@@ -301,7 +305,7 @@ fn pull_progress() -> PullProgressFn {
 }
 
 async fn serve(config: Config) -> Result<(), BoxError> {
-    let backend = backend(&config).await?;
+    let backend = backend(&config, true).await?;
     let removed = backend.reconcile().await?;
     if removed > 0 {
         tracing::info!(removed, "removed instances left by a previous run");

@@ -285,16 +285,7 @@ min = 1
         ),
     )
     .unwrap();
-    let objects = |c: &Containerd| Objects {
-        containers: c.ctr(&namespace, &["containers", "ls"]).len(),
-        tasks: c.ctr(&namespace, &["tasks", "ls"]).len(),
-        snapshots: c
-            .ctr(&namespace, &["snapshots", "ls"])
-            .iter()
-            .filter(|l| l.contains("Active"))
-            .count(),
-        shims: c.shims().len(),
-    };
+    let objects = |c: &Containerd| c.objects(&namespace);
     // `ctr containers ls -q` has no header line: the first id is skipped by `ctr()`, so ask
     // for the full listing and take the first column.
     let ids = |c: &Containerd| -> Vec<String> {
@@ -554,6 +545,8 @@ idle_timeout = "100ms"
     env.get("web.localhost", "/").await.unwrap();
     evict_all();
     until_stopped().await;
+    // The spare shim that cycle took is replaced 100 ms after the take.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let base = (env.objects(), fds());
     let started = Instant::now();
     let mut failed = Vec::new();
@@ -568,8 +561,9 @@ idle_timeout = "100ms"
     }
     until_stopped().await;
     let took = started.elapsed();
-    // Pooled client connections to the gateway may close a moment later.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Pooled client connections to the gateway may close a moment later; the spare shim is
+    // replaced 100 ms after the last take.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let after = (env.objects(), fds());
     eprintln!(
         "{cycles} cold-start cycles ({cold} answered) in {took:?} ({:?} each): failed {}; before {:?}, after {:?}",

@@ -11,6 +11,8 @@ use serverless_core::{AppSpec, Connection, ImageRef, InstanceId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const BUSYBOX: &str = "/bin/busybox";
+/// Container ids of spare shims' keepers start with this.
+pub const SPARE_SHIM: &str = "spare-shim.";
 
 /// Whether this machine can run the real-containerd tests; prints a loud message if not.
 pub fn can_run(test: &str) -> bool {
@@ -93,7 +95,7 @@ impl Harness {
         InstanceId::new(format!("{app}-{n}-{}", std::process::id()))
     }
 
-    fn ctr(&self, args: &[&str]) -> Vec<String> {
+    pub fn ctr(&self, args: &[&str]) -> Vec<String> {
         let out = Command::new("ctr")
             .arg("--address")
             .arg(self.backend.socket())
@@ -116,17 +118,21 @@ impl Harness {
     }
 
     /// Containers, tasks, active (instance) snapshots and views containerd still holds in our
-    /// namespace, seen through `ctr`, plus leftover cgroups and netns helper threads.
+    /// namespace, seen through `ctr`, plus leftover cgroups and shims. The spare shim's keeper
+    /// (`spare-shim.*`: container, task, cgroup, and shims it spawned) is the backend's while
+    /// it runs; `shutdown` checks that nothing at all is left.
     pub fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
         out.extend(
             self.ctr(&["containers", "ls"])
                 .into_iter()
+                .filter(|l| !l.starts_with(SPARE_SHIM))
                 .map(|l| format!("container {l}")),
         );
         out.extend(
             self.ctr(&["tasks", "ls"])
                 .into_iter()
+                .filter(|l| !l.starts_with(SPARE_SHIM))
                 .map(|l| format!("task {l}")),
         );
         out.extend(
@@ -143,7 +149,9 @@ impl Harness {
         let cg = Path::new("/sys/fs/cgroup/memory").join(self.backend.namespace());
         if let Ok(entries) = std::fs::read_dir(&cg) {
             for e in entries.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false)
+                    && !e.file_name().to_string_lossy().starts_with(SPARE_SHIM)
+                {
                     out.push(format!("cgroup {}", e.path().display()));
                 }
             }
@@ -151,8 +159,18 @@ impl Harness {
         out
     }
 
-    /// Pids of `containerd-shim-runc-v2` processes serving our namespace.
+    /// Pids of `containerd-shim-runc-v2` processes serving our namespace, except those a
+    /// spare shim's keeper spawned.
     pub fn shims(&self) -> Vec<u32> {
+        self.all_shims()
+            .into_iter()
+            .filter(|(_, id)| !id.starts_with(SPARE_SHIM))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// Every shim of our namespace: pid and the container id it was spawned for.
+    pub fn all_shims(&self) -> Vec<(u32, String)> {
         processes()
             .into_iter()
             .filter(|(_, args)| {
@@ -161,7 +179,22 @@ impl Harness {
                         .windows(2)
                         .any(|w| w[0] == "-namespace" && w[1] == self.backend.namespace())
             })
-            .map(|(pid, _)| pid)
+            .map(|(pid, args)| {
+                let id = args
+                    .windows(2)
+                    .find(|w| w[0] == "-id")
+                    .map(|w| w[1].clone())
+                    .unwrap_or_default();
+                (pid, id)
+            })
+            .collect()
+    }
+
+    /// Container ids in our namespace (keepers included).
+    pub fn container_ids(&self) -> Vec<String> {
+        self.ctr(&["containers", "ls"])
+            .iter()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
             .collect()
     }
 
@@ -170,6 +203,16 @@ impl Harness {
         self.backend.shutdown().await.expect("shutdown");
         let cg = Path::new("/sys/fs/cgroup/memory").join(self.backend.namespace());
         assert!(!cg.exists(), "cgroup parent {} left behind", cg.display());
+        // A shim exits right after it is told to, not always before containerd answers.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.all_shims().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "shims left after shutdown: {:?}",
+                self.all_shims()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
 

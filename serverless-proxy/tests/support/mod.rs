@@ -218,6 +218,59 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"
             .map(|(pid, _)| pid)
             .collect()
     }
+
+    /// Like [`shims`](Self::shims), without the backend's spare shim: one spawned for a
+    /// keeper (`-id spare-shim.…`) that runs no process. A spare that an instance joined has
+    /// the instance's process as its child and is counted.
+    pub fn serving_shims(&self) -> Vec<u32> {
+        let needle = self.socket.to_string_lossy().into_owned();
+        let procs = processes();
+        procs
+            .iter()
+            .filter(|(_, cmd)| cmd.contains("containerd-shim") && cmd.contains(&needle))
+            .filter(|(pid, cmd)| {
+                !cmd.contains(&format!("-id {SPARE_SHIM}"))
+                    || procs
+                        .iter()
+                        .any(|(child, _)| parent_of(*child) == Some(*pid))
+            })
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    /// Containers, tasks, active snapshots and shims in `namespace`, keepers of spare shims
+    /// left out (see [`serving_shims`](Self::serving_shims)).
+    pub fn objects(&self, namespace: &str) -> Objects {
+        let rows = |what: &str| -> Vec<String> {
+            self.ctr(namespace, &[what, "ls"])
+                .into_iter()
+                .filter(|l| !l.starts_with(SPARE_SHIM))
+                .collect()
+        };
+        Objects {
+            containers: rows("containers").len(),
+            tasks: rows("tasks").len(),
+            snapshots: rows("snapshots")
+                .iter()
+                .filter(|l| l.contains("Active"))
+                .count(),
+            shims: self.serving_shims().len(),
+        }
+    }
+}
+
+/// Container ids of spare shims' keepers start with this.
+pub const SPARE_SHIM: &str = "spare-shim.";
+
+/// The parent pid of a process.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 impl Drop for Containerd {
@@ -559,22 +612,10 @@ impl Env {
             .sum()
     }
 
-    /// Containers, tasks, active snapshots of our namespace and shims, as containerd shows them.
+    /// Containers, tasks, active snapshots of our namespace and shims, as containerd shows them
+    /// (without the spare shim, see [`Containerd::objects`]).
     pub fn objects(&self) -> Objects {
-        Objects {
-            containers: self
-                .containerd
-                .ctr(&self.namespace, &["containers", "ls"])
-                .len(),
-            tasks: self.containerd.ctr(&self.namespace, &["tasks", "ls"]).len(),
-            snapshots: self
-                .containerd
-                .ctr(&self.namespace, &["snapshots", "ls"])
-                .iter()
-                .filter(|l| l.contains("Active"))
-                .count(),
-            shims: self.containerd.shims().len(),
-        }
+        self.containerd.objects(&self.namespace)
     }
 
     /// Graceful end: gateway shutdown, backend shutdown, then nothing may be left.
@@ -591,6 +632,17 @@ impl Env {
             Objects::default(),
             "containerd still holds objects"
         );
+        let containers = self.containerd.ctr(&self.namespace, &["containers", "ls"]);
+        assert!(containers.is_empty(), "containers left: {containers:?}");
+        // A shim exits right after it is told to, not always before containerd answers.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.containerd.shims().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "shims left after shutdown"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.clean = true;
         self.containerd.stop();
     }

@@ -1,0 +1,171 @@
+//! The spare shim: a start that takes no standby joins a shim spawned ahead (by a keeper
+//! container), the keeper goes and a new spare comes; the instance's shim exits with it;
+//! shutdown and reconcile leave nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http_get, Harness, SPARE_SHIM};
+use serverless_containerd::ContainerdBackend;
+use serverless_core::ContainerBackend;
+use tokio::time::Instant;
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The keeper containers and the shims they spawned: `(keeper ids, (shim pid, spawned for))`.
+fn spares(h: &Harness) -> (Vec<String>, Vec<(u32, String)>) {
+    let keepers = h
+        .container_ids()
+        .into_iter()
+        .filter(|id| id.starts_with(SPARE_SHIM))
+        .collect();
+    let shims = h
+        .all_shims()
+        .into_iter()
+        .filter(|(_, id)| id.starts_with(SPARE_SHIM))
+        .collect();
+    (keepers, shims)
+}
+
+/// The parent pid of a process.
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_joins_the_spare_shim() {
+    if !common::can_run("a_cold_start_joins_the_spare_shim") {
+        return;
+    }
+    let h = Harness::start().await;
+    let app = h.app("spare");
+    // Deploying makes the first spare.
+    h.backend.prepare(&app).await.expect("prepare");
+    eventually("the first spare shim", || {
+        let (keepers, shims) = spares(&h);
+        keepers.len() == 1 && shims.len() == 1
+    })
+    .await;
+    let (keepers, shims) = spares(&h);
+    let (keeper, spare_pid) = (keepers[0].clone(), shims[0].0);
+    assert_eq!(shims[0].1, keeper);
+    if let Some((rss, pss)) = common::memory_kib(spare_pid) {
+        eprintln!("spare shim memory: rss {rss} KiB, pss {pss} KiB");
+    }
+    assert!(h.leftovers().is_empty(), "{:?}", h.leftovers());
+
+    let id = h.id("spare");
+    let started = h.backend.start(&app, &id).await.expect("start");
+    let body = http_get(h.backend.connect(&id).await.expect("connect")).await;
+    assert!(body.contains("hello from busybox"), "{body}");
+    // The app's process is a child of the spare shim: no shim of its own was spawned.
+    let task = h
+        .ctr(&["tasks", "ls"])
+        .into_iter()
+        .find(|l| l.starts_with(id.as_str()))
+        .expect("the instance's task");
+    let pid: u32 = task.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(ppid(pid), Some(spare_pid), "task {task}");
+    eprintln!(
+        "spare shim {spare_pid} took instance {id} (pid {pid}); phases {:?}",
+        started.phases
+    );
+
+    // The claimed keeper goes, a new spare comes; the claimed shim serves the instance.
+    eventually("the keeper's removal and the next spare", || {
+        let (keepers, shims) = spares(&h);
+        keepers.len() == 1 && keepers[0] != keeper && shims.len() == 2
+    })
+    .await;
+    assert!(std::path::Path::new(&format!("/proc/{spare_pid}")).exists());
+
+    // Stopping the instance ends its shim.
+    h.backend
+        .stop(&id, Duration::from_millis(100))
+        .await
+        .expect("stop");
+    eventually("the instance's shim to exit", || {
+        !std::path::Path::new(&format!("/proc/{spare_pid}")).exists()
+    })
+    .await;
+    assert!(h.leftovers().is_empty(), "{:?}", h.leftovers());
+    assert!(h.backend.list().await.unwrap().is_empty());
+    h.shutdown().await;
+}
+
+/// A keeper the backend does not know (a previous run's) is removed by reconcile, shims and
+/// cgroups included; the backend that made it still starts instances (its stale spare's group
+/// simply spawns a new shim) and shuts down cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_removes_a_previous_runs_spare() {
+    if !common::can_run("reconcile_removes_a_previous_runs_spare") {
+        return;
+    }
+    let h = Harness::start().await;
+    let app = h.app("stale");
+    h.backend.prepare(&app).await.expect("prepare");
+    // Ready: its shim runs and its task is stopped (created, then killed).
+    eventually("the spare shim", || {
+        spares(&h).1.len() == 1
+            && h.ctr(&["tasks", "ls"])
+                .iter()
+                .any(|t| t.starts_with(SPARE_SHIM) && t.ends_with("STOPPED"))
+    })
+    .await;
+
+    let other = ContainerdBackend::connect(
+        h.backend.socket(),
+        h.backend.namespace(),
+        h.dir.path().join("other"),
+    )
+    .await
+    .expect("second backend");
+    assert_eq!(other.reconcile().await.expect("reconcile"), 1);
+    eventually("the removed keeper's shim to exit", || {
+        spares(&h) == (Vec::new(), Vec::new())
+    })
+    .await;
+    let cgroups = std::path::Path::new("/sys/fs/cgroup/memory").join(h.backend.namespace());
+    let left: Vec<_> = std::fs::read_dir(&cgroups)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+
+    let id = h.id("stale");
+    h.backend.start(&app, &id).await.expect("start");
+    let body = http_get(h.backend.connect(&id).await.expect("connect")).await;
+    assert!(body.contains("hello from busybox"), "{body}");
+    h.backend.stop(&id, Duration::ZERO).await.expect("stop");
+    h.shutdown().await;
+}
+
+/// `Builder::spare_shim(false)`: no keeper, each start spawns its own shim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spare_shim_off_makes_none() {
+    if !common::can_run("spare_shim_off_makes_none") {
+        return;
+    }
+    let h = Harness::start_with(|b| b.spare_shim(false)).await;
+    let app = h.app("nospare");
+    h.backend.prepare(&app).await.expect("prepare");
+    let id = h.id("nospare");
+    h.backend.start(&app, &id).await.expect("start");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(spares(&h), (Vec::new(), Vec::new()));
+    assert_eq!(h.shims().len(), 1);
+    h.backend.stop(&id, Duration::ZERO).await.expect("stop");
+    h.shutdown().await;
+}
