@@ -362,10 +362,7 @@ impl ContainerdBackend {
         let mut removed = 0;
         for container in self.containers().await? {
             let id = container.id.as_str();
-            if known.iter().any(|k| k == id)
-                || self.inner.exits.watch(id).is_some()
-                || self.inner.shims.is_live(id)
-            {
+            if self.held(&known, id) {
                 continue;
             }
             self.teardown(id, Duration::ZERO).await?;
@@ -391,7 +388,7 @@ impl ContainerdBackend {
             keys.extend(page.info.into_iter().map(|i| i.name));
         }
         for key in keys {
-            if known.contains(&key) || self.inner.exits.watch(&key).is_some() {
+            if self.held(&known, &key) {
                 continue;
             }
             self.remove_snapshot(&key).await?;
@@ -429,10 +426,7 @@ impl ContainerdBackend {
         }
         for cg in cgroup::children(self.namespace()) {
             let id = cg.rsplit('/').next().unwrap_or_default().to_owned();
-            if !known.contains(&id)
-                && self.inner.exits.watch(&id).is_none()
-                && !self.inner.shims.is_live(&id)
-            {
+            if !self.held(&known, &id) {
                 cgroup::remove(&cg);
             }
         }
@@ -440,6 +434,14 @@ impl ContainerdBackend {
             cgroup::remove_parent(self.namespace());
         }
         Ok(removed)
+    }
+
+    /// Whether container `id` is this backend's now (reconcile leaves it alone): a running
+    /// instance (`known`), one being started (its exit watch), or a spare shim's keeper.
+    fn held(&self, known: &[String], id: &str) -> bool {
+        known.iter().any(|k| k == id)
+            || self.inner.exits.watch(id).is_some()
+            || self.inner.shims.is_live(id)
     }
 
     /// Stops every instance of ours (SIGKILL), removes leftovers, and stops the embedded

@@ -6,18 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_get, Harness, SPARE_SHIM};
+use common::{eventually, http_get, Harness, SPARE_SHIM};
 use serverless_containerd::ContainerdBackend;
 use serverless_core::ContainerBackend;
-use tokio::time::Instant;
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The keeper containers and the shims they spawned: `(keeper ids, (shim pid, spawned for))`.
 fn spares(h: &Harness) -> (Vec<String>, Vec<(u32, String)>) {

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_get, memory_kib, processes, Harness};
+use common::{eventually, http_get, memory_kib, processes, Harness};
 use serverless_containerd::ContainerdBackend;
 use serverless_core::{AppSpec, ContainerBackend, ErrorKind};
 use tokio::time::Instant;
@@ -27,15 +27,6 @@ fn containers(h: &Harness) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_owned)
         .collect()
-}
-
-/// Waits until `f` holds (up to 10 s).
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// (rss, pss) KiB of the shims of our namespace and their children (`runc init`).

@@ -143,9 +143,9 @@ impl ContainerdBackend {
     /// Makes a spare shim after `delay`, unless one is ready or being made.
     pub(super) fn refill_shim(&self, delay: Duration) {
         let pool = &self.inner.shims;
-        if pool.root.is_none() {
+        let Some(root) = pool.root.clone() else {
             return;
-        }
+        };
         {
             let mut state = pool.lock();
             if state.closed || state.filling || state.ready.is_some() {
@@ -156,7 +156,7 @@ impl ContainerdBackend {
         let backend = self.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            backend.make_keeper().await;
+            backend.make_keeper(&root).await;
             backend.inner.shims.lock().filling = false;
         });
         pool.track(task);
@@ -185,11 +185,8 @@ impl ContainerdBackend {
         }
     }
 
-    async fn make_keeper(&self) {
+    async fn make_keeper(&self, root: &Path) {
         let pool = &self.inner.shims;
-        let Some(root) = pool.root.clone() else {
-            return;
-        };
         let id = {
             let mut state = pool.lock();
             if state.closed {
@@ -200,7 +197,7 @@ impl ContainerdBackend {
             state.live.insert(id.clone());
             id
         };
-        match self.create_keeper(&id, &root).await {
+        match self.create_keeper(&id, root).await {
             Ok(()) => {
                 let mut state = pool.lock();
                 if !state.closed && state.ready.is_none() {

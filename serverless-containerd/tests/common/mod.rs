@@ -216,6 +216,18 @@ impl Harness {
     }
 }
 
+/// Waits until `f` holds (up to 10 s).
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// busybox httpd serving /www on 8080 (overridable by the app's command).
 pub fn busybox_image() -> ImageBuilder {
     let busybox = std::fs::read(BUSYBOX).expect("read busybox");
