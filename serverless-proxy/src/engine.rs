@@ -1,6 +1,6 @@
 //! The engine: apps, their pools and routes, over one container backend.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 

@@ -112,18 +112,25 @@ async fn forward(
     };
     // A request that was not written to an instance comes back and is sent elsewhere. One
     // without a body that is idempotent may also be sent again when its connection broke
-    // before any response byte (the instance died with it in flight): keep what it takes to
-    // rebuild it. One with a body could only be if it had not been read, which the instance
-    // does not tell us, so it gets a 502.
-    let resend = (body.is_end_stream() && parts.method.is_idempotent()).then(|| headers.clone());
-    let mut next = Some({
-        let mut req = Request::new(body);
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri.clone();
-        *req.version_mut() = version;
-        *req.headers_mut() = headers;
-        req
+    // before any response byte (the instance died with it in flight). The lean client gives
+    // such a request back whole; for the others, keep what it takes to rebuild it. One with a
+    // body could only be if it had not been read, which the instance does not tell us, so it
+    // gets a 502.
+    let may_resend = body.is_end_stream() && parts.method.is_idempotent();
+    let mut next_req = Request::new(body);
+    *next_req.method_mut() = parts.method;
+    *next_req.uri_mut() = uri;
+    *next_req.version_mut() = version;
+    *next_req.headers_mut() = headers;
+    let lean = !app.h2c && crate::h1::fits(&next_req);
+    let resend = (may_resend && !lean).then(|| {
+        (
+            next_req.method().clone(),
+            next_req.uri().clone(),
+            next_req.headers().clone(),
+        )
     });
+    let mut next = Some(next_req);
     let mut attempt = 0;
     let mut res = loop {
         attempt += 1;
@@ -131,9 +138,9 @@ async fn forward(
         let req = match next.take() {
             Some(req) => req,
             None => match &resend {
-                Some(headers) => {
+                Some((method, uri, headers)) => {
                     let mut req = Request::new(empty());
-                    *req.method_mut() = parts.method.clone();
+                    *req.method_mut() = method.clone();
                     *req.uri_mut() = uri.clone();
                     *req.version_mut() = version;
                     *req.headers_mut() = headers.clone();
@@ -146,7 +153,7 @@ async fn forward(
             Ok(res) => break res,
             Err(failed) => failed,
         };
-        next = failed.request;
+        next = failed.request.filter(|_| !failed.sent || may_resend);
         let unreachable = matches!(failed.error, SendError::Connect(_));
         if attempt < MAX_ATTEMPTS && (next.is_some() || resend.is_some()) {
             if unreachable {

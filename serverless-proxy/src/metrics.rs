@@ -1,6 +1,6 @@
 //! Prometheus metrics (`GET /metrics` on the admin listener).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -135,7 +135,7 @@ impl Metrics {
             stops.clone(),
         );
         Self {
-            by_app: RwLock::new(HashMap::new()),
+            by_app: RwLock::new(HashMap::default()),
             registry: Mutex::new(registry),
             requests,
             duration,

@@ -73,8 +73,9 @@ impl Protocols {
         let max_buf = settings.max_header_bytes.max(8192);
         let header_list = u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX);
         let mut h1 = http1::Builder::new();
+        // Plain HTTP/1 connections get their header timeout from `drive_h1`.
         h1.timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(max_buf)
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
@@ -271,7 +272,7 @@ where
         let svc = connection_service(handler.clone(), info, state.clone());
         // Boxed so that a parked connection's task does not keep room for it.
         let mut conn = Box::new(protocols.h1.serve_connection(io, svc).with_upgrades());
-        if !drive_h1(&mut *conn, &state, &mut stop).await? {
+        if !drive_h1(&mut *conn, &state, &mut stop, protocols.header_read_timeout).await? {
             return Ok(());
         }
         // Parked: hyper stopped at an idle point and did not shut the socket down.
@@ -330,18 +331,33 @@ fn concat(first: &[u8], then: &[u8]) -> Bytes {
 }
 
 /// Drives an HTTP/1 connection; `true` when it was parked (ended at an idle point with the
-/// socket left open), `false` when it is finished (closed, upgraded, or shut down).
+/// socket left open), `false` when it is finished (closed, upgraded, shut down, or cut off by
+/// `header_read_timeout`).
+///
+/// One timer serves both deadlines that count from the end of the last exchange (or from the
+/// start): parking after [`PARK_AFTER`], and closing the connection when no complete request
+/// head has come within `header_read_timeout` — what hyper's own header timer does, which
+/// costs an allocation and a timer registration per request (so it is off for these
+/// connections). While an exchange is active no deadline applies, as with hyper's.
 async fn drive_h1<C>(
     conn: &mut C,
     state: &ConnState,
     stop: &mut watch::Receiver<()>,
+    header_read_timeout: Duration,
 ) -> Result<bool, BoxError>
 where
     C: GracefulH1 + Unpin,
 {
     let mut stopped = pin!(stop.changed());
-    let mut park_timer = pin!(tokio::time::sleep(PARK_AFTER));
-    let mut timer_armed = false;
+    let mut since = Instant::now();
+    let mut timer = pin!(tokio::time::sleep_until(
+        since + PARK_AFTER.min(header_read_timeout)
+    ));
+    // Exchanges seen so far, and whether one was seen active (the deadlines restart after it).
+    let mut seen = state.exchanges.load(Relaxed);
+    let mut busy = false;
+    // PARK_AFTER has passed since `since`: park as soon as hyper is idle.
+    let mut park_due = false;
     let mut parking = false;
     let mut stopping = false;
     std::future::poll_fn(|cx| {
@@ -356,21 +372,38 @@ where
             if parking || stopping {
                 return Poll::Pending;
             }
-            if !state.is_idle() {
-                timer_armed = false;
+            if state.active.load(Relaxed) > 0 {
+                busy = true;
                 return Poll::Pending;
             }
-            if !timer_armed {
-                timer_armed = true;
-                park_timer.as_mut().reset(Instant::now() + PARK_AFTER);
+            let exchanges = state.exchanges.load(Relaxed);
+            if busy || exchanges != seen {
+                // An exchange ended since the last look: the deadlines start again.
+                busy = false;
+                seen = exchanges;
+                park_due = false;
+                since = Instant::now();
+                timer
+                    .as_mut()
+                    .reset(since + PARK_AFTER.min(header_read_timeout));
             }
-            if park_timer.as_mut().poll(cx).is_pending() {
+            if park_due && state.is_idle() {
+                // hyper is idle: ending it now closes it at once, without a response.
+                parking = true;
+                state.parking.store(true, Relaxed);
+                conn.graceful();
+                continue;
+            }
+            if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            // hyper is idle: ending it now closes it at once, without a response.
-            parking = true;
-            state.parking.store(true, Relaxed);
-            conn.graceful();
+            if !park_due && PARK_AFTER < header_read_timeout {
+                park_due = true;
+                timer.as_mut().reset(since + header_read_timeout);
+                continue;
+            }
+            // No complete request head within `header_read_timeout`: closed, as hyper would.
+            return Poll::Ready(Ok(false));
         }
     })
     .await
@@ -398,6 +431,8 @@ where
 struct ConnState {
     /// Exchanges whose response (head and body) is not finished.
     active: AtomicUsize,
+    /// Exchanges started on this connection.
+    exchanges: AtomicUsize,
     /// An exchange finished on this hyper connection.
     served: AtomicBool,
     /// A request had a body: hyper may still be reading it.
@@ -437,6 +472,7 @@ struct Exchange(Arc<ConnState>);
 impl Exchange {
     fn start(state: Arc<ConnState>) -> Self {
         state.active.fetch_add(1, Relaxed);
+        state.exchanges.fetch_add(1, Relaxed);
         Exchange(state)
     }
 }
@@ -659,10 +695,14 @@ mod tests {
 
     /// A server whose handler answers `ok <path>`; returns its address.
     async fn ok_server() -> SocketAddr {
+        ok_server_with(Duration::from_secs(5)).await
+    }
+
+    async fn ok_server_with(header_read_timeout: Duration) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let settings = ConnSettings {
-            header_read_timeout: Duration::from_secs(5),
+            header_read_timeout,
             max_header_bytes: 16 * 1024,
         };
         let handler = |req: Request<Incoming>, _info: ClientInfo| async move {
@@ -726,6 +766,59 @@ mod tests {
             .await
             .unwrap();
         read_response(&mut conn, "/second").await;
+    }
+
+    #[tokio::test]
+    async fn a_busy_keep_alive_connection_outlives_the_header_timeout() {
+        // The header timeout counts from the last exchange's end, not from the connection's
+        // start: requests that each complete within one poll keep it open.
+        let timeout = Duration::from_millis(300);
+        let addr = ok_server_with(timeout).await;
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let mut n = 0;
+        while started.elapsed() < timeout * 4 {
+            let path = format!("/{n}");
+            conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            read_response(&mut conn, &path).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            n += 1;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_not_completed_in_time_is_cut_off() {
+        let timeout = Duration::from_millis(600);
+        for pause in [Duration::ZERO, PARK_AFTER * 2] {
+            // After a response (and after parking, which the rest of the head finds), a head
+            // that never completes: closed without an answer once the timeout has passed, not
+            // before.
+            let addr = ok_server_with(timeout).await;
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            conn.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            read_response(&mut conn, "/a").await;
+            tokio::time::sleep(pause).await;
+            let started = Instant::now();
+            conn.write_all(b"GET /b HTTP/1.1\r\nho").await.unwrap();
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest))
+                .await
+                .expect("closed in time");
+            assert!(
+                read.is_ok()
+                    || read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+            );
+            assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+            assert!(
+                started.elapsed() + pause >= timeout,
+                "closed after {:?}",
+                started.elapsed()
+            );
+        }
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@
 //! out on another connection. The engine closes an instance's idle connections when its pool
 //! removes the instance ([`Upstreams::forget`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +20,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -49,10 +50,14 @@ pub(crate) enum SendError {
     Io(std::io::Error),
 }
 
-/// A failed send, with the request when it was not sent.
+/// A failed send, with the request when it was not sent, or when it was but is still at hand
+/// (the lean client's requests: no body, so the request is whole after it was written).
 pub(crate) struct Failed {
     pub(crate) error: SendError,
     pub(crate) request: Option<Request<ReqBody>>,
+    /// Whether the request was written: the instance may have processed it, so it may only go
+    /// out again if it is idempotent.
+    pub(crate) sent: bool,
 }
 
 /// After a failed send: the request back to go out again when a *kept* connection refused it
@@ -68,6 +73,7 @@ fn again_or_fail(
         request => Err(Failed {
             error: SendError::Failed(err.into_error()),
             request,
+            sent: false,
         }),
     }
 }
@@ -235,10 +241,10 @@ impl Upstreams {
         Self {
             inner: Arc::new(Inner {
                 backend,
-                lean: Mutex::new(HashMap::new()),
+                lean: Mutex::new(HashMap::default()),
                 sweeping: AtomicBool::new(false),
-                http1: Mutex::new(HashMap::new()),
-                http2: Mutex::new(HashMap::new()),
+                http1: Mutex::new(HashMap::default()),
+                http2: Mutex::new(HashMap::default()),
             }),
         }
     }
@@ -274,6 +280,7 @@ impl Upstreams {
                         return Err(Failed {
                             error: SendError::Connect(error),
                             request: Some(req),
+                            sent: false,
                         })
                     }
                 },
@@ -287,6 +294,7 @@ impl Upstreams {
                 return Err(Failed {
                     error: SendError::Io(error),
                     request: Some(req),
+                    sent: false,
                 });
             }
             let error = match conn.read_response(req.method()).await {
@@ -302,7 +310,8 @@ impl Upstreams {
             };
             return Err(Failed {
                 error: SendError::Io(error),
-                request: None,
+                request: Some(req),
+                sent: true,
             });
         }
     }
@@ -321,6 +330,7 @@ impl Upstreams {
                         return Err(Failed {
                             error,
                             request: Some(req),
+                            sent: false,
                         })
                     }
                 },
@@ -355,6 +365,7 @@ impl Upstreams {
                         return Err(Failed {
                             error,
                             request: Some(req),
+                            sent: false,
                         })
                     }
                 },
