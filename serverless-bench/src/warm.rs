@@ -81,8 +81,9 @@ fn pinned(cpu: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
     let duration = Duration::from_secs(env_num("BENCH_WARM_SECS", 8)?);
-    let tput_duration = Duration::from_secs(env_num("BENCH_TPUT_SECS", 4)?);
+    let tput_duration = Duration::from_secs(env_num("BENCH_TPUT_SECS", 3)?);
     let repeats: usize = env_num("BENCH_WARM_REPEATS", 3)?;
+    let tput_repeats: usize = env_num("BENCH_TPUT_REPEATS", 7)?;
     let rate: u64 = env_num("BENCH_WARM_RPS", 1000)?;
     let noise_before = noise();
     let dir = tempfile::Builder::new()
@@ -106,7 +107,8 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
         ]),
     )?;
     let ng = free_port()?;
-    let nginx_conf = nginx_config(dir.path(), ng, up)?;
+    let ng_fwd = free_port()?;
+    let nginx_conf = nginx_config(dir.path(), ng, ng_fwd, up)?;
     procs.spawn(
         "nginx",
         pinned("1", "nginx")
@@ -130,6 +132,7 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
         ("serverless", ([127, 0, 0, 1], gw).into()),
         ("nginx", ([127, 0, 0, 1], ng).into()),
         ("haproxy", ([127, 0, 0, 1], hp).into()),
+        ("nginx-fwd", ([127, 0, 0, 1], ng_fwd).into()),
     ];
     for (name, addr) in &targets {
         wait_http(*addr, HOST, Duration::from_secs(10))
@@ -145,6 +148,10 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
     let mut cdf: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
     for r in 0..repeats {
         for (name, addr) in &targets {
+            if *name == "nginx-fwd" {
+                // Throughput only: the fixed-rate latency is nginx's either way.
+                continue;
+            }
             // Warm-up, then the measured run.
             fixed_rate(*addr, HOST, "/", rate, Duration::from_secs(1), 16).await?;
             let o = fixed_rate(*addr, HOST, "/", rate, duration, 16).await?;
@@ -163,13 +170,18 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
         }
     }
     let upstream_pid = procs.pid("serverless-hello").context("upstream pid")?;
-    for r in 0..repeats {
-        for (name, addr) in &targets {
+    // Short runs, many repeats, the order rotated each time: this machine's speed drifts (it
+    // is shared), so the ratio to nginx is taken per repeat, between runs seconds apart, and
+    // the headline is the median of those paired ratios.
+    for r in 0..tput_repeats {
+        for i in 0..targets.len() {
+            let (name, addr) = &targets[(i + r) % targets.len()];
             // CPU time of the proxy (and of the upstream) per request during the run, from
             // /proc: what the core spends, independent of how busy the machine is otherwise.
             let proxy_pid = match *name {
                 "serverless" => procs.pid("gateway"),
-                "nginx" | "haproxy" => procs.pid(name),
+                "nginx" | "nginx-fwd" => procs.pid("nginx"),
+                "haproxy" => procs.pid(name),
                 _ => None,
             };
             let (proxy0, up0) = (proxy_pid.map(cpu_us), cpu_us(upstream_pid));
@@ -190,6 +202,7 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
                 .as_array_mut()
                 .context("results")?
                 .push(json!({
+                    "repeat": r,
                     "rps": o.rps(),
                     "errors": o.errors,
                     "summary": lat_summary(&o),
@@ -223,19 +236,26 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
             format!("{:.3}", med(name, &p99, "fixed") - d99),
         );
     }
-    for name in ["direct", "serverless", "nginx", "haproxy"] {
+    for name in ["direct", "serverless", "nginx", "haproxy", "nginx-fwd"] {
         headline(
-            &format!("throughput_{name}_rps"),
+            &format!("throughput_{}_rps", name.replace('-', "_")),
             format!("{:.0}", med(name, &rps, "tput")),
+        );
+    }
+    for peer in ["nginx", "nginx-fwd", "haproxy"] {
+        let ratios = paired_ratios(&results, "serverless", peer);
+        headline(
+            &format!("throughput_serverless_vs_{}_ratio", peer.replace('-', "_")),
+            format!("{:.2}", summary(&ratios).p50),
         );
     }
     let proxy_cpu = |v: &serde_json::Value| {
         v["proxy_cpu"]["user_us"].as_f64().unwrap_or(f64::NAN)
             + v["proxy_cpu"]["sys_us"].as_f64().unwrap_or(f64::NAN)
     };
-    for name in ["serverless", "nginx", "haproxy"] {
+    for name in ["serverless", "nginx", "haproxy", "nginx-fwd"] {
         headline(
-            &format!("throughput_{name}_cpu_us_per_request"),
+            &format!("throughput_{}_cpu_us_per_request", name.replace('-', "_")),
             format!("{:.1}", med(name, &proxy_cpu, "tput")),
         );
     }
@@ -244,6 +264,7 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
         "duration_s": duration.as_secs(),
         "tput_duration_s": tput_duration.as_secs(),
         "repeats": repeats,
+        "tput_repeats": tput_repeats,
         "connections_fixed": 16,
         "connections_tput": 64,
         "results": results,
@@ -252,6 +273,28 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
         "noise_after": noise(),
     });
     write_json(out, "warm", &value)
+}
+
+/// `a`'s requests/s over `b`'s in each throughput repeat (runs seconds apart).
+pub(crate) fn paired_ratios(
+    results: &serde_json::Map<String, serde_json::Value>,
+    a: &str,
+    b: &str,
+) -> Vec<f64> {
+    let runs = |name: &str| {
+        results
+            .get(name)
+            .and_then(|v| v["tput"].as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (ra, rb) = (runs(a), runs(b));
+    ra.iter()
+        .filter_map(|x| {
+            let y = rb.iter().find(|y| y["repeat"] == x["repeat"])?;
+            Some(x["rps"].as_f64()? / y["rps"].as_f64()?)
+        })
+        .collect()
 }
 
 /// User and system CPU time (µs) of a process and its children (nginx's workers), from
@@ -297,7 +340,10 @@ fn percentile_curve(o: &Outcome) -> Vec<(f64, f64)> {
     out
 }
 
-fn nginx_config(dir: &Path, port: u16, upstream: u16) -> Res<PathBuf> {
+/// nginx with two servers: the plain `proxy_pass` on `port`, and on `port_fwd` the same plus
+/// the forwarding headers the gateway adds to every request (`x-forwarded-for`,
+/// `x-forwarded-proto`, `forwarded`).
+fn nginx_config(dir: &Path, port: u16, port_fwd: u16, upstream: u16) -> Res<PathBuf> {
     let d = dir.display();
     let conf = format!(
         r#"daemon off;
@@ -324,6 +370,19 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{port_fwd};
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://hello;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$host\"";
         }}
     }}
 }}

@@ -122,9 +122,8 @@ impl Inner {
                 break Some(conn);
             }
         };
-        if list.is_empty() {
-            idle.remove(instance);
-        }
+        // An emptied list stays (its room is reused when the connection comes back); the
+        // sweep and `forget` remove it.
         found
     }
 
