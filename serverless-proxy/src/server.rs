@@ -4,7 +4,7 @@
 //! # Memory of idle connections
 //!
 //! hyper keeps an HTTP/1 connection's buffers (an 8 KiB read buffer that grows to 16 KiB, an
-//! 8 KiB write buffer, its parser state and timer) for as long as the connection lives, idle or
+//! 8 KiB write buffer, its parser state) for as long as the connection lives, idle or
 //! not: about 30 KiB each. A plain-TCP HTTP/1 connection that has been idle for [`PARK_AFTER`]
 //! is therefore *parked*: the hyper connection is ended at that idle point without closing the
 //! socket ([`hyper::server::conn::http1::Connection::into_parts`] hands back the socket and any
