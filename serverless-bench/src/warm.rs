@@ -345,6 +345,28 @@ fn percentile_curve(o: &Outcome) -> Vec<(f64, f64)> {
 /// `x-forwarded-proto`, `forwarded`).
 fn nginx_config(dir: &Path, port: u16, port_fwd: u16, upstream: u16) -> Res<PathBuf> {
     let d = dir.display();
+    let server = |port: u16, extra: &str| {
+        format!(
+            r#"    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://hello;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;{extra}
+        }}
+    }}"#
+        )
+    };
+    let plain = server(port, "");
+    let fwd = server(
+        port_fwd,
+        r#"
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$host\"";"#,
+    );
     let conf = format!(
         r#"daemon off;
 worker_processes 1;
@@ -362,29 +384,8 @@ http {{
         server 127.0.0.1:{upstream};
         keepalive 64;
     }}
-    server {{
-        listen 127.0.0.1:{port};
-        keepalive_requests 1000000;
-        location / {{
-            proxy_pass http://hello;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-        }}
-    }}
-    server {{
-        listen 127.0.0.1:{port_fwd};
-        keepalive_requests 1000000;
-        location / {{
-            proxy_pass http://hello;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$host\"";
-        }}
-    }}
+{plain}
+{fwd}
 }}
 "#
     );
@@ -451,4 +452,38 @@ max = 1
         gateway.shutdown().await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nginx_config_has_the_plain_and_the_forwarding_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = super::nginx_config(dir.path(), 18001, 18002, 18003).unwrap();
+        let text = std::fs::read_to_string(&conf).unwrap();
+        let servers: Vec<&str> = text.split("    server {").skip(1).collect();
+        assert_eq!(servers.len(), 2, "{text}");
+        assert!(
+            servers[0].contains("listen 127.0.0.1:18001;") && !servers[0].contains("X-Forwarded")
+        );
+        assert!(servers[1].contains("listen 127.0.0.1:18002;"));
+        for header in ["X-Forwarded-For", "X-Forwarded-Proto", "Forwarded \"for="] {
+            assert!(servers[1].contains(header), "{header}: {text}");
+        }
+        // nginx's own syntax check, where nginx is installed (scripts/bench installs it).
+        if let Ok(out) = std::process::Command::new("nginx")
+            .arg("-t")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .output()
+        {
+            assert!(
+                out.status.success(),
+                "{}\n{text}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }
