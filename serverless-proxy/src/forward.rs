@@ -104,7 +104,7 @@ async fn forward(
     if let Some(info) = client_info {
         add_forwarded(&mut headers, info);
     }
-    let uri = upstream_uri(&parts.uri, app.h2c, headers.get(header::HOST))?;
+    let uri = upstream_uri(parts.uri, app.h2c, headers.get(header::HOST))?;
     let version = if app.h2c {
         Version::HTTP_2
     } else {
@@ -221,15 +221,15 @@ async fn forward(
 
 /// The request target for the instance: origin-form (`/path?query`) for HTTP/1.1, absolute
 /// (`http://host/path`) for h2c, whose `:authority` and `:scheme` come from it.
-fn upstream_uri(uri: &Uri, h2c: bool, host: Option<&HeaderValue>) -> Result<Uri, BoxError> {
+fn upstream_uri(uri: Uri, h2c: bool, host: Option<&HeaderValue>) -> Result<Uri, BoxError> {
+    if !h2c && uri.scheme().is_none() && uri.authority().is_none() {
+        return Ok(uri);
+    }
     let path = uri
-        .path_and_query()
-        .cloned()
+        .into_parts()
+        .path_and_query
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     if !h2c {
-        if uri.scheme().is_none() && uri.authority().is_none() {
-            return Ok(uri.clone());
-        }
         return Ok(Uri::from(path));
     }
     let authority = host
