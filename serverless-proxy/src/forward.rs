@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -64,19 +64,31 @@ impl tower::Service<Request<ReqBody>> for Forward {
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let app = self.app.clone();
-        let upstreams = self.upstreams.clone();
-        Box::pin(forward(app, upstreams, req))
+        // The request is rewritten here, synchronously; the future keeps only what sending it
+        // (and sending it again) takes, so each request allocates and moves less.
+        match prepare(&self.app, req) {
+            Ok(prepared) => Box::pin(forward(self.app.clone(), self.upstreams.clone(), prepared)),
+            Err(err) => Box::pin(std::future::ready(Err(err))),
+        }
     }
 }
 
 const MAX_ATTEMPTS: usize = 4;
 
-async fn forward(
-    app: Arc<AppSpec>,
-    upstreams: Upstreams,
-    mut req: Request<ReqBody>,
-) -> Result<Response<ResBody>, BoxError> {
+/// A request rewritten for the instance, with what it takes to send it again.
+struct Prepared {
+    lease: Lease,
+    req: Request<ReqBody>,
+    /// Idempotent and without a body: may be sent again after it was written.
+    may_resend: bool,
+    /// Method, target and headers to rebuild it when the client that sends it does not give it
+    /// back (hyper's paths), for a request that may be sent again.
+    resend: Option<Box<(Method, Uri, HeaderMap)>>,
+    /// The client's side of an upgrade it asked for.
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+fn prepare(app: &AppSpec, mut req: Request<ReqBody>) -> Result<Prepared, BoxError> {
     let lease = req
         .extensions_mut()
         .remove::<Lease>()
@@ -130,14 +142,36 @@ async fn forward(
             next_req.headers().clone(),
         )
     });
-    let mut next = Some(next_req);
+    Ok(Prepared {
+        lease,
+        req: next_req,
+        may_resend,
+        resend: resend.map(Box::new),
+        client_upgrade,
+    })
+}
+
+async fn forward(
+    app: Arc<AppSpec>,
+    upstreams: Upstreams,
+    prepared: Prepared,
+) -> Result<Response<ResBody>, BoxError> {
+    let Prepared {
+        lease,
+        req,
+        may_resend,
+        resend,
+        client_upgrade,
+    } = prepared;
+    let version = req.version();
+    let mut next = Some(req);
     let mut attempt = 0;
     let mut res = loop {
         attempt += 1;
         let instance = lease.instance();
         let req = match next.take() {
             Some(req) => req,
-            None => match &resend {
+            None => match resend.as_deref() {
                 Some((method, uri, headers)) => {
                     let mut req = Request::new(empty());
                     *req.method_mut() = method.clone();
@@ -462,5 +496,36 @@ mod tests {
             upgrade_protocol(&h).is_none(),
             "h2c upgrade is answered as HTTP/1.1"
         );
+    }
+}
+
+#[cfg(test)]
+mod sizes {
+    use super::*;
+
+    /// Every request allocates its forward future and copies it into place: it stays small
+    /// (it was 3.9 KiB before the request was prepared outside it and hyper's send paths were
+    /// boxed; 1.8 KiB after).
+    #[tokio::test]
+    async fn the_forward_future_stays_small() {
+        let backend: Arc<dyn serverless_core::ContainerBackend> =
+            Arc::new(serverless_core::fake::FakeBackend::new());
+        let config = serverless_core::Config::from_toml(
+            "[[apps]]\nname = \"a\"\nimage = \"x:1\"\nhosts = [\"a.localhost\"]\n",
+        )
+        .unwrap();
+        let engine = crate::Engine::new(backend.clone(), config.limits, config.server.clone());
+        engine.deploy(config.apps[0].clone()).await.unwrap();
+        let app = engine.route("a.localhost").unwrap();
+        let mut req = Request::new(empty());
+        req.extensions_mut()
+            .insert(app.pool.acquire().await.unwrap());
+        let upstreams = Upstreams::new(backend);
+        let prepared = prepare(&app.spec, req).unwrap();
+        let future = forward(app.spec.clone(), upstreams, prepared);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 2304, "forward future: {size} bytes");
+        drop(future);
+        engine.shutdown().await;
     }
 }

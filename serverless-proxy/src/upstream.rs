@@ -13,6 +13,7 @@
 //! removes the instance ([`Upstreams::forget`]).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use foldhash::HashMap;
+use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -249,18 +251,25 @@ impl Upstreams {
     }
 
     /// Sends `req` to `instance` over a kept connection or a new one.
-    pub(crate) async fn send(
-        &self,
-        instance: &InstanceId,
+    ///
+    /// Not an `async fn`: that would keep a slot for `req` next to the chosen path's future,
+    /// which has its own. hyper's paths are boxed: their futures are several times the lean
+    /// one's, and every request's future would otherwise be as large as the largest (memory to
+    /// allocate and copy per request, for the few that take them).
+    pub(crate) fn send<'a>(
+        &'a self,
+        instance: &'a InstanceId,
         h2c: bool,
         req: Request<ReqBody>,
-    ) -> Result<Response<UpstreamBody>, Failed> {
-        if h2c {
-            self.send_http2(instance, req).await
-        } else if h1::fits(&req) {
-            self.send_lean(instance, req).await
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + 'a {
+        type Boxed<'a> =
+            Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + 'a>>;
+        if !h2c && h1::fits(&req) {
+            Either::Left(self.send_lean(instance, req))
+        } else if h2c {
+            Either::Right(Box::pin(self.send_http2(instance, req)) as Boxed<'a>)
         } else {
-            self.send_http1(instance, req).await
+            Either::Right(Box::pin(self.send_http1(instance, req)) as Boxed<'a>)
         }
     }
 
