@@ -350,7 +350,7 @@ impl ContainerdBackend {
 
     /// Removes every container, task, snapshot and lease with our labels that this backend is
     /// not running (leftovers of a previous run), their cgroups and logs. Returns how many
-    /// instances it removed.
+    /// containers it removed (instances, and spare-shim keepers that are not this backend's).
     pub async fn reconcile(&self) -> Result<usize, BackendError> {
         self.reconcile_inner(Duration::from_secs(60)).await
     }

@@ -497,11 +497,6 @@ mod tests {
             "h2c upgrade is answered as HTTP/1.1"
         );
     }
-}
-
-#[cfg(test)]
-mod sizes {
-    use super::*;
 
     /// Every request allocates its forward future and copies it into place: it stays small
     /// (it was 3.9 KiB before the request was prepared outside it and hyper's send paths were
