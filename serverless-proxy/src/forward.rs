@@ -94,11 +94,15 @@ fn prepare(app: &AppSpec, mut req: Request<ReqBody>) -> Result<Prepared, BoxErro
         .remove::<Lease>()
         .ok_or("request reached Forward without a lease")?;
     let client_info = req.extensions().get::<ClientInfo>().copied();
-    let upgrade = upgrade_protocol(req.headers());
+    let present = Present::of(req.headers());
+    let upgrade = present
+        .hop_by_hop
+        .then(|| upgrade_protocol(req.headers()))
+        .flatten();
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    if headers.get(header::HOST).is_none() {
+    if !present.host {
         // HTTP/2 clients send the authority instead of `Host`; HTTP/1.1 apps need `Host`.
         if let Some(host) = parts
             .uri
@@ -108,15 +112,17 @@ fn prepare(app: &AppSpec, mut req: Request<ReqBody>) -> Result<Prepared, BoxErro
             headers.insert(header::HOST, host);
         }
     }
-    strip_hop_by_hop(&mut headers);
+    if present.hop_by_hop {
+        strip_hop_by_hop(&mut headers);
+    }
     if let Some(proto) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto.clone());
     }
     if let Some(info) = client_info {
-        add_forwarded(&mut headers, info);
+        add_forwarded(&mut headers, info, &present);
     }
-    let uri = upstream_uri(parts.uri, app.h2c, headers.get(header::HOST))?;
+    let uri = upstream_uri(parts.uri, app.h2c, &headers)?;
     let version = if app.h2c {
         Version::HTTP_2
     } else {
@@ -255,7 +261,7 @@ async fn forward(
 
 /// The request target for the instance: origin-form (`/path?query`) for HTTP/1.1, absolute
 /// (`http://host/path`) for h2c, whose `:authority` and `:scheme` come from it.
-fn upstream_uri(uri: Uri, h2c: bool, host: Option<&HeaderValue>) -> Result<Uri, BoxError> {
+fn upstream_uri(uri: Uri, h2c: bool, headers: &HeaderMap) -> Result<Uri, BoxError> {
     if !h2c && uri.scheme().is_none() && uri.authority().is_none() {
         return Ok(uri);
     }
@@ -266,7 +272,8 @@ fn upstream_uri(uri: Uri, h2c: bool, host: Option<&HeaderValue>) -> Result<Uri, 
     if !h2c {
         return Ok(Uri::from(path));
     }
-    let authority = host
+    let authority = headers
+        .get(header::HOST)
         .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
         .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
     Ok(Uri::builder()
@@ -302,6 +309,34 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Which of the headers that rewriting a request looks at it carries: one pass over its names
+/// (a request has few) instead of a hashed lookup for each.
+#[derive(Debug, Default)]
+struct Present {
+    host: bool,
+    hop_by_hop: bool,
+    x_forwarded_for: bool,
+    forwarded: bool,
+}
+
+impl Present {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut present = Self::default();
+        for name in headers.keys() {
+            if name == header::HOST {
+                present.host = true;
+            } else if name == X_FORWARDED_FOR {
+                present.x_forwarded_for = true;
+            } else if name == header::FORWARDED {
+                present.forwarded = true;
+            } else if is_hop_by_hop(name) {
+                present.hop_by_hop = true;
+            }
+        }
+        present
+    }
+}
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
@@ -387,12 +422,17 @@ fn value(bytes: &[u8]) -> Option<HeaderValue> {
 }
 
 /// Appends the client to `x-forwarded-for` and `forwarded`, sets `x-forwarded-proto`.
-fn add_forwarded(headers: &mut HeaderMap, info: ClientInfo) {
+/// `present`: which of them (and `Host`) the request has.
+fn add_forwarded(headers: &mut HeaderMap, info: ClientInfo, present: &Present) {
     let ip = info.addr.ip();
     let proto: &[u8] = if info.tls { b"https" } else { b"http" };
     // One scratch buffer for both values (they are copied into their headers).
     let mut buf = Vec::with_capacity(256);
-    if let Some(prev) = headers.get(&X_FORWARDED_FOR) {
+    if let Some(prev) = present
+        .x_forwarded_for
+        .then(|| headers.get(&X_FORWARDED_FOR))
+        .flatten()
+    {
         buf.extend_from_slice(prev.as_bytes());
         buf.extend_from_slice(b", ");
     }
@@ -401,7 +441,11 @@ fn add_forwarded(headers: &mut HeaderMap, info: ClientInfo) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     buf.clear();
-    if let Some(prev) = headers.get(header::FORWARDED) {
+    if let Some(prev) = present
+        .forwarded
+        .then(|| headers.get(header::FORWARDED))
+        .flatten()
+    {
         buf.extend_from_slice(prev.as_bytes());
         buf.extend_from_slice(b", ");
     }
@@ -466,12 +510,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert(header::HOST, HeaderValue::from_static("hello.localhost"));
+        let present = Present::of(&h);
         add_forwarded(
             &mut h,
             ClientInfo {
                 addr: "[::1]:5000".parse().unwrap(),
                 tls: false,
             },
+            &present,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -501,8 +547,12 @@ mod tests {
     /// Every request allocates its forward future and copies it into place: it stays small
     /// (it was 3.9 KiB before the request was prepared outside it and hyper's send paths were
     /// boxed; 1.8 KiB after).
-    #[tokio::test]
-    async fn the_forward_future_stays_small() {
+    /// An engine over the fake backend with app `a` deployed.
+    async fn engine_with_app() -> (
+        crate::Engine,
+        Arc<dyn serverless_core::ContainerBackend>,
+        Arc<crate::engine::App>,
+    ) {
         let backend: Arc<dyn serverless_core::ContainerBackend> =
             Arc::new(serverless_core::fake::FakeBackend::new());
         let config = serverless_core::Config::from_toml(
@@ -512,6 +562,109 @@ mod tests {
         let engine = crate::Engine::new(backend.clone(), config.limits, config.server.clone());
         engine.deploy(config.apps[0].clone()).await.unwrap();
         let app = engine.route("a.localhost").unwrap();
+        (engine, backend, app)
+    }
+
+    #[tokio::test]
+    async fn prepare_rewrites_headers_for_the_instance() {
+        let (engine, _backend, app) = engine_with_app().await;
+        let client = ClientInfo {
+            addr: "192.0.2.7:4000".parse().unwrap(),
+            tls: false,
+        };
+        let request = |uri: &str, headers: &[(&str, &str)]| {
+            let mut req = Request::new(empty());
+            *req.uri_mut() = uri.parse().unwrap();
+            for (name, value) in headers {
+                req.headers_mut().append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            req.extensions_mut().insert(client);
+            req
+        };
+        let names = |headers: &HeaderMap| {
+            let mut names: Vec<String> = headers.keys().map(|n| n.to_string()).collect();
+            names.sort();
+            names
+        };
+
+        // Hop-by-hop headers go, earlier hops are appended to, the rest stays.
+        let mut req = request(
+            "/p?q=1",
+            &[
+                ("host", "a.localhost"),
+                ("connection", "keep-alive, x-hop"),
+                ("x-hop", "1"),
+                ("X-Forwarded-For", "10.0.0.1"),
+                ("forwarded", "for=10.0.0.1"),
+                ("x-kept", "yes"),
+            ],
+        );
+        req.extensions_mut()
+            .insert(app.pool.acquire().await.unwrap());
+        let prepared = prepare(&app.spec, req).unwrap();
+        let h = prepared.req.headers();
+        assert_eq!(
+            names(h),
+            [
+                "forwarded",
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-kept"
+            ]
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=10.0.0.1, for=192.0.2.7;proto=http;host=\"a.localhost\""
+        );
+        assert_eq!(prepared.req.uri(), "/p?q=1");
+        assert!(prepared.may_resend && prepared.client_upgrade.is_none());
+        assert!(crate::h1::fits(&prepared.req));
+        drop(prepared);
+
+        // Without `Host` (an HTTP/2 client), the authority becomes it; the target is origin-form.
+        let mut req = request("http://a.localhost:8080/x", &[]);
+        req.extensions_mut()
+            .insert(app.pool.acquire().await.unwrap());
+        let prepared = prepare(&app.spec, req).unwrap();
+        let h = prepared.req.headers();
+        assert_eq!(h[header::HOST], "a.localhost:8080");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=192.0.2.7;proto=http;host=\"a.localhost:8080\""
+        );
+        assert_eq!(prepared.req.uri(), "/x");
+        drop(prepared);
+
+        // An upgrade keeps its two headers, and the lean client does not take it.
+        let mut req = request(
+            "/ws",
+            &[
+                ("host", "a.localhost"),
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+            ],
+        );
+        req.extensions_mut()
+            .insert(app.pool.acquire().await.unwrap());
+        let prepared = prepare(&app.spec, req).unwrap();
+        let h = prepared.req.headers();
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert!(prepared.client_upgrade.is_some());
+        assert!(!crate::h1::fits(&prepared.req));
+        drop(prepared);
+        engine.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_forward_future_stays_small() {
+        let (engine, backend, app) = engine_with_app().await;
         let mut req = Request::new(empty());
         req.extensions_mut()
             .insert(app.pool.acquire().await.unwrap());

@@ -34,9 +34,10 @@ fn invalid(what: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Err
 
 /// Whether the lean client can send this request: HTTP/1 semantics, no body, no upgrade.
 pub(crate) fn fits<B: http_body::Body>(req: &Request<B>) -> bool {
+    // A scan, not a hashed lookup: a forwarded request has a handful of headers.
     req.body().is_end_stream()
         && req.method() != Method::CONNECT
-        && !req.headers().contains_key(http::header::UPGRADE)
+        && !req.headers().keys().any(|n| n == http::header::UPGRADE)
 }
 
 /// One kept connection to an instance and the bytes read from it but not yet used.
@@ -47,6 +48,10 @@ pub(crate) struct Conn {
     spans: Vec<[usize; 4]>,
     /// Scratch: the request head being written.
     head: Vec<u8>,
+    /// The header names of the last response as spelled, by position: an instance sends the
+    /// same ones in the same order, so most are matched here (byte for byte) instead of parsed
+    /// (and, when not a standard name, allocated).
+    names: Vec<(Vec<u8>, HeaderName)>,
 }
 
 /// How the rest of a response's body is delimited.
@@ -81,6 +86,7 @@ impl Conn {
             buf: BytesMut::new(),
             spans: Vec::new(),
             head: Vec::new(),
+            names: Vec::new(),
         }
     }
 
@@ -121,7 +127,7 @@ impl Conn {
             let parsed = if self.buf.is_empty() {
                 None
             } else {
-                parse_response(&mut self.buf, &mut self.spans, method)?
+                parse_response(&mut self.buf, &mut self.spans, &mut self.names, method)?
             };
             if let Some((res, framing, keep_alive)) = parsed {
                 let reader = Reader {
@@ -189,6 +195,7 @@ fn encode_request<B>(req: &Request<B>, out: &mut Vec<u8>) {
 fn parse_response(
     buf: &mut BytesMut,
     spans: &mut Vec<[usize; 4]>,
+    names: &mut Vec<(Vec<u8>, HeaderName)>,
     method: &Method,
 ) -> io::Result<Option<(Response<()>, Framing, bool)>> {
     loop {
@@ -235,9 +242,9 @@ fn parse_response(
         let mut length: Option<u64> = None;
         let mut chunked = None;
         let mut close = version == Version::HTTP_10;
-        for &[n0, n1, v0, v1] in spans.iter() {
+        for (i, &[n0, n1, v0, v1]) in spans.iter().enumerate() {
             let raw = &head[v0..v1];
-            let name = HeaderName::from_bytes(&head[n0..n1]).map_err(invalid)?;
+            let name = known_name(names, i, &head[n0..n1])?;
             let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(invalid)?;
             if name == http::header::CONTENT_LENGTH {
                 // 1*DIGIT: no sign, no spaces inside, no list (what `parse` alone would allow
@@ -292,6 +299,29 @@ fn parse_response(
         *res.headers_mut() = headers;
         return Ok(Some((res, framing, keep_alive)));
     }
+}
+
+/// The header name spelled `raw`, taken from `names[i]` when the last response had that
+/// spelling there, else parsed and kept there for the next response.
+fn known_name(
+    names: &mut Vec<(Vec<u8>, HeaderName)>,
+    i: usize,
+    raw: &[u8],
+) -> io::Result<HeaderName> {
+    if let Some((spelled, name)) = names.get(i) {
+        if spelled.as_slice() == raw {
+            return Ok(name.clone());
+        }
+    }
+    let name = HeaderName::from_bytes(raw).map_err(invalid)?;
+    if let Some((spelled, known)) = names.get_mut(i) {
+        spelled.clear();
+        spelled.extend_from_slice(raw);
+        *known = name.clone();
+    } else if i == names.len() {
+        names.push((raw.to_vec(), name.clone()));
+    }
+    Ok(name)
 }
 
 /// What reading a response body produced.
@@ -539,6 +569,51 @@ mod tests {
             reusable,
             "a complete HTTP/1.1 response keeps its connection"
         );
+    }
+
+    #[tokio::test]
+    async fn header_names_remembered_from_the_last_response_are_checked_not_trusted() {
+        // The same connection answers three times; the names differ by position, case, length
+        // and count, so a name taken from the previous response would show up wrong here.
+        let (mut conn, mut theirs) = pair();
+        let answers: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nx-a: 1\r\nContent-Length: 1\r\nx-long-name: 2\r\n\r\na",
+            b"HTTP/1.1 200 OK\r\nX-A: 3\r\ncontent-length: 1\r\nx-b: 4\r\nx-c: 5\r\n\r\nb",
+            b"HTTP/1.1 200 OK\r\nx-b: 6\r\ncontent-length: 1\r\n\r\nc",
+        ];
+        let expected: [&[(&str, &str)]; 3] = [
+            &[("x-a", "1"), ("content-length", "1"), ("x-long-name", "2")],
+            &[
+                ("x-a", "3"),
+                ("content-length", "1"),
+                ("x-b", "4"),
+                ("x-c", "5"),
+            ],
+            &[("x-b", "6"), ("content-length", "1")],
+        ];
+        for (answer, expected) in answers.into_iter().zip(expected) {
+            conn.write_request(&get("/")).await.expect("write");
+            let mut head = vec![0u8; 256];
+            let _ = theirs.read(&mut head).await.expect("read");
+            theirs.write_all(answer).await.expect("answer");
+            let (res, mut reader) = conn
+                .read_response(&Method::GET)
+                .await
+                .expect("head")
+                .expect("an answer");
+            let got: Vec<(&str, &str)> = res
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.to_str().expect("ascii")))
+                .collect();
+            assert_eq!(got, expected);
+            conn = loop {
+                match poll_fn(|cx| reader.poll_read(cx)).await.expect("body") {
+                    Read::Frame(_) => {}
+                    Read::End(kept) => break kept.expect("the connection is kept"),
+                }
+            };
+        }
     }
 
     #[tokio::test]
