@@ -421,32 +421,94 @@ fn value(bytes: &[u8]) -> Option<HeaderValue> {
     HeaderValue::from_bytes(bytes).ok()
 }
 
+/// The `x-forwarded-for` and `forwarded` values built for the last request without earlier
+/// hops, and what they were built from.
+struct Built {
+    ip: IpAddr,
+    tls: bool,
+    host: Option<Vec<u8>>,
+    values: (Option<HeaderValue>, Option<HeaderValue>),
+}
+
+thread_local! {
+    /// Consecutive requests mostly come from one client for one host (a keep-alive
+    /// connection): they share their forwarding values instead of formatting and allocating
+    /// their own.
+    static LAST_BUILT: std::cell::RefCell<Option<Built>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Appends the client to `x-forwarded-for` and `forwarded`, sets `x-forwarded-proto`.
 /// `present`: which of them (and `Host`) the request has.
 fn add_forwarded(headers: &mut HeaderMap, info: ClientInfo, present: &Present) {
     let ip = info.addr.ip();
-    let proto: &[u8] = if info.tls { b"https" } else { b"http" };
+    // Only a host that fits in a quoted string without escapes is passed on in `forwarded`.
+    let host = headers
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .filter(|h| {
+            h.iter()
+                .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        });
+    let prev = |present: bool, name: HeaderName| {
+        present
+            .then(|| headers.get(name))
+            .flatten()
+            .map(HeaderValue::as_bytes)
+    };
+    let prev_xff = prev(present.x_forwarded_for, X_FORWARDED_FOR);
+    let prev_forwarded = prev(present.forwarded, header::FORWARDED);
+    let (xff, forwarded) = if prev_xff.is_none() && prev_forwarded.is_none() {
+        LAST_BUILT.with_borrow_mut(|last| match last {
+            Some(built)
+                if built.ip == ip && built.tls == info.tls && built.host.as_deref() == host =>
+            {
+                built.values.clone()
+            }
+            _ => {
+                let values = forwarding_values(None, None, ip, info.tls, host);
+                *last = Some(Built {
+                    ip,
+                    tls: info.tls,
+                    host: host.map(<[u8]>::to_vec),
+                    values: values.clone(),
+                });
+                values
+            }
+        })
+    } else {
+        forwarding_values(prev_xff, prev_forwarded, ip, info.tls, host)
+    };
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if let Some(v) = forwarded {
+        headers.insert(header::FORWARDED, v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if info.tls { "https" } else { "http" }),
+    );
+}
+
+/// The `x-forwarded-for` and `forwarded` values: the earlier hops', if any, then this one's.
+fn forwarding_values(
+    prev_xff: Option<&[u8]>,
+    prev_forwarded: Option<&[u8]>,
+    ip: IpAddr,
+    tls: bool,
+    host: Option<&[u8]>,
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
     // One scratch buffer for both values (they are copied into their headers).
     let mut buf = Vec::with_capacity(256);
-    if let Some(prev) = present
-        .x_forwarded_for
-        .then(|| headers.get(&X_FORWARDED_FOR))
-        .flatten()
-    {
-        buf.extend_from_slice(prev.as_bytes());
+    if let Some(prev) = prev_xff {
+        buf.extend_from_slice(prev);
         buf.extend_from_slice(b", ");
     }
     push_ip(&mut buf, ip);
-    if let Some(v) = value(&buf) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    let xff = value(&buf);
     buf.clear();
-    if let Some(prev) = present
-        .forwarded
-        .then(|| headers.get(header::FORWARDED))
-        .flatten()
-    {
-        buf.extend_from_slice(prev.as_bytes());
+    if let Some(prev) = prev_forwarded {
+        buf.extend_from_slice(prev);
         buf.extend_from_slice(b", ");
     }
     buf.extend_from_slice(b"for=");
@@ -458,26 +520,13 @@ fn add_forwarded(headers: &mut HeaderMap, info: ClientInfo, present: &Present) {
         push_ip(&mut buf, ip);
     }
     buf.extend_from_slice(b";proto=");
-    buf.extend_from_slice(proto);
-    if let Some(host) = headers
-        .get(header::HOST)
-        .map(HeaderValue::as_bytes)
-        .filter(|h| {
-            h.iter()
-                .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        })
-    {
+    buf.extend_from_slice(if tls { b"https" } else { b"http" });
+    if let Some(host) = host {
         buf.extend_from_slice(b";host=\"");
         buf.extend_from_slice(host);
         buf.push(b'"');
     }
-    if let Some(v) = value(&buf) {
-        headers.insert(header::FORWARDED, v);
-    }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if info.tls { "https" } else { "http" }),
-    );
+    (xff, value(&buf))
 }
 
 #[cfg(test)]
@@ -525,6 +574,49 @@ mod tests {
             h[header::FORWARDED],
             "for=\"[::1]\";proto=http;host=\"hello.localhost\""
         );
+    }
+
+    #[test]
+    fn forwarding_values_reused_only_for_the_same_client_and_host() {
+        // Each row follows the one before it, so a value kept from the last request would
+        // show up wrong in the next.
+        let rows = [
+            ("192.0.2.1:1000", false, Some("a.localhost")),
+            ("192.0.2.1:1001", false, Some("a.localhost")),
+            ("192.0.2.2:1000", false, Some("a.localhost")),
+            ("192.0.2.2:1000", true, Some("a.localhost")),
+            ("192.0.2.2:1000", true, Some("b.localhost")),
+            ("192.0.2.2:1000", true, None),
+            ("[2001:db8::1]:1000", true, None),
+            ("192.0.2.1:1000", false, Some("a.localhost")),
+        ];
+        for (addr, tls, host) in rows {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut h = HeaderMap::new();
+            if let Some(host) = host {
+                h.insert(header::HOST, HeaderValue::from_static(host));
+            }
+            let present = Present::of(&h);
+            add_forwarded(&mut h, ClientInfo { addr, tls }, &present);
+            let ip = addr.ip();
+            let proto = if tls { "https" } else { "http" };
+            let node = if ip.is_ipv6() {
+                format!("\"[{ip}]\"")
+            } else {
+                ip.to_string()
+            };
+            let host = host.map_or(String::new(), |h| format!(";host=\"{h}\""));
+            assert_eq!(
+                h["x-forwarded-for"],
+                ip.to_string().as_str(),
+                "{addr} {tls}"
+            );
+            assert_eq!(h["x-forwarded-proto"], proto);
+            assert_eq!(
+                h[header::FORWARDED],
+                format!("for={node};proto={proto}{host}").as_str()
+            );
+        }
     }
 
     #[test]
