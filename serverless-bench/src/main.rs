@@ -4,6 +4,7 @@
 //! ```text
 //! serverless-bench cold    OUT_DIR                 # cold start vs ctr run / podman run
 //! serverless-bench warm    OUT_DIR HELLO_BIN       # proxy overhead vs nginx / haproxy
+//! serverless-bench instr   OUT_DIR HELLO_BIN       # instructions per request vs nginx (callgrind)
 //! serverless-bench step    OUT_DIR HELLO_BIN       # 0 → 50 clients
 //! serverless-bench idle    OUT_DIR HELLO_BIN       # idle stop precision, recycle under load
 //! serverless-bench memory  OUT_DIR SERVERLESS_BIN  # gateway RSS
@@ -18,6 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cold;
 mod idle;
+mod instr;
 mod lab;
 mod loadgen;
 mod memory;
@@ -30,7 +32,7 @@ use std::path::PathBuf;
 
 use util::Res;
 
-const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT";
+const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | instr OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT";
 
 fn main() {
     if let Err(e) = run() {
@@ -64,6 +66,7 @@ fn run() -> Res<()> {
         match cmd {
             "cold" => cold::run(&out).await,
             "warm" => warm::run(&out, &arg(&args, 3)?).await,
+            "instr" => instr::run(&out, &arg(&args, 3)?).await,
             "step" => step::run(&out, &arg(&args, 3)?).await,
             "idle" => idle::run(&out, &arg(&args, 3)?).await,
             "memory" => memory::run(&out, &arg(&args, 3)?).await,

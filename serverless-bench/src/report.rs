@@ -100,6 +100,9 @@ pub(crate) fn run(out: &Path, docs: &Path) -> Res<()> {
     } else {
         md.push_str("## 2. Warm proxy overhead\n\nNot run.\n\n");
     }
+    if let Some(i) = load(out, "instr") {
+        instr_section(&mut md, &i);
+    }
     if let Some(s) = load(out, "step") {
         step_section(&mut md, &s, &img_dir)?;
     } else {
@@ -627,6 +630,37 @@ fn memory_section(md: &mut String, m: &Value) {
         (f(&m["conns_rss_mb"]) - f(&m["idle_rss_mb"])) * 1024.0 / f(&m["connections"]).max(1.0),
         m["apps"], f(&m["startup_s"]), m["connections_failed"], noise_line(m),
     );
+}
+
+/// Instructions per request by callgrind (scenario `instr`): counted, so steady across runs.
+fn instr_section(md: &mut String, v: &Value) {
+    md.push_str("### Instructions per proxied request\n\n");
+    if let Some(why) = v["skipped"].as_str() {
+        let _ = writeln!(md, "Not measured: {why}.\n");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Counted by callgrind (valgrind), user space, each proxy alone on CPU 1 with the same upstream, {} s of closed-loop load over {} connections after a warm-up: instructions in that window over the requests answered in it. Unlike the throughput runs above, this does not move with the machine's load (runs under valgrind are slow; only the count is used), so it is the figure to compare changes to the request path by. System calls are not counted (the same four per request for each: read the request, write it upstream, read the answer, write it back).\n",
+        v["secs"], v["connections"]
+    );
+    md.push_str("| proxy | instructions per request | gateway's over it | requests counted |\n|---|---|---|---|\n");
+    let per = |name: &str| f(&v["results"][name]["per_request"]);
+    for name in ["serverless", "nginx", "nginx-fwd"] {
+        let ratio = per("serverless") / per(name);
+        let _ = writeln!(
+            md,
+            "| {name} | {:.0} | {} | {} |",
+            per(name),
+            if name == "serverless" {
+                "—".to_owned()
+            } else {
+                format!("{ratio:.2}×")
+            },
+            v["results"][name]["requests"]
+        );
+    }
+    md.push('\n');
 }
 
 /// The goals, measured value, met or not.

@@ -19,14 +19,14 @@ use crate::util::{
     env_num, free_port, headline, noise, summary, wait_http, write_json, Context, Res,
 };
 
-const HOST: &str = "hello.localhost";
+pub(crate) const HOST: &str = "hello.localhost";
 
 /// Child processes, stopped with SIGTERM (then SIGKILL) when dropped.
 #[derive(Default)]
-struct Procs(Vec<(String, Child)>);
+pub(crate) struct Procs(Vec<(String, Child)>);
 
 impl Procs {
-    fn spawn(&mut self, name: &str, cmd: &mut Command) -> Res<()> {
+    pub(crate) fn spawn(&mut self, name: &str, cmd: &mut Command) -> Res<()> {
         let child = cmd
             .stdout(Stdio::null())
             .spawn()
@@ -35,11 +35,11 @@ impl Procs {
         Ok(())
     }
 
-    fn pid(&self, name: &str) -> Option<u32> {
+    pub(crate) fn pid(&self, name: &str) -> Option<u32> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, c)| c.id())
     }
 
-    fn check(&mut self) -> Res<()> {
+    pub(crate) fn check(&mut self) -> Res<()> {
         for (name, child) in &mut self.0 {
             if let Some(status) = child.try_wait()? {
                 return Err(format!("{name} exited early: {status}").into());
@@ -73,7 +73,7 @@ impl Drop for Procs {
     }
 }
 
-fn pinned(cpu: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(crate) fn pinned(cpu: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new("taskset");
     c.args(["-c", cpu]).arg(program);
     c
@@ -108,7 +108,7 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
     )?;
     let ng = free_port()?;
     let ng_fwd = free_port()?;
-    let nginx_conf = nginx_config(dir.path(), ng, ng_fwd, up)?;
+    let nginx_conf = nginx_config(dir.path(), ng, ng_fwd, up, false)?;
     procs.spawn(
         "nginx",
         pinned("1", "nginx")
@@ -342,8 +342,15 @@ fn percentile_curve(o: &Outcome) -> Vec<(f64, f64)> {
 
 /// nginx with two servers: the plain `proxy_pass` on `port`, and on `port_fwd` the same plus
 /// the forwarding headers the gateway adds to every request (`x-forwarded-for`,
-/// `x-forwarded-proto`, `forwarded`).
-fn nginx_config(dir: &Path, port: u16, port_fwd: u16, upstream: u16) -> Res<PathBuf> {
+/// `x-forwarded-proto`, `forwarded`). `single`: no master process (the one process serves, as
+/// valgrind needs it).
+pub(crate) fn nginx_config(
+    dir: &Path,
+    port: u16,
+    port_fwd: u16,
+    upstream: u16,
+    single: bool,
+) -> Res<PathBuf> {
     let d = dir.display();
     let server = |port: u16, extra: &str| {
         format!(
@@ -367,9 +374,10 @@ fn nginx_config(dir: &Path, port: u16, port_fwd: u16, upstream: u16) -> Res<Path
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$host\"";"#,
     );
+    let master = if single { "master_process off;\n" } else { "" };
     let conf = format!(
         r#"daemon off;
-worker_processes 1;
+{master}worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log;
 events {{ worker_connections 4096; }}
@@ -459,7 +467,7 @@ mod tests {
     #[test]
     fn nginx_config_has_the_plain_and_the_forwarding_server() {
         let dir = tempfile::tempdir().unwrap();
-        let conf = super::nginx_config(dir.path(), 18001, 18002, 18003).unwrap();
+        let conf = super::nginx_config(dir.path(), 18001, 18002, 18003, false).unwrap();
         let text = std::fs::read_to_string(&conf).unwrap();
         let servers: Vec<&str> = text.split("    server {").skip(1).collect();
         assert_eq!(servers.len(), 2, "{text}");
@@ -470,6 +478,11 @@ mod tests {
         for header in ["X-Forwarded-For", "X-Forwarded-Proto", "Forwarded \"for="] {
             assert!(servers[1].contains(header), "{header}: {text}");
         }
+        assert!(!text.contains("master_process"));
+        // The single-process variant (for valgrind) differs only by that.
+        let single = super::nginx_config(dir.path(), 18001, 18002, 18003, true).unwrap();
+        let single = std::fs::read_to_string(&single).unwrap();
+        assert_eq!(single.replace("master_process off;\n", ""), text);
         // nginx's own syntax check, where nginx is installed (scripts/bench installs it).
         if let Ok(out) = std::process::Command::new("nginx")
             .arg("-t")
