@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::loadgen::max_throughput;
-use crate::util::{env_num, free_port, headline, wait_http, write_json, Context, Res};
-use crate::warm::{nginx_config, pinned, Procs, HOST};
+use crate::util::{env_num, headline, wait_http, write_json, Context, Res};
+use crate::warm::{pinned, Lab, HOST};
 
 /// Connections of the measured load (as many requests in flight as the proxy gets to batch).
 const CONNS: usize = 16;
@@ -38,39 +38,20 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
         .prefix("serverless-bench-instr-")
         .tempdir()
         .context("create a temp dir")?;
-    let mut procs = Procs::default();
-    let up = free_port()?;
-    procs.spawn(
-        "serverless-hello",
-        pinned("1", hello_bin).args(["--port", &up.to_string()]),
-    )?;
-    let self_exe = std::env::current_exe().context("find the bench binary")?;
-    let gw = free_port()?;
-    let gw_out = dir.path().join("gateway.callgrind");
-    procs.spawn(
-        "gateway",
-        callgrind(&gw_out)
-            .arg(&self_exe)
-            .args([
-                "gateway-native",
-                &format!("127.0.0.1:{gw}"),
-                &up.to_string(),
-            ])
-            .stderr(Stdio::null()),
-    )?;
-    let (ng, ng_fwd) = (free_port()?, free_port()?);
-    let nginx_conf = nginx_config(dir.path(), ng, ng_fwd, up, true)?;
-    let ng_out = dir.path().join("nginx.callgrind");
-    procs.spawn(
-        "nginx",
-        callgrind(&ng_out)
-            .arg("nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&nginx_conf)
-            .stderr(Stdio::null()),
-    )?;
+    let out_of = |name: &str| dir.path().join(format!("{name}.callgrind"));
+    let Lab {
+        mut procs,
+        gateway: gw,
+        nginx: ng,
+        nginx_fwd: ng_fwd,
+        ..
+    } = Lab::start(dir.path(), hello_bin, true, &|name, program| {
+        let mut c = callgrind(&out_of(name));
+        // valgrind's own messages.
+        c.arg(program).stderr(Stdio::null());
+        c
+    })?;
+    let (gw_out, ng_out) = (out_of("gateway"), out_of("nginx"));
     let targets: [(&str, &str, SocketAddr, &Path); 3] = [
         (
             "serverless",

@@ -73,6 +73,63 @@ impl Drop for Procs {
     }
 }
 
+/// The upstream and the two proxies every warm measurement has: the native
+/// `serverless-hello`, the gateway over it, and nginx with its plain and forwarding servers.
+pub(crate) struct Lab {
+    pub(crate) procs: Procs,
+    pub(crate) upstream: u16,
+    pub(crate) gateway: u16,
+    pub(crate) nginx: u16,
+    pub(crate) nginx_fwd: u16,
+}
+
+impl Lab {
+    /// Starts them, the upstream pinned to CPU 1 and each proxy (`gateway`, `nginx`) with the
+    /// command `launch(name, program)` gives (pinned, or under valgrind); nginx without a master
+    /// process when `single_nginx`.
+    pub(crate) fn start(
+        dir: &Path,
+        hello_bin: &Path,
+        single_nginx: bool,
+        launch: &dyn Fn(&str, &std::ffi::OsStr) -> Command,
+    ) -> Res<Self> {
+        let mut procs = Procs::default();
+        let upstream = free_port()?;
+        procs.spawn(
+            "serverless-hello",
+            pinned("1", hello_bin).args(["--port", &upstream.to_string()]),
+        )?;
+        let self_exe = std::env::current_exe().context("find the bench binary")?;
+        let gateway = free_port()?;
+        procs.spawn(
+            "gateway",
+            launch("gateway", self_exe.as_os_str()).args([
+                "gateway-native",
+                &format!("127.0.0.1:{gateway}"),
+                &upstream.to_string(),
+            ]),
+        )?;
+        let (nginx, nginx_fwd) = (free_port()?, free_port()?);
+        let conf = nginx_config(dir, nginx, nginx_fwd, upstream, single_nginx)?;
+        procs.spawn(
+            "nginx",
+            launch("nginx", "nginx".as_ref())
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(&conf)
+                .stderr(Stdio::null()),
+        )?;
+        Ok(Self {
+            procs,
+            upstream,
+            gateway,
+            nginx,
+            nginx_fwd,
+        })
+    }
+}
+
 pub(crate) fn pinned(cpu: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new("taskset");
     c.args(["-c", cpu]).arg(program);
@@ -90,34 +147,15 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
         .prefix("serverless-bench-warm-")
         .tempdir()
         .context("create a temp dir")?;
-    let mut procs = Procs::default();
-    let up = free_port()?;
-    procs.spawn(
-        "serverless-hello",
-        pinned("1", hello_bin).args(["--port", &up.to_string()]),
-    )?;
-    let self_exe = std::env::current_exe().context("find the bench binary")?;
-    let gw = free_port()?;
-    procs.spawn(
-        "gateway",
-        pinned("1", &self_exe).args([
-            "gateway-native",
-            &format!("127.0.0.1:{gw}"),
-            &up.to_string(),
-        ]),
-    )?;
-    let ng = free_port()?;
-    let ng_fwd = free_port()?;
-    let nginx_conf = nginx_config(dir.path(), ng, ng_fwd, up, false)?;
-    procs.spawn(
-        "nginx",
-        pinned("1", "nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&nginx_conf)
-            .stderr(Stdio::null()),
-    )?;
+    let Lab {
+        mut procs,
+        upstream: up,
+        gateway: gw,
+        nginx: ng,
+        nginx_fwd: ng_fwd,
+    } = Lab::start(dir.path(), hello_bin, false, &|_, program| {
+        pinned("1", program)
+    })?;
     let hp = free_port()?;
     let haproxy_conf = haproxy_config(dir.path(), hp, up)?;
     procs.spawn(

@@ -657,25 +657,33 @@ mod tests {
         (engine, backend, app)
     }
 
+    /// `prepare` on a GET for `uri` with `headers` from client 192.0.2.7 over plain HTTP,
+    /// holding a slot of `app`.
+    async fn prepare_get(
+        app: &crate::engine::App,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> Prepared {
+        let mut req = Request::new(empty());
+        *req.uri_mut() = uri.parse().unwrap();
+        for (name, value) in headers {
+            req.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        req.extensions_mut().insert(ClientInfo {
+            addr: "192.0.2.7:4000".parse().unwrap(),
+            tls: false,
+        });
+        req.extensions_mut()
+            .insert(app.pool.acquire().await.unwrap());
+        prepare(&app.spec, req).unwrap()
+    }
+
     #[tokio::test]
     async fn prepare_rewrites_headers_for_the_instance() {
         let (engine, _backend, app) = engine_with_app().await;
-        let client = ClientInfo {
-            addr: "192.0.2.7:4000".parse().unwrap(),
-            tls: false,
-        };
-        let request = |uri: &str, headers: &[(&str, &str)]| {
-            let mut req = Request::new(empty());
-            *req.uri_mut() = uri.parse().unwrap();
-            for (name, value) in headers {
-                req.headers_mut().append(
-                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    HeaderValue::from_str(value).unwrap(),
-                );
-            }
-            req.extensions_mut().insert(client);
-            req
-        };
         let names = |headers: &HeaderMap| {
             let mut names: Vec<String> = headers.keys().map(|n| n.to_string()).collect();
             names.sort();
@@ -683,7 +691,8 @@ mod tests {
         };
 
         // Hop-by-hop headers go, earlier hops are appended to, the rest stays.
-        let mut req = request(
+        let prepared = prepare_get(
+            &app,
             "/p?q=1",
             &[
                 ("host", "a.localhost"),
@@ -693,10 +702,8 @@ mod tests {
                 ("forwarded", "for=10.0.0.1"),
                 ("x-kept", "yes"),
             ],
-        );
-        req.extensions_mut()
-            .insert(app.pool.acquire().await.unwrap());
-        let prepared = prepare(&app.spec, req).unwrap();
+        )
+        .await;
         let h = prepared.req.headers();
         assert_eq!(
             names(h),
@@ -719,10 +726,7 @@ mod tests {
         drop(prepared);
 
         // Without `Host` (an HTTP/2 client), the authority becomes it; the target is origin-form.
-        let mut req = request("http://a.localhost:8080/x", &[]);
-        req.extensions_mut()
-            .insert(app.pool.acquire().await.unwrap());
-        let prepared = prepare(&app.spec, req).unwrap();
+        let prepared = prepare_get(&app, "http://a.localhost:8080/x", &[]).await;
         let h = prepared.req.headers();
         assert_eq!(h[header::HOST], "a.localhost:8080");
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
@@ -734,17 +738,16 @@ mod tests {
         drop(prepared);
 
         // An upgrade keeps its two headers, and the lean client does not take it.
-        let mut req = request(
+        let prepared = prepare_get(
+            &app,
             "/ws",
             &[
                 ("host", "a.localhost"),
                 ("connection", "Upgrade"),
                 ("upgrade", "websocket"),
             ],
-        );
-        req.extensions_mut()
-            .insert(app.pool.acquire().await.unwrap());
-        let prepared = prepare(&app.spec, req).unwrap();
+        )
+        .await;
         let h = prepared.req.headers();
         assert_eq!(h[header::CONNECTION], "upgrade");
         assert_eq!(h[header::UPGRADE], "websocket");
