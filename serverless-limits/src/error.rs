@@ -4,7 +4,29 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-/// Why a request could not get a slot on an instance.
+/// Which limit made an app [overloaded](PoolError::Overloaded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Overload {
+    /// Every instance is at `max_concurrent_requests` and the caller would not wait.
+    InstancesFull,
+    /// `max_queued_requests` requests are already waiting.
+    QueueFull,
+    /// The host-wide `max_instances` is reached and the app has no instance.
+    HostMaxInstances,
+}
+
+impl std::fmt::Display for Overload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::InstancesFull => "every instance is at max_concurrent_requests",
+            Self::QueueFull => "the request queue is full",
+            Self::HostMaxInstances => "the host's max_instances is reached",
+        })
+    }
+}
+
+/// Why a request could not get a place on an instance.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
@@ -14,9 +36,9 @@ pub enum PoolError {
         /// The app.
         app: String,
         /// Which limit was hit.
-        reason: &'static str,
+        reason: Overload,
     },
-    /// The request waited `waited` without getting a slot: answer `504`.
+    /// The request waited `waited` without getting a place: answer `504`.
     #[error("app {app} had no free instance within {}", humantime::format_duration(*waited))]
     Elapsed {
         /// The app.

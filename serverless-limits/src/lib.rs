@@ -59,13 +59,13 @@ pub mod pool;
 pub use body::GuardedBody;
 pub use buffer::{ColdStartBuffer, ColdStartBufferLayer};
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
-pub use error::{GlobalOverloaded, PoolError};
+pub use error::{GlobalOverloaded, Overload, PoolError};
 pub use global::{GlobalLimit, GlobalLimitLayer};
 pub use guard_future::GuardFuture;
 pub use idle::{IdleHandle, IdleTracking, IdleTrackingLayer};
 pub use pool::{
     InstanceBudget, InstanceSnapshot, InstanceState, Lease, Pool, PoolBuilder, PoolObserver,
-    PoolSnapshot,
+    PoolSnapshot, StopReason,
 };
 
 /// The error type the layers return: a [`PoolError`], a [`GlobalOverloaded`] or the inner

@@ -20,6 +20,7 @@ use tokio::time::{sleep, Instant, Sleep};
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
 
 use super::*;
+use crate::Overload;
 use crate::{ColdStartBufferLayer, ConcurrencyLimitLayer, GlobalLimitLayer};
 
 fn app(name: &str, f: impl FnOnce(&mut AppSpec)) -> AppSpec {
@@ -174,7 +175,7 @@ async fn full_queue_rejects_the_next_request_at_once() {
     let err = call(svc.clone()).await.unwrap_err();
     assert_eq!(before.elapsed(), Duration::ZERO, "overflow must not wait");
     assert!(
-        matches!(pool_error(&err), PoolError::Overloaded { reason, .. } if reason.contains("queue is full")),
+        matches!(pool_error(&err), PoolError::Overloaded { reason: Overload::QueueFull, .. }),
         "{err}"
     );
     assert_eq!(
@@ -258,13 +259,13 @@ async fn idle_stop_racing_new_requests_never_fails() {
 
 #[derive(Default)]
 struct Recorder {
-    stopped: Mutex<Vec<(InstanceId, &'static str, Instant)>>,
+    stopped: Mutex<Vec<(InstanceId, StopReason, Instant)>>,
     cold: Mutex<Vec<Duration>>,
     removed: Mutex<Vec<InstanceId>>,
 }
 
 impl PoolObserver for Recorder {
-    fn stopped(&self, _app: &str, id: &InstanceId, reason: &'static str) {
+    fn stopped(&self, _app: &str, id: &InstanceId, reason: StopReason) {
         self.stopped
             .lock()
             .unwrap()
@@ -353,7 +354,7 @@ async fn recycle_under_continuous_load_loses_nothing() {
     assert_eq!(failed, 0);
     assert!(ok > 100, "{ok}");
     let stopped = recorder.stopped.lock().unwrap().clone();
-    let recycled: Vec<_> = stopped.iter().filter(|s| s.1 == "recycled").collect();
+    let recycled: Vec<_> = stopped.iter().filter(|s| s.1 == StopReason::Recycled).collect();
     assert!(recycled.len() >= 5, "{stopped:?}");
     let removed = recorder.removed.lock().unwrap().clone();
     for (id, _, _) in &stopped {
@@ -483,7 +484,7 @@ async fn host_instance_budget_is_shared_between_pools() {
         .await
         .unwrap_err();
     assert!(
-        matches!(pool_error(&err), PoolError::Overloaded { reason, .. } if reason.contains("max_instances")),
+        matches!(pool_error(&err), PoolError::Overloaded { reason: Overload::HostMaxInstances, .. }),
         "{err}"
     );
     drop(a_res);

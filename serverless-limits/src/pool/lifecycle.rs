@@ -1,0 +1,235 @@
+//! The life of one instance: start, supervise (idle, recycle, crash), stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serverless_core::{BackendError, Exit, InstanceId};
+use tokio::time::Instant;
+
+use super::state::{send_grants, Backoff, Shared};
+use super::{backoff_delay, State, StopReason};
+use crate::error::PoolError;
+
+impl Shared {
+    pub(super) async fn run_instance(self: Arc<Self>, id: InstanceId) {
+        let t0 = Instant::now();
+        // The backend bounds startup itself; this outer bound makes sure nothing hangs.
+        let bound = self.app.limits.startup_timeout + Duration::from_secs(30);
+        let result = match tokio::time::timeout(bound, self.backend.start(&self.app, &id)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::new(
+                serverless_core::ErrorKind::StartTimeout,
+                format!(
+                    "backend did not finish starting within {}",
+                    humantime::format_duration(bound)
+                ),
+            )),
+        };
+        match result {
+            Ok(started) => {
+                let total = t0.elapsed();
+                let (grants, closed) = {
+                    let mut inner = self.lock();
+                    inner.backoff = Backoff {
+                        failures: 0,
+                        until: None,
+                        last: None,
+                    };
+                    let closed = inner.closed;
+                    if let Some(inst) = inner.instances.iter_mut().find(|i| i.id == id) {
+                        inst.state = if closed {
+                            State::Draining
+                        } else {
+                            State::Ready
+                        };
+                        inst.idle_since = Instant::now();
+                    }
+                    (self.dispatch(&mut inner, true), closed)
+                };
+                send_grants(grants);
+                self.observer
+                    .cold_start(&self.app.name, total, &started.phases);
+                tracing::info!(app = %self.app.name, instance = %id, port = started.port,
+                    ms = total.as_millis() as u64, "instance ready");
+                let reason = if closed {
+                    StopReason::Shutdown
+                } else {
+                    self.supervise(&id).await
+                };
+                self.stop_instance(&id, reason).await;
+            }
+            Err(err) => {
+                tracing::warn!(app = %self.app.name, instance = %id, error = %err, "instance failed to start");
+                self.observer.boot_failed(&self.app.name, &err);
+                let failures = {
+                    let mut inner = self.lock();
+                    inner.instances.retain(|i| i.id != id);
+                    if let Some(budget) = &self.budget {
+                        budget.give_back();
+                    }
+                    inner.backoff.failures += 1;
+                    let failures = inner.backoff.failures;
+                    inner.backoff.until = Some(Instant::now() + backoff_delay(failures));
+                    let error = PoolError::BootFailed {
+                        app: self.app.name.clone(),
+                        message: err.to_string(),
+                        exit_code: err.exit().map(|e| e.code),
+                        logs: err.logs().map(last_lines),
+                    };
+                    inner.backoff.last = Some(error.clone());
+                    let others = inner
+                        .instances
+                        .iter()
+                        .any(|i| matches!(i.state, State::Starting | State::Ready));
+                    let failed: Vec<_> = if others {
+                        Vec::new()
+                    } else {
+                        inner.waiters.drain(..).collect()
+                    };
+                    for w in failed {
+                        let _ = w.tx.send(Err(error.clone()));
+                    }
+                    failures
+                };
+                // Try again after the backoff if something still needs an instance.
+                let delay = backoff_delay(failures);
+                let shared = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let mut inner = shared.lock();
+                    shared.scale(&mut inner);
+                });
+            }
+        }
+    }
+
+    /// Watches a ready instance until it should stop; returns why.
+    pub(super) async fn supervise(&self, id: &InstanceId) -> StopReason {
+        let limits = &self.app.limits;
+        let exited = self.backend.wait(id);
+        tokio::pin!(exited);
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let (wake, deadline) = {
+                let mut inner = self.lock();
+                let keep = self.app.scale.min as usize;
+                let active = inner
+                    .instances
+                    .iter()
+                    .filter(|i| matches!(i.state, State::Starting | State::Ready))
+                    .count();
+                let closed = inner.closed;
+                let Some(inst) = inner.instances.iter_mut().find(|i| &i.id == id) else {
+                    return StopReason::Gone;
+                };
+                if inst.state == State::Ready && now >= inst.created + limits.max_duration {
+                    inst.state = State::Draining;
+                    tracing::debug!(instance = %id, "max_duration reached, draining");
+                }
+                if inst.state == State::Draining {
+                    let deadline = *drain_deadline.get_or_insert(now + limits.stop_grace);
+                    if inst.in_flight == 0 || now >= deadline {
+                        return match (closed, inst.evicted) {
+                            (true, _) => StopReason::Shutdown,
+                            (false, true) => StopReason::Evicted,
+                            (false, false) => StopReason::Recycled,
+                        };
+                    }
+                    (inst.wake.clone(), deadline)
+                } else {
+                    let recycle_at = inst.created + limits.max_duration;
+                    if inst.in_flight == 0 {
+                        let idle_at = inst.idle_since + limits.idle_timeout;
+                        if now >= idle_at {
+                            if active > keep {
+                                inst.state = State::Draining;
+                                return StopReason::Idle;
+                            }
+                            // Kept for scale.min: nothing to time until the recycle.
+                            (inst.wake.clone(), recycle_at)
+                        } else {
+                            (inst.wake.clone(), idle_at.min(recycle_at))
+                        }
+                    } else {
+                        (inst.wake.clone(), recycle_at)
+                    }
+                }
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                exit = &mut exited => {
+                    let exit = exit.unwrap_or(Exit::code(-1));
+                    let was_stopping = self
+                        .lock()
+                        .instances
+                        .iter()
+                        .any(|i| &i.id == id && i.state == State::Draining);
+                    if !was_stopping {
+                        tracing::warn!(app = %self.app.name, instance = %id, %exit, "instance exited");
+                        self.observer.crashed(&self.app.name, id, exit);
+                    }
+                    return StopReason::Exited;
+                }
+            }
+        }
+    }
+
+    pub(super) fn evict(self: &Arc<Self>, id: &InstanceId) {
+        let wake = {
+            let mut inner = self.lock();
+            let Some(inst) = inner.instances.iter_mut().find(|i| &i.id == id) else {
+                return;
+            };
+            inst.state = State::Draining;
+            inst.evicted = true;
+            let wake = inst.wake.clone();
+            self.scale(&mut inner);
+            wake
+        };
+        // The supervisor sees Draining; with in-flight requests it waits for them (bounded by
+        // stop_grace), then stops.
+        wake.notify_one();
+    }
+
+    pub(super) async fn stop_instance(self: &Arc<Self>, id: &InstanceId, reason: StopReason) {
+        {
+            let mut inner = self.lock();
+            if let Some(inst) = inner.instances.iter_mut().find(|i| &i.id == id) {
+                inst.state = State::Draining;
+            }
+            // Replace it if load or scale.min needs it.
+            self.scale(&mut inner);
+        }
+        let grace = if reason == StopReason::Exited {
+            Duration::ZERO
+        } else {
+            self.app.limits.stop_grace
+        };
+        if let Err(err) = self.backend.stop(id, grace).await {
+            tracing::warn!(app = %self.app.name, instance = %id, error = %err, "stopping instance failed");
+        }
+        if reason != StopReason::Exited {
+            self.observer.stopped(&self.app.name, id, reason);
+        }
+        {
+            let mut inner = self.lock();
+            inner.instances.retain(|i| &i.id != id);
+            if let Some(budget) = &self.budget {
+                budget.give_back();
+            }
+            self.scale(&mut inner);
+        }
+        self.observer.removed(&self.app.name, id);
+        tracing::debug!(app = %self.app.name, instance = %id, reason = reason.as_str(), "instance stopped");
+    }
+
+}
+
+
+/// The last 20 lines of a log, for error messages.
+fn last_lines(logs: &str) -> String {
+    let lines: Vec<&str> = logs.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
