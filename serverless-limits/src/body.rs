@@ -7,7 +7,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// Wraps a response body and keeps `guard` (a slot, a permit, an activity mark) alive until
+    /// Wraps a response body and keeps `guard` (a place, a permit, an activity mark) alive until
     /// the body has sent its last frame or is dropped — not merely until the headers are out.
     pub struct GuardedBody<B, G> {
         #[pin]

@@ -6,23 +6,23 @@
 //! ```text
 //! GlobalLimit ─► ColdStartBuffer ─► ConcurrencyLimit ─► your forwarding service
 //!     │                │                   │
-//!     │                └── waits for a slot (Pool: start on demand, bounded queue + wait)
+//!     │                └── waits for a place (Pool: start on demand, bounded queue + wait)
 //!     │                                    └── least-loaded Ready instance; Lease in the body
 //!     └── engine-wide in-flight cap
 //! ```
 //!
 //! - [`GlobalLimit`]: requests in flight across all apps; beyond it → [`GlobalOverloaded`].
-//! - [`ColdStartBuffer`]: a slot at once, or a bounded wait while instances start;
+//! - [`ColdStartBuffer`]: a place at once, or a bounded wait while instances start;
 //!   overflow → [`PoolError::Overloaded`], expiry → [`PoolError::Elapsed`].
 //! - [`ConcurrencyLimit`]: `max_concurrent_requests` per instance, least-loaded `Ready` choice.
 //! - [`IdleTracking`]: when has a service been idle (nothing in flight) for a while.
 //! - [`Pool`]: scale-out on demand up to `scale.max`, `scale.min` kept warm, idle stop,
 //!   max-duration recycle, boot-failure backoff, crash removal.
 //!
-//! Guards (slots, permits, activity) travel in the response future and then in the response
+//! Guards (places, permits, activity) travel in the response future and then in the response
 //! body ([`GuardedBody`]): they are released when the body ends or is dropped, never when the
 //! headers arrive. A [`Lease`] also sits in the request's extensions so the forwarding service
-//! knows the instance and can keep the slot for an upgraded connection.
+//! knows the instance and can keep the place for an upgraded connection.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {

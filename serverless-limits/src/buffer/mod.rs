@@ -1,12 +1,16 @@
 //! Hold requests while instances start or are full: a bounded queue with a bounded wait.
 //!
-//! [`ColdStartBuffer`] takes a slot from the app's [`Pool`](crate::Pool) for each request — at
+//! [`ColdStartBuffer`] takes a place from the app's [`Pool`](crate::Pool) for each request — at
 //! once when a `Ready` instance has room, otherwise by waiting in the pool's queue (at most
-//! `max_queued_requests`, each at most `queue_timeout`) while an instance starts. The slot goes
+//! `max_queued_requests`, each at most `queue_timeout`) while an instance starts. The place goes
 //! into the request's extensions as a [`Lease`](crate::Lease), where
 //! [`ConcurrencyLimit`](crate::ConcurrencyLimit) picks it up. Overflow fails at once with
 //! [`PoolError::Overloaded`](crate::PoolError::Overloaded) (→ 503), expiry with
 //! [`PoolError::Elapsed`](crate::PoolError::Elapsed) (→ 504).
+//!
+//! Unlike tower's `Buffer`, it decides in `call` and never waits in `poll_ready` (which only
+//! forwards the inner service's readiness): the wait is the response future's, so a held request
+//! never blocks the connection's other requests from being routed.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {

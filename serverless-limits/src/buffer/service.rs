@@ -6,7 +6,7 @@ use tower::Service;
 use super::future::ResponseFuture;
 use crate::{BoxError, Lease, Pool};
 
-/// Gives each request a slot on an instance, waiting for one (bounded) when none is free.
+/// Gives each request a place on an instance, waiting for one (bounded) when none is free.
 /// See the [module docs](crate::buffer).
 #[derive(Debug, Clone)]
 pub struct ColdStartBuffer<S> {
@@ -15,7 +15,7 @@ pub struct ColdStartBuffer<S> {
 }
 
 impl<S> ColdStartBuffer<S> {
-    /// Wraps `inner`, taking slots from `pool`.
+    /// Wraps `inner`, taking places from `pool`.
     pub const fn new(inner: S, pool: Pool) -> Self {
         Self { inner, pool }
     }

@@ -6,9 +6,13 @@
 //! takes one without waiting and fails with [`PoolError::Overloaded`](crate::PoolError) when every
 //! instance is full (that failure also starts the next instance, up to `scale.max`).
 //!
-//! The lease rides in the response body ([`GuardedBody`](crate::GuardedBody)): the slot is held
+//! The lease rides in the response body ([`GuardedBody`](crate::GuardedBody)): the place is held
 //! until the body ends, so a long stream keeps its instance busy (and alive), and is given back
 //! when the body ends or is dropped — never at the headers.
+//!
+//! Unlike tower's `ConcurrencyLimit`, it decides in `call` and never waits in `poll_ready`:
+//! which instance a request gets depends on the moment it arrives, not on when the caller asked
+//! for readiness, and a full app answers at once instead of parking the caller.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {

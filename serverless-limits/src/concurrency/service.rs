@@ -6,7 +6,7 @@ use tower::Service;
 use super::future::ResponseFuture;
 use crate::{BoxError, GuardedBody, Lease, Pool};
 
-/// Sends each request to an instance with a free slot; see the [module docs](crate::concurrency).
+/// Sends each request to an instance with a free place; see the [module docs](crate::concurrency).
 #[derive(Debug, Clone)]
 pub struct ConcurrencyLimit<S> {
     inner: S,
@@ -14,7 +14,7 @@ pub struct ConcurrencyLimit<S> {
 }
 
 impl<S> ConcurrencyLimit<S> {
-    /// Wraps `inner`, taking slots from `pool`.
+    /// Wraps `inner`, taking places from `pool`.
     pub const fn new(inner: S, pool: Pool) -> Self {
         Self { inner, pool }
     }

@@ -6,6 +6,9 @@
 //! queues: queueing is per app, in [`ColdStartBuffer`](crate::ColdStartBuffer). A request counts
 //! until its response body ends.
 //!
+//! Unlike tower's `ConcurrencyLimit`, it decides in `call` and never waits in `poll_ready`:
+//! over the limit is an immediate error (load shedding), never back-pressure.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use serverless_limits::{GlobalLimitLayer, GlobalOverloaded};

@@ -5,13 +5,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::Layer;
 
-use super::service::{ActivityGuard, IdleTracking};
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Activity {
-    pub(crate) in_flight: usize,
-    pub(crate) since: Instant,
-}
+use super::activity::{Activity, ActivityGuard};
+use super::service::IdleTracking;
 
 /// Applies [`IdleTracking`]; built with [`IdleTrackingLayer::pair`].
 #[derive(Debug, Clone)]

@@ -7,6 +7,9 @@
 //! [`Pool`](crate::Pool)); this layer offers it to any service, e.g. to stop a whole gateway or
 //! a sidecar when it has been idle.
 //!
+//! It never waits in `poll_ready` (it forwards the inner service's readiness) and counts in
+//! `call`.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! use std::time::Duration;
@@ -27,8 +30,10 @@
 //! # }
 //! ```
 
+mod activity;
 mod layer;
 mod service;
 
 pub use self::layer::{IdleHandle, IdleTrackingLayer};
-pub use self::service::{ActivityGuard, IdleTracking, ResponseFuture};
+pub use self::activity::ActivityGuard;
+pub use self::service::{IdleTracking, ResponseFuture};

@@ -3,39 +3,14 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tower::Service;
 
-use super::layer::Activity;
+use super::activity::{Activity, ActivityGuard};
 use crate::guard_future::GuardFuture;
 use crate::{BoxError, GuardedBody};
 
 /// Response future of [`IdleTracking`].
 pub type ResponseFuture<F> = GuardFuture<F, ActivityGuard>;
-
-/// Marks one unit of activity; the service is idle again when every guard is dropped.
-#[derive(Debug)]
-pub struct ActivityGuard {
-    activity: Arc<watch::Sender<Activity>>,
-}
-
-impl ActivityGuard {
-    pub(crate) fn new(activity: Arc<watch::Sender<Activity>>) -> Self {
-        activity.send_modify(|a| a.in_flight += 1);
-        Self { activity }
-    }
-}
-
-impl Drop for ActivityGuard {
-    fn drop(&mut self) {
-        self.activity.send_modify(|a| {
-            a.in_flight -= 1;
-            if a.in_flight == 0 {
-                a.since = Instant::now();
-            }
-        });
-    }
-}
 
 /// Counts requests in flight until their bodies end; see the [module docs](crate::idle).
 #[derive(Debug, Clone)]

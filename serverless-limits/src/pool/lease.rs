@@ -34,10 +34,10 @@ impl Drop for Held {
     }
 }
 
-/// A request's slot on an instance.
+/// A request's place on an instance.
 ///
-/// Clones share the slot; it is given back when the last clone is dropped. The layers keep one
-/// clone in the response body (so a streaming response holds its slot until it ends) and put one
+/// Clones share the place; it is given back when the last clone is dropped. The layers keep one
+/// clone in the response body (so a streaming response holds its place until it ends) and put one
 /// in the request's extensions, where the service that forwards the request finds the instance
 /// to send it to — and keeps the clone alive for an upgraded connection.
 #[derive(Clone)]
@@ -71,7 +71,7 @@ impl Lease {
         self.lock().id.clone()
     }
 
-    /// The pool the slot belongs to.
+    /// The pool the place belongs to.
     pub fn pool(&self) -> Pool {
         Pool {
             shared: self.lock().shared.clone(),
@@ -84,7 +84,7 @@ impl Lease {
     }
 
     /// For a request that was **not sent** because its instance could not be reached: evicts
-    /// that instance and moves the slot to another one (waiting like [`Pool::acquire`]).
+    /// that instance and moves the place to another one (waiting like [`Pool::acquire`]).
     /// Returns the new instance.
     pub async fn reroute(&self) -> Result<InstanceId, PoolError> {
         let shared = {

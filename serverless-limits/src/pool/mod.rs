@@ -1,7 +1,7 @@
 //! The per-app instance pool the layers share.
 //!
 //! A [`Pool`] holds an app's instances, their states and in-flight counts, and the requests
-//! waiting for a slot. It starts instances on demand (the request that finds every instance full
+//! waiting for a place. It starts instances on demand (the request that finds every instance full
 //! starts the next one at once, up to `scale.max`), keeps `scale.min` running, stops instances
 //! that had nothing in flight for `idle_timeout`, and recycles instances older than
 //! `max_duration` (no new requests, in-flight ones finish within `stop_grace`, then stop).
@@ -76,7 +76,7 @@ pub struct PoolSnapshot {
     pub app: String,
     /// Its instances.
     pub instances: Vec<InstanceSnapshot>,
-    /// Requests waiting for a slot.
+    /// Requests waiting for a place.
     pub queued: usize,
 }
 
@@ -191,7 +191,7 @@ impl Pool {
         &self.shared.backend
     }
 
-    /// Takes a slot on a `Ready` instance with room, without waiting. When none has room, the
+    /// Takes a place on a `Ready` instance with room, without waiting. When none has room, the
     /// pool starts another instance if it may (for the requests that do wait) and this returns
     /// [`PoolError::Overloaded`].
     pub fn try_acquire(&self) -> Result<Lease, PoolError> {
@@ -199,7 +199,7 @@ impl Pool {
         if inner.closed {
             return Err(self.shared.closed_error());
         }
-        if let Some(held) = self.shared.take_slot(&mut inner, false) {
+        if let Some(held) = self.shared.take_place(&mut inner, false) {
             return Ok(Lease::new(held));
         }
         self.shared.scale(&mut inner);
@@ -209,16 +209,16 @@ impl Pool {
         })
     }
 
-    /// A slot on a `Ready` instance with room, if there is one; nothing else happens otherwise.
+    /// A place on a `Ready` instance with room, if there is one; nothing else happens otherwise.
     pub(crate) fn try_lease(&self) -> Option<Lease> {
         let mut inner = self.shared.lock();
         if inner.closed {
             return None;
         }
-        self.shared.take_slot(&mut inner, false).map(Lease::new)
+        self.shared.take_place(&mut inner, false).map(Lease::new)
     }
 
-    /// Takes a slot, waiting (in a queue of at most `max_queued_requests`, for at most
+    /// Takes a place, waiting (in a queue of at most `max_queued_requests`, for at most
     /// `queue_timeout`) while instances start or are full.
     pub async fn acquire(&self) -> Result<Lease, PoolError> {
         self.shared.acquire_held().await.map(Lease::new)

@@ -76,7 +76,7 @@ impl Shared {
             if inner.closed {
                 return Err(self.closed_error());
             }
-            if let Some(held) = self.take_slot(&mut inner, false) {
+            if let Some(held) = self.take_place(&mut inner, false) {
                 return Ok(held);
             }
             if let Some(err) = self.refuse_waiting(&inner) {
@@ -100,7 +100,7 @@ impl Shared {
             Ok(Ok(result)) => result?,
             Ok(Err(_)) => return Err(self.closed_error()),
             Err(_) => {
-                // Leave the queue. A slot granted just now is released when `rx` drops.
+                // Leave the queue. A place granted just now is released when `rx` drops.
                 self.lock().waiters.retain(|w| w.ticket != ticket);
                 return Err(PoolError::Elapsed {
                     app: self.app.name.clone(),
@@ -141,7 +141,7 @@ impl Shared {
     }
 
     /// Picks the least-loaded `Ready` instance with room and counts a request on it.
-    pub(super) fn take_slot(self: &Arc<Self>, inner: &mut Inner, cold: bool) -> Option<Held> {
+    pub(super) fn take_place(self: &Arc<Self>, inner: &mut Inner, cold: bool) -> Option<Held> {
         let max = self.app.limits.max_concurrent_requests;
         let inst = inner
             .instances
@@ -152,15 +152,15 @@ impl Shared {
         Some(Held::new(self.clone(), inst.id.clone(), cold))
     }
 
-    /// Hands free slots to waiters, in order. Returns the grants to send once the lock is gone
-    /// (a grant whose waiter left is dropped, which releases its slot and takes the lock).
+    /// Hands free places to waiters, in order. Returns the grants to send once the lock is gone
+    /// (a grant whose waiter left is dropped, which releases its place and takes the lock).
     pub(super) fn dispatch(self: &Arc<Self>, inner: &mut Inner, cold: bool) -> Vec<Grant> {
         let mut grants = Vec::new();
         while let Some(waiter) = inner.waiters.pop_front() {
             if waiter.tx.is_closed() {
                 continue;
             }
-            match self.take_slot(inner, cold) {
+            match self.take_place(inner, cold) {
                 Some(held) => grants.push((waiter.tx, Ok(held))),
                 None => {
                     inner.waiters.push_front(waiter);
@@ -257,7 +257,7 @@ pub(super) type Grant = (
 
 pub(super) fn send_grants(grants: Vec<Grant>) {
     for (tx, grant) in grants {
-        // A waiter that left in the meantime gets nothing; its slot is released on drop.
+        // A waiter that left in the meantime gets nothing; its place is released on drop.
         let _ = tx.send(grant);
     }
 }
