@@ -4,30 +4,26 @@
 //! `COLD_START_RUNS` (default 10), `COLD_START_STANDBY=1` (start from a standby: the next one
 //! is awaited between runs).
 
-mod common;
-
 use std::time::Duration;
 
 use serverless_core::ContainerBackend;
+use serverless_testkit::{can_run, env_num, BackendHarness};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_to_first_byte() {
-    if !common::can_run("cold_start_to_first_byte") {
+    if !can_run("cold_start_to_first_byte") {
         return;
     }
     let standby = std::env::var("COLD_START_STANDBY").is_ok_and(|v| v == "1");
-    let h = common::Harness::start().await;
+    let h = BackendHarness::start().await;
     let mut app = h.app("cold");
     app.scale.standby = standby;
     // Import once (deploy time), as the engine does with `prepare`.
     h.backend.prepare(&app).await.expect("prepare");
 
-    let runs: usize = std::env::var("COLD_START_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let runs: usize = env_num("COLD_START_RUNS", 10).unwrap();
     let mut totals = Vec::new();
     let mut phase_sums: Vec<(&'static str, Vec<Duration>)> = Vec::new();
     for _ in 0..runs {

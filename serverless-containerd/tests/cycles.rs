@@ -1,23 +1,19 @@
 //! Many start/stop cycles leave nothing of ours in containerd (set `CYCLES` to change the
 //! count; default 200).
 
-mod common;
-
 use std::time::Duration;
 
 use serverless_core::ContainerBackend;
+use serverless_testkit::{can_run, env_num, http_get, BackendHarness};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_stop_cycles_leave_nothing() {
-    if !common::can_run("start_stop_cycles_leave_nothing") {
+    if !can_run("start_stop_cycles_leave_nothing") {
         return;
     }
-    let cycles: usize = std::env::var("CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let h = common::Harness::start().await;
+    let cycles: usize = env_num("CYCLES", 200).unwrap();
+    let h = BackendHarness::start().await;
     let app = h.app("cycle");
     let t0 = Instant::now();
     for i in 0..cycles {
@@ -29,7 +25,7 @@ async fn start_stop_cycles_leave_nothing() {
             .unwrap_or_else(|e| panic!("cycle {i}: {e}"));
         assert_eq!(started.port, 8080);
         if i % 20 == 0 {
-            let response = common::http_get(h.backend.connect(&id).await.expect("connect")).await;
+            let response = http_get(h.backend.connect(&id).await.expect("connect")).await;
             assert!(response.contains("hello"), "{response}");
         }
         h.backend

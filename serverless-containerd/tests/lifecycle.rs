@@ -1,13 +1,11 @@
 //! Instances on a real (private) containerd: port discovery, isolation, limits, failures,
 //! logs, reconcile, and image import errors.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{http_get, Harness};
 use serverless_containerd::ContainerdBackend;
 use serverless_core::{ContainerBackend, ErrorKind, ImageRef};
+use serverless_testkit::{busybox_image, can_run, http_get, BackendHarness};
 
 fn sh(script: &str) -> Option<Vec<String>> {
     Some(vec![
@@ -20,10 +18,10 @@ fn sh(script: &str) -> Option<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finds_an_unusual_port() {
-    if !common::can_run("finds_an_unusual_port") {
+    if !can_run("finds_an_unusual_port") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let mut app = h.app("vite");
     app.command = Some(
         ["/bin/busybox", "httpd", "-f", "-p", "5173", "-h", "/www"]
@@ -46,10 +44,10 @@ async fn finds_an_unusual_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefers_port_when_several_listen() {
-    if !common::can_run("prefers_port_when_several_listen") {
+    if !can_run("prefers_port_when_several_listen") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let mut app = h.app("multi");
     // Listens on 7000 first, then on PORT.
     app.command = sh("/bin/busybox httpd -p 7000 -h /www; sleep 0.2; exec /bin/busybox httpd -f -p $PORT -h /www");
@@ -64,10 +62,10 @@ async fn prefers_port_when_several_listen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_the_same_port() {
-    if !common::can_run("two_instances_on_the_same_port") {
+    if !can_run("two_instances_on_the_same_port") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let app = h.app("twin");
     let (a, b) = (h.id("twin"), h.id("twin"));
     let (sa, sb) = tokio::join!(h.backend.start(&app, &a), h.backend.start(&app, &b));
@@ -102,10 +100,10 @@ async fn two_instances_on_the_same_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_failure_reports_code_and_logs() {
-    if !common::can_run("boot_failure_reports_code_and_logs") {
+    if !can_run("boot_failure_reports_code_and_logs") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let mut app = h.app("boom");
     app.command = sh("echo starting; echo boom >&2; exit 3");
     let id = h.id("boom");
@@ -124,10 +122,10 @@ async fn boot_failure_reports_code_and_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_listening_times_out_and_leaks_nothing() {
-    if !common::can_run("never_listening_times_out_and_leaks_nothing") {
+    if !can_run("never_listening_times_out_and_leaks_nothing") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let mut app = h.app("sleepy");
     app.command = sh("echo zzz; exec /bin/busybox sleep 100");
     app.limits.startup_timeout = Duration::from_millis(700);
@@ -153,10 +151,10 @@ async fn never_listening_times_out_and_leaks_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_slot_is_enforced() {
-    if !common::can_run("memory_slot_is_enforced") {
+    if !can_run("memory_slot_is_enforced") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let mut app = h.app("hog");
     app.slot = "c.5-m32".parse().unwrap();
     // Listen first, then become a process that touches a 64 MiB buffer (dd's block).
@@ -187,10 +185,10 @@ async fn memory_slot_is_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_is_reported_by_wait_and_logs_are_kept_until_stop() {
-    if !common::can_run("crash_is_reported_by_wait_and_logs_are_kept_until_stop") {
+    if !can_run("crash_is_reported_by_wait_and_logs_are_kept_until_stop") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let mut app = h.app("crash");
     app.command =
         sh("/bin/busybox httpd -p 8080 -h /www; echo up; sleep 0.3; echo bye >&2; exit 42");
@@ -219,10 +217,10 @@ async fn crash_is_reported_by_wait_and_logs_are_kept_until_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_is_used_before_sigkill() {
-    if !common::can_run("sigterm_is_used_before_sigkill") {
+    if !can_run("sigterm_is_used_before_sigkill") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let mut app = h.app("polite");
     // A shell as PID 1 that exits 0 on SIGTERM.
     app.command = sh(
@@ -247,13 +245,13 @@ async fn sigterm_is_used_before_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_removes_leftovers_of_another_run() {
-    if !common::can_run("reconcile_removes_leftovers_of_another_run") {
+    if !can_run("reconcile_removes_leftovers_of_another_run") {
         return;
     }
     // Without the spare shim: its keeper would be the other engine's leftover too, counted and
     // removed while this engine may be replacing it (two engines on one namespace is not a
     // supported setup; the keeper's case is covered in spare_shim.rs).
-    let h = Harness::start_with(|b| b.spare_shim(false)).await;
+    let h = BackendHarness::start_with(|b| b.spare_shim(false)).await;
     let app = h.app("old");
     let id = h.id("old");
     h.backend.start(&app, &id).await.expect("start");
@@ -278,15 +276,15 @@ async fn reconcile_removes_leftovers_of_another_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_import_formats_and_errors() {
-    if !common::can_run("image_import_formats_and_errors") {
+    if !can_run("image_import_formats_and_errors") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let dir = h.dir.path();
 
     // A docker-save archive runs like the OCI one.
     let docker = dir.join("docker.tar");
-    common::busybox_image()
+    busybox_image()
         .write_docker_archive(&docker)
         .expect("docker archive");
     let app = serverless_core::AppSpec::new(
@@ -324,7 +322,7 @@ async fn image_import_formats_and_errors() {
         "amd64"
     };
     let foreign = dir.join("foreign.tar");
-    common::busybox_image()
+    busybox_image()
         .architecture(other_arch)
         .write_oci_archive(&foreign)
         .unwrap();
@@ -355,14 +353,14 @@ async fn image_import_formats_and_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_user_names_resolve_inside_the_image() {
-    if !common::can_run("image_user_names_resolve_inside_the_image") {
+    if !can_run("image_user_names_resolve_inside_the_image") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let dir = h.dir.path();
     // `/etc/passwd` is an absolute symlink: it must resolve inside the image, not on the host.
     let image = |user: &str| {
-        common::busybox_image()
+        busybox_image()
             .symlink("/etc/passwd", "/data/passwd")
             .file(
                 "/data/passwd",

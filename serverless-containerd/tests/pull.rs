@@ -5,11 +5,8 @@
 //! Needs `docker-registry` (`apt-get install docker-registry`): without it these tests fail when
 //! `CI` is set and are skipped loudly otherwise.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,6 +17,9 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Reference, RegistryOperation};
 use serverless_containerd::{ImageBuilder, PullProgress};
 use serverless_core::{AppSpec, ContainerBackend, ErrorKind, ImageRef};
+use serverless_testkit::{
+    busybox_image, can_run, can_run_with, free_port, http_get, BackendHarness, BUSYBOX,
+};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -40,14 +40,6 @@ impl Drop for Registry {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 impl Registry {
     /// None (after a loud message) when the registry is missing outside CI.
     async fn start(test: &str) -> Option<Self> {
@@ -56,27 +48,14 @@ impl Registry {
 
     /// With more config (given the registry's address) appended.
     async fn start_with(test: &str, extra: impl FnOnce(&str) -> String) -> Option<Self> {
-        let found = Command::new("sh")
-            .args(["-c", "command -v docker-registry"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            let msg = format!(
-                "{test} needs `docker-registry` (Debian package docker-registry: \
-                 apt-get install -y docker-registry)"
-            );
-            if std::env::var_os("CI").is_some() {
-                panic!("{msg}");
-            }
-            eprintln!("\n!!!!!!!! SKIPPING {msg} !!!!!!!!\n");
+        if !can_run_with(test, &[("docker-registry", "docker-registry")]) {
             return None;
         }
         let dir = tempfile::Builder::new()
             .prefix("sl-reg-")
             .tempdir()
             .expect("temp dir");
-        let port = free_port();
+        let port = free_port().expect("a free port");
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         std::fs::write(
@@ -259,7 +238,7 @@ fn sha256(bytes: &[u8]) -> String {
 /// manifest list with one linux/amd64 entry, under `tag`.
 async fn push_docker_image(registry: &Registry, repo: &str, tag: &str, dir: &Path) {
     let client = registry.client();
-    let (blobs, manifest_digest) = archive_blobs(&common::busybox_image(), dir, "docker");
+    let (blobs, manifest_digest) = archive_blobs(&busybox_image(), dir, "docker");
     let oci: serde_json::Value =
         serde_json::from_slice(&blobs[&manifest_digest]).expect("manifest json");
     let config_digest = oci["config"]["digest"].as_str().expect("config").to_owned();
@@ -268,7 +247,7 @@ async fn push_docker_image(registry: &Registry, repo: &str, tag: &str, dir: &Pat
         .expect("layer")
         .to_owned();
     let config = blobs[&config_digest].clone();
-    let mut gzip = Command::new(common::BUSYBOX)
+    let mut gzip = Command::new(BUSYBOX)
         .args(["gzip", "-c"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -341,7 +320,7 @@ fn app(name: &str, reference: &str) -> AppSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_by_tag_and_digest_then_serve() {
-    if !common::can_run("pull_by_tag_and_digest_then_serve") {
+    if !can_run("pull_by_tag_and_digest_then_serve") {
         return;
     }
     let Some(registry) = Registry::start("pull_by_tag_and_digest_then_serve").await else {
@@ -349,7 +328,7 @@ async fn pull_by_tag_and_digest_then_serve() {
     };
     let events: Arc<Mutex<Vec<PullProgress>>> = Arc::default();
     let seen = events.clone();
-    let h = common::Harness::start_with(|b| {
+    let h = BackendHarness::start_with(|b| {
         b.pull_progress(Arc::new(move |p| seen.lock().expect("lock").push(p)))
     })
     .await;
@@ -358,7 +337,7 @@ async fn pull_by_tag_and_digest_then_serve() {
         &registry,
         "test/httpd",
         Some("1"),
-        &common::busybox_image(),
+        &busybox_image(),
         dir.path(),
     )
     .await;
@@ -378,7 +357,7 @@ async fn pull_by_tag_and_digest_then_serve() {
     let id = h.id("pulled");
     let started = h.backend.start(&tagged, &id).await.expect("start");
     assert_eq!(started.port, 8080);
-    let response = common::http_get(h.backend.connect(&id).await.expect("connect")).await;
+    let response = http_get(h.backend.connect(&id).await.expect("connect")).await;
     assert!(response.contains("hello from busybox"), "{response}");
     h.backend
         .stop(&id, Duration::from_millis(100))
@@ -395,7 +374,7 @@ async fn pull_by_tag_and_digest_then_serve() {
         .start(&by_digest, &id)
         .await
         .expect("start by digest");
-    let response = common::http_get(h.backend.connect(&id).await.expect("connect")).await;
+    let response = http_get(h.backend.connect(&id).await.expect("connect")).await;
     assert!(response.contains("hello from busybox"), "{response}");
     h.backend
         .stop(&id, Duration::from_millis(100))
@@ -414,7 +393,7 @@ async fn pull_by_tag_and_digest_then_serve() {
         .start(&docker, &id)
         .await
         .expect("start docker v2 image");
-    let response = common::http_get(h.backend.connect(&id).await.expect("connect")).await;
+    let response = http_get(h.backend.connect(&id).await.expect("connect")).await;
     assert!(response.contains("hello from busybox"), "{response}");
     h.backend
         .stop(&id, Duration::from_millis(100))
@@ -426,7 +405,7 @@ async fn pull_by_tag_and_digest_then_serve() {
         &registry,
         "test/httpd",
         None,
-        &common::busybox_image().architecture(arches().1),
+        &busybox_image().architecture(arches().1),
         dir.path(),
     )
     .await;
@@ -470,19 +449,19 @@ async fn pull_by_tag_and_digest_then_serve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_errors_name_the_reference() {
-    if !common::can_run("pull_errors_name_the_reference") {
+    if !can_run("pull_errors_name_the_reference") {
         return;
     }
     let Some(registry) = Registry::start("pull_errors_name_the_reference").await else {
         return;
     };
-    let h = common::Harness::start().await;
+    let h = BackendHarness::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     push_image(
         &registry,
         "test/httpd",
         Some("1"),
-        &common::busybox_image(),
+        &busybox_image(),
         dir.path(),
     )
     .await;
@@ -494,7 +473,10 @@ async fn pull_errors_name_the_reference() {
         ),
         (format!("{}/test/missing:1", registry.addr), "no such image"),
         (
-            format!("127.0.0.1:{}/test/httpd:1", free_port()),
+            format!(
+                "127.0.0.1:{}/test/httpd:1",
+                free_port().expect("a free port")
+            ),
             "unreachable",
         ),
     ] {
@@ -522,7 +504,7 @@ async fn pull_errors_name_the_reference() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_from_a_registry_that_wants_auth() {
-    if !common::can_run("pull_from_a_registry_that_wants_auth") {
+    if !can_run("pull_from_a_registry_that_wants_auth") {
         return;
     }
     // "silly" auth: every request without an Authorization header gets a Bearer challenge; the
@@ -534,7 +516,7 @@ async fn pull_from_a_registry_that_wants_auth() {
     else {
         return;
     };
-    let h = common::Harness::start().await;
+    let h = BackendHarness::start().await;
     let reference = format!("{}/test/httpd:1", registry.addr);
     let err = h
         .backend
@@ -556,7 +538,7 @@ const HTPASSWD: &str = "robot:$2b$04$j2SsFAm/xr4Bm6L0Fj9EHeyySLpFZtvudIoRPAr.r56
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_with_credentials() {
-    if !common::can_run("pull_with_credentials") {
+    if !can_run("pull_with_credentials") {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -577,14 +559,14 @@ async fn pull_with_credentials() {
         &registry,
         "private/httpd",
         Some("1"),
-        &common::busybox_image(),
+        &busybox_image(),
         dir.path(),
     )
     .await;
     let reference = format!("{}/private/httpd:1", registry.addr);
 
     // Without credentials: refused, saying none are configured.
-    let h = common::Harness::start().await;
+    let h = BackendHarness::start().await;
     let err = h
         .backend
         .prepare(&app("anon", &reference))
@@ -599,8 +581,7 @@ async fn pull_with_credentials() {
 
     // A wrong password: refused, naming the user (and never the password).
     let addr = registry.addr.clone();
-    let h =
-        common::Harness::start_with(|b| b.registry_auth(&addr, "robot", "wrong-password")).await;
+    let h = BackendHarness::start_with(|b| b.registry_auth(&addr, "robot", "wrong-password")).await;
     let err = h
         .backend
         .prepare(&app("wrong", &reference))
@@ -615,7 +596,7 @@ async fn pull_with_credentials() {
     h.shutdown().await;
 
     // The right ones: pulled, started, served.
-    let h = common::Harness::start_with(|b| b.registry_auth(&addr, "robot", "secret")).await;
+    let h = BackendHarness::start_with(|b| b.registry_auth(&addr, "robot", "secret")).await;
     let app = app("private", &reference);
     h.backend
         .prepare(&app)
@@ -623,7 +604,7 @@ async fn pull_with_credentials() {
         .expect("pull with credentials");
     let id = h.id("private");
     h.backend.start(&app, &id).await.expect("start");
-    let response = common::http_get(h.backend.connect(&id).await.expect("connect")).await;
+    let response = http_get(h.backend.connect(&id).await.expect("connect")).await;
     assert!(response.contains("hello from busybox"), "{response}");
     h.backend.stop(&id, Duration::ZERO).await.expect("stop");
     h.shutdown().await;
@@ -635,7 +616,7 @@ async fn pull_with_credentials() {
         format!(r#"{{"auths": {{"http://{addr}/v2/": {{"auth": "cm9ib3Q6c2VjcmV0"}}}}}}"#),
     )
     .expect("write auth file");
-    let h = common::Harness::start_with(|b| b.registry_auth_file(&auth_file)).await;
+    let h = BackendHarness::start_with(|b| b.registry_auth_file(&auth_file)).await;
     h.backend
         .prepare(&app)
         .await

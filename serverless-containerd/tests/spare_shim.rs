@@ -2,16 +2,16 @@
 //! container), the keeper goes and a new spare comes; the instance's shim exits with it;
 //! shutdown and reconcile leave nothing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, http_get, Harness, SPARE_SHIM};
 use serverless_containerd::ContainerdBackend;
 use serverless_core::ContainerBackend;
+use serverless_testkit::{
+    can_run, eventually, http_get, memory_kib, parent_of, BackendHarness, SPARE_SHIM,
+};
 
 /// The keeper containers and the shims they spawned: `(keeper ids, (shim pid, spawned for))`.
-fn spares(h: &Harness) -> (Vec<String>, Vec<(u32, String)>) {
+fn spares(h: &BackendHarness) -> (Vec<String>, Vec<(u32, String)>) {
     let keepers = h
         .container_ids()
         .into_iter()
@@ -25,23 +25,12 @@ fn spares(h: &Harness) -> (Vec<String>, Vec<(u32, String)>) {
     (keepers, shims)
 }
 
-/// The parent pid of a process.
-fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')')
-        .next()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_start_joins_the_spare_shim() {
-    if !common::can_run("a_cold_start_joins_the_spare_shim") {
+    if !can_run("a_cold_start_joins_the_spare_shim") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let app = h.app("spare");
     // Deploying makes the first spare.
     h.backend.prepare(&app).await.expect("prepare");
@@ -53,7 +42,7 @@ async fn a_cold_start_joins_the_spare_shim() {
     let (keepers, shims) = spares(&h);
     let (keeper, spare_pid) = (keepers[0].clone(), shims[0].0);
     assert_eq!(shims[0].1, keeper);
-    if let Some((rss, pss)) = common::memory_kib(spare_pid) {
+    if let Some((rss, pss)) = memory_kib(spare_pid) {
         eprintln!("spare shim memory: rss {rss} KiB, pss {pss} KiB");
     }
     assert!(h.leftovers().is_empty(), "{:?}", h.leftovers());
@@ -69,7 +58,7 @@ async fn a_cold_start_joins_the_spare_shim() {
         .find(|l| l.starts_with(id.as_str()))
         .expect("the instance's task");
     let pid: u32 = task.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert_eq!(ppid(pid), Some(spare_pid), "task {task}");
+    assert_eq!(parent_of(pid), Some(spare_pid), "task {task}");
     eprintln!(
         "spare shim {spare_pid} took instance {id} (pid {pid}); phases {:?}",
         started.phases
@@ -102,10 +91,10 @@ async fn a_cold_start_joins_the_spare_shim() {
 /// simply spawns a new shim) and shuts down cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_removes_a_previous_runs_spare() {
-    if !common::can_run("reconcile_removes_a_previous_runs_spare") {
+    if !can_run("reconcile_removes_a_previous_runs_spare") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let app = h.app("stale");
     h.backend.prepare(&app).await.expect("prepare");
     // Ready: its shim runs and its task is stopped (created, then killed).
@@ -146,10 +135,10 @@ async fn reconcile_removes_a_previous_runs_spare() {
 /// `Builder::spare_shim(false)`: no keeper, each start spawns its own shim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spare_shim_off_makes_none() {
-    if !common::can_run("spare_shim_off_makes_none") {
+    if !can_run("spare_shim_off_makes_none") {
         return;
     }
-    let h = Harness::start_with(|b| b.spare_shim(false)).await;
+    let h = BackendHarness::start_with(|b| b.spare_shim(false)).await;
     let app = h.app("nospare");
     h.backend.prepare(&app).await.expect("prepare");
     let id = h.id("nospare");

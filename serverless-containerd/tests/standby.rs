@@ -4,23 +4,23 @@
 //! and logs. Prints the memory a standby costs (shim + `runc init`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, http_get, memory_kib, processes, Harness};
 use serverless_containerd::ContainerdBackend;
 use serverless_core::{AppSpec, ContainerBackend, ErrorKind};
+use serverless_testkit::{
+    can_run, children_of, eventually, http_get, memory_kib, shims, BackendHarness,
+};
 use tokio::time::Instant;
 
-fn standby_app(h: &Harness, name: &str) -> AppSpec {
+fn standby_app(h: &BackendHarness, name: &str) -> AppSpec {
     let mut app = h.app(name);
     app.scale.standby = true;
     app
 }
 
 /// Container ids containerd holds in our namespace.
-fn containers(h: &Harness) -> Vec<String> {
+fn containers(h: &BackendHarness) -> Vec<String> {
     h.leftovers()
         .iter()
         .filter_map(|l| l.strip_prefix("container "))
@@ -30,25 +30,15 @@ fn containers(h: &Harness) -> Vec<String> {
 }
 
 /// (rss, pss) KiB of the shims of our namespace and their children (`runc init`).
-fn standby_memory(h: &Harness) -> (u64, u64, u64, u64) {
-    let shims = h.shims();
-    let procs = processes();
+fn standby_memory(h: &BackendHarness) -> (u64, u64, u64, u64) {
     let (mut shim_rss, mut shim_pss, mut init_rss, mut init_pss) = (0, 0, 0, 0);
-    for pid in &shims {
-        if let Some((rss, pss)) = memory_kib(*pid) {
+    for shim in h.shims() {
+        if let Some((rss, pss)) = memory_kib(shim) {
             shim_rss += rss;
             shim_pss += pss;
         }
-    }
-    for (pid, _) in &procs {
-        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-            });
-        if ppid.is_some_and(|p| shims.contains(&p)) {
-            if let Some((rss, pss)) = memory_kib(*pid) {
+        for child in children_of(shim) {
+            if let Some((rss, pss)) = memory_kib(child) {
                 init_rss += rss;
                 init_pss += pss;
             }
@@ -59,10 +49,10 @@ fn standby_memory(h: &Harness) -> (u64, u64, u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_takes_the_standby_and_refills_it() {
-    if !common::can_run("cold_start_takes_the_standby_and_refills_it") {
+    if !can_run("cold_start_takes_the_standby_and_refills_it") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let app = standby_app(&h, "warmish");
     h.backend.prepare(&app).await.expect("prepare");
     let standby = containers(&h);
@@ -119,10 +109,10 @@ async fn cold_start_takes_the_standby_and_refills_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_change_discards_the_standby() {
-    if !common::can_run("spec_change_discards_the_standby") {
+    if !can_run("spec_change_discards_the_standby") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let app = standby_app(&h, "change");
     h.backend.prepare(&app).await.expect("prepare");
     let first = containers(&h);
@@ -173,10 +163,10 @@ async fn spec_change_discards_the_standby() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_failure_from_a_standby_reports_code_and_logs() {
-    if !common::can_run("boot_failure_from_a_standby_reports_code_and_logs") {
+    if !can_run("boot_failure_from_a_standby_reports_code_and_logs") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let mut app = standby_app(&h, "boomsb");
     app.command = Some(vec![
         "/bin/busybox".into(),
@@ -204,12 +194,12 @@ async fn boot_failure_from_a_standby_reports_code_and_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_after_a_crash_removes_standbys() {
-    if !common::can_run("reconcile_after_a_crash_removes_standbys") {
+    if !can_run("reconcile_after_a_crash_removes_standbys") {
         return;
     }
     // Without the spare shim, whose keeper would be the other engine's leftover too (covered
     // in spare_shim.rs).
-    let h = Harness::start_with(|b| b.spare_shim(false)).await;
+    let h = BackendHarness::start_with(|b| b.spare_shim(false)).await;
     let app = standby_app(&h, "crashed");
     h.backend.prepare(&app).await.expect("prepare");
     assert_eq!(containers(&h).len(), 1);
@@ -231,10 +221,10 @@ async fn reconcile_after_a_crash_removes_standbys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_a_refill_in_flight_leaves_no_shims() {
-    if !common::can_run("shutdown_with_a_refill_in_flight_leaves_no_shims") {
+    if !can_run("shutdown_with_a_refill_in_flight_leaves_no_shims") {
         return;
     }
-    let h = Harness::start().await;
+    let h = BackendHarness::start().await;
     let app = standby_app(&h, "inflight");
     h.backend.prepare(&app).await.expect("prepare");
     let id = h.id("inflight");
@@ -242,11 +232,9 @@ async fn shutdown_with_a_refill_in_flight_leaves_no_shims() {
     // The refill is scheduled (or running): shut down right away.
     let namespace = h.backend.namespace().to_owned();
     h.shutdown().await;
-    let shims: Vec<_> = processes()
+    let shims: Vec<_> = shims()
         .into_iter()
-        .filter(|(_, args)| {
-            args.first().is_some_and(|a| a.contains("containerd-shim")) && args.contains(&namespace)
-        })
+        .filter(|s| s.namespace == namespace)
         .collect();
     assert!(shims.is_empty(), "{shims:?}");
 }
