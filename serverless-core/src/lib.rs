@@ -34,9 +34,9 @@ pub use backend::{
     BackendError, Connection, ContainerBackend, ErrorKind, Exit, InstanceId, OwnedInstance, Started,
 };
 pub use config::{
-    Config, ContainerdConfig, GlobalLimits, RegistryCredentials, SecretSource, ServerConfig,
-    TlsConfig,
+    Config, ContainerdConfig, GlobalLimits, RegistryCredentials, SecretError, SecretProblem,
+    SecretSource, ServerConfig, TlsConfig,
 };
 pub use error::ConfigError;
 pub use slot::{Slot, SlotError};
-pub use spec::{AppSpec, ImageRef, Limits, Scale};
+pub use spec::{AppSpec, ImageRef, ImageRefError, Limits, Scale};

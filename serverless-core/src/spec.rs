@@ -19,12 +19,24 @@ pub enum ImageRef {
     Registry(String),
 }
 
+/// An image reference that is neither `oci-archive:PATH` nor a registry reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageRefError {
+    /// `oci-archive:` with nothing after it.
+    #[error("oci-archive: needs a path, e.g. oci-archive:./hello.tar")]
+    MissingArchivePath,
+    /// Empty, too long, or with characters no registry reference has.
+    #[error("oci-archive:PATH or a registry reference like docker.io/library/nginx:1.27")]
+    Malformed,
+}
+
 impl ImageRef {
     /// Parses `oci-archive:PATH` or a registry reference.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ImageRefError> {
         if let Some(path) = s.strip_prefix("oci-archive:") {
             if path.is_empty() {
-                return Err("oci-archive: needs a path, e.g. oci-archive:./hello.tar".into());
+                return Err(ImageRefError::MissingArchivePath);
             }
             return Ok(Self::OciArchive(PathBuf::from(path)));
         }
@@ -40,7 +52,7 @@ impl ImageRef {
         if valid {
             Ok(Self::Registry(s.to_owned()))
         } else {
-            Err("oci-archive:PATH or a registry reference like docker.io/library/nginx:1.27".into())
+            Err(ImageRefError::Malformed)
         }
     }
 }
@@ -55,8 +67,8 @@ impl fmt::Display for ImageRef {
 }
 
 impl TryFrom<String> for ImageRef {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = ImageRefError;
+    fn try_from(s: String) -> Result<Self, ImageRefError> {
         Self::parse(&s)
     }
 }

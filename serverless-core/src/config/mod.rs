@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub max_body_bytes: Option<u64>,
     /// TLS with ALPN (h2, http/1.1) when set.
     pub tls: Option<TlsConfig>,
+    /// A benchmark knob, not a tuning one (default `true`): body-less HTTP/1.1 requests go
+    /// through the gateway's own lean HTTP/1.1 client; `false` sends them through hyper's
+    /// client like the others, so that what the lean client saves can be measured again.
+    pub lean_client: bool,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +75,7 @@ impl Default for ServerConfig {
             max_header_bytes: 64 * 1024,
             max_body_bytes: None,
             tls: None,
+            lean_client: true,
         }
     }
 }
@@ -87,32 +92,76 @@ pub enum SecretSource {
 
 impl SecretSource {
     /// Reads the secret; the error says which variable or file and why.
-    pub fn read(&self) -> Result<String, String> {
+    pub fn read(&self) -> Result<String, SecretError> {
         match self {
-            SecretSource::Env(name) => match std::env::var(name) {
-                Ok(v) if !v.is_empty() => Ok(v),
-                Ok(_) => Err(format!("environment variable {name} is empty")),
-                Err(std::env::VarError::NotPresent) => {
-                    Err(format!("environment variable {name} is not set"))
-                }
-                Err(std::env::VarError::NotUnicode(_)) => {
-                    Err(format!("environment variable {name} is not UTF-8"))
-                }
-            },
+            SecretSource::Env(name) => {
+                let problem = match std::env::var(name) {
+                    Ok(v) if !v.is_empty() => return Ok(v),
+                    Ok(_) => SecretProblem::Empty,
+                    Err(std::env::VarError::NotPresent) => SecretProblem::NotSet,
+                    Err(std::env::VarError::NotUnicode(_)) => SecretProblem::NotUtf8,
+                };
+                Err(SecretError {
+                    from: self.clone(),
+                    problem,
+                })
+            }
             SecretSource::File(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("reading {} failed: {e}", path.display()))?;
+                let text = std::fs::read_to_string(path).map_err(|e| SecretError {
+                    from: self.clone(),
+                    problem: SecretProblem::Unreadable(e.to_string()),
+                })?;
                 let v = text
                     .strip_suffix('\n')
                     .map(|t| t.strip_suffix('\r').unwrap_or(t))
                     .unwrap_or(&text);
                 if v.is_empty() {
-                    return Err(format!("{} is empty", path.display()));
+                    return Err(SecretError {
+                        from: self.clone(),
+                        problem: SecretProblem::Empty,
+                    });
                 }
                 Ok(v.to_owned())
             }
         }
     }
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Env(name) => write!(f, "environment variable {name}"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A secret that could not be read: which variable or file, and why (never its value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{from} {problem}")]
+pub struct SecretError {
+    /// Where it was read from.
+    pub from: SecretSource,
+    /// What was wrong.
+    pub problem: SecretProblem,
+}
+
+/// What was wrong with a secret's source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretProblem {
+    /// The variable is not set.
+    #[error("is not set")]
+    NotSet,
+    /// The variable is set but not UTF-8.
+    #[error("is not UTF-8")]
+    NotUtf8,
+    /// The variable or the file is empty.
+    #[error("is empty")]
+    Empty,
+    /// The file could not be read (the I/O error's message).
+    #[error("could not be read: {0}")]
+    Unreadable(String),
 }
 
 /// Credentials for pulling from one registry.
@@ -351,6 +400,7 @@ struct RawServer {
     max_header_bytes: Option<i64>,
     max_body_bytes: Option<i64>,
     tls: Option<RawTls>,
+    lean_client: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -659,6 +709,7 @@ impl RawConfig {
                 cert: t.cert,
                 key: t.key,
             }),
+            lean_client: rs.lean_client.unwrap_or(d.server.lean_client),
         };
         let mut registries = Vec::with_capacity(self.registries.len());
         for (i, raw) in self.registries.into_iter().enumerate() {
@@ -747,7 +798,7 @@ impl RawApp {
             )
         })?;
         let image = ImageRef::parse(&image_text).map_err(|expected| {
-            ConfigError::invalid(f("image"), format!("{image_text:?}"), expected)
+            ConfigError::invalid(f("image"), format!("{image_text:?}"), expected.to_string())
         })?;
         let mut spec = AppSpec::new(name, image);
         if let Some(hosts) = self.hosts {

@@ -322,13 +322,13 @@ fn secrets_are_read_from_env_or_file() {
     std::fs::write(&file, "s3cret\n").unwrap();
     assert_eq!(SecretSource::File(file.clone()).read().unwrap(), "s3cret");
     std::fs::write(&file, "\n").unwrap();
-    assert!(SecretSource::File(file.clone())
-        .read()
-        .unwrap_err()
-        .contains("is empty"));
+    let empty = SecretSource::File(file.clone()).read().unwrap_err();
+    assert_eq!(empty.problem, SecretProblem::Empty);
+    assert!(empty.to_string().ends_with("pw is empty"), "{empty}");
     let missing = SecretSource::File(dir.join("nope")).read().unwrap_err();
+    assert!(matches!(missing.problem, SecretProblem::Unreadable(_)));
     assert!(
-        missing.contains("nope") && missing.contains("failed"),
+        missing.to_string().contains("nope could not be read"),
         "{missing}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -338,7 +338,14 @@ fn secrets_are_read_from_env_or_file() {
         .read()
         .unwrap_err();
     assert_eq!(
-        unset,
+        unset.to_string(),
         "environment variable SERVERLESS_TEST_SURELY_UNSET_VARIABLE is not set"
     );
+}
+
+#[test]
+fn the_lean_client_is_on_unless_the_bench_turns_it_off() {
+    assert!(Config::from_toml(APP).unwrap().server.lean_client);
+    let off = Config::from_toml(&format!("[server]\nlean_client = false\n{APP}")).unwrap();
+    assert!(!off.server.lean_client);
 }
