@@ -59,6 +59,16 @@ pub struct FakeBackend {
     state: Arc<Mutex<State>>,
 }
 
+impl std::fmt::Debug for FakeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("FakeBackend")
+            .field("started", &state.started)
+            .field("stopped", &state.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FakeBackend {
     /// A backend whose apps start at once.
     pub fn new() -> Self {

@@ -21,6 +21,8 @@
 //! - `test-util`: [`fake::FakeBackend`], an in-process backend whose instances are tokio tasks
 //!   serving HTTP on loopback, with configurable start delay, boot failure and refusal to listen.
 
+#![forbid(unsafe_code)]
+
 pub mod backend;
 pub mod config;
 mod error;

@@ -47,6 +47,8 @@
 //! # }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod body;
 pub mod buffer;
 pub mod concurrency;

@@ -105,6 +105,15 @@ pub struct PoolBuilder {
     observer: Arc<dyn PoolObserver>,
 }
 
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("app", &self.app.name)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PoolBuilder {
     /// Shares a host-wide instance budget with other pools.
     pub fn budget(mut self, budget: InstanceBudget) -> Self {
