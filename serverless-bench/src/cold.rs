@@ -13,8 +13,10 @@ use tokio::time::Instant;
 use http::StatusCode;
 use serde_json::json;
 
-use crate::lab::{busybox_image, Lab, StartRecord};
-use crate::util::{connect, env_num, get, headline, ms, noise, summary, Context, Res};
+use serverless_testkit::{busybox_image, connect, env_num, free_port, get};
+
+use crate::lab::{Lab, StartRecord};
+use crate::util::{headline, ms, noise, summary, Context, Res};
 
 const CTR_NS: &str = "bench-ctr";
 const PODMAN_IMAGE: &str = "serverless.local/image:bench";
@@ -24,7 +26,7 @@ pub(crate) async fn run(out: &Path) -> Res<()> {
     let standby = env_num("BENCH_COLD_STANDBY", 1)? != 0;
     let peers = std::env::var("BENCH_COLD_PEERS").unwrap_or_else(|_| "ctr,podman,runc".into());
     let noise_before = noise();
-    let lab = Lab::start("bench-cold", &[("web.tar", busybox_image()?)]).await?;
+    let lab = Lab::start("bench-cold", &[("web.tar", busybox_image().tag("bench"))]).await?;
     let result = measure(&lab, runs, &peers, standby).await;
     let podman_root = lab.dir.path().join("podman");
     if podman_root.exists() {
@@ -51,7 +53,8 @@ async fn measure(lab: &Lab, runs: usize, peers: &str, use_standby: bool) -> Res<
     let sock = lab.containerd.socket().to_owned();
     let dir = lab.dir.path();
     let docker_tar = dir.join("web-docker.tar");
-    busybox_image()?
+    busybox_image()
+        .tag("bench")
         .write_docker_archive(&docker_tar)
         .context("write the docker archive")?;
     let use_ctr = peers.contains("ctr");
@@ -406,7 +409,7 @@ async fn remove_ctr(sock: &Path, name: &str) -> Res<()> {
 
 /// `ctr run -d --net-host` (busybox httpd on a unique port) + first response; then removed.
 async fn ctr_cold(sock: &Path, image: &str, i: usize) -> Res<Duration> {
-    let port = crate::util::free_port()?;
+    let port = free_port()?;
     let name = format!("bench-ctr-{}-{i}", std::process::id());
     let t = Instant::now();
     let status = ctr(sock)
@@ -451,7 +454,7 @@ fn runc_bundle(bundle: &Path) -> Res<()> {
 /// create` + `runc start` of busybox httpd on a unique host port, straight from a prepared
 /// bundle (no containerd, no shim, no snapshot), + first response; then `runc delete -f`.
 async fn runc_cold(bundle: &Path, i: usize) -> Res<Duration> {
-    let port = crate::util::free_port()?;
+    let port = free_port()?;
     let config = bundle.join("config.json");
     let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)?;
     spec["process"]["terminal"] = json!(false);
@@ -506,7 +509,7 @@ fn podman(root: &Path) -> Command {
 
 /// `podman run -d --network host` + first response; then removed.
 async fn podman_cold(root: &Path, i: usize) -> Res<Duration> {
-    let port = crate::util::free_port()?;
+    let port = free_port()?;
     let name = format!("bench-podman-{}-{i}", std::process::id());
     let t = Instant::now();
     let out = podman(root)

@@ -10,12 +10,14 @@ use tokio::time::Instant;
 use http::StatusCode;
 use serde_json::json;
 
-use crate::lab::{busybox_image, hello_image, Lab};
-use crate::util::{connect, env_num, get, headline, ms, noise, summary, write_json, Context, Res};
+use serverless_testkit::{busybox_image, connect, env_num, get, hello_archive};
+
+use crate::lab::Lab;
+use crate::util::{headline, ms, noise, summary, write_json, Context, Res};
 
 pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
     let noise_before = noise();
-    let lab = Lab::start("bench-idle", &[("web.tar", busybox_image()?)]).await?;
+    let lab = Lab::start("bench-idle", &[("web.tar", busybox_image().tag("bench"))]).await?;
     let result = async {
         let idle = idle(&lab).await?;
         let recycle = recycle(&lab, hello_bin).await?;
@@ -97,7 +99,7 @@ async fn idle(lab: &Lab) -> Res<serde_json::Value> {
 async fn recycle(lab: &Lab, hello_bin: &Path) -> Res<serde_json::Value> {
     let want: f64 = env_num("BENCH_RECYCLES", 10.0)?;
     let clients: usize = env_num("BENCH_RECYCLE_CLIENTS", 4)?;
-    hello_image(hello_bin, &lab.dir.path().join("hello.tar"))?;
+    hello_archive(hello_bin, lab.dir.path());
     lab.deploy(
         "[[apps]]\nname = \"recycle\"\nimage = \"oci-archive:{dir}/hello.tar\"\n[apps.limits]\nmax_concurrent_requests = 4\nmax_duration = \"1s\"\nstop_grace = \"2s\"\n[apps.scale]\nmax = 4\n",
     )

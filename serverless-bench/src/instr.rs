@@ -18,7 +18,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::loadgen::max_throughput;
-use crate::util::{env_num, headline, wait_http, write_json, Context, Res};
+use serverless_testkit::{env_num, wait_http};
+
+use crate::util::{headline, write_json, Context, Res};
 use crate::warm::{pinned, Lab, HOST};
 
 /// Connections of the measured load (as many requests in flight as the proxy gets to batch).

@@ -1,8 +1,8 @@
 //! The gateway over a private containerd, in-process, with a backend wrapper that records when
-//! instances start and stop (and each start's phases); the test images; a native backend.
+//! instances start and stop (and each start's phases); a native backend. Test images and what
+//! is read off the gateway come from `serverless-testkit`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -151,28 +151,6 @@ impl ContainerBackend for NativeBackend {
     }
 }
 
-/// busybox httpd serving a small page on 8080: the "small static server image".
-pub(crate) fn busybox_image() -> Res<ImageBuilder> {
-    let busybox = std::fs::read("/bin/busybox")
-        .context("read /bin/busybox (Debian's busybox-static; scripts/bench installs it)")?;
-    Ok(ImageBuilder::new()
-        .file("/bin/busybox", busybox, 0o755)
-        .file("/www/index.html", b"hello from busybox\n".to_vec(), 0o644)
-        .cmd(["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"])
-        .tag("bench"))
-}
-
-/// The demo app (`serverless-hello`) as an image.
-pub(crate) fn hello_image(hello_bin: &Path, out: &Path) -> Res<PathBuf> {
-    ImageBuilder::new()
-        .executable(hello_bin, "/app/serverless-hello")
-        .context(format_args!("package {}", hello_bin.display()))?
-        .cmd(["/app/serverless-hello"])
-        .write_oci_archive(out)
-        .context(format_args!("write {}", out.display()))?;
-    Ok(out.to_owned())
-}
-
 /// A gateway over a private containerd under a temp dir.
 pub(crate) struct Lab {
     pub(crate) gateway: Gateway,
@@ -267,17 +245,10 @@ impl Lab {
         }
     }
 
-    /// A counter from the gateway's Prometheus metrics (first line starting with `prefix`).
+    /// A value of the gateway's Prometheus metrics (summed over the lines starting with
+    /// `prefix`).
     pub(crate) fn metric(&self, prefix: &str) -> f64 {
-        let engine = self.gateway.engine();
-        engine
-            .metrics()
-            .encode(engine)
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0.0)
+        serverless_testkit::metric(&self.gateway, prefix)
     }
 
     /// Shuts the gateway down, stops every instance and the private containerd.

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 
 use http::StatusCode;
 
-use crate::util::{connect, get, Res, Sender};
+use serverless_testkit::{connect, get, Sender};
+
+use crate::util::Res;
 
 /// Latencies in microseconds, and failures.
 #[derive(Debug, Default)]

@@ -13,18 +13,11 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::lab::busybox_image;
-use crate::util::{connect, env_num, free_port, get, headline, noise, write_json, Context, Res};
+use serverless_testkit::{
+    busybox_archive, connect, env_num, free_port, get, peak_rss_kib, rss_kib,
+};
 
-fn status_kb(pid: u32, key: &str) -> Res<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context(format_args!("read /proc/{pid}/status"))?;
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .context(format_args!("{key} in /proc/{pid}/status"))
-}
+use crate::util::{headline, noise, write_json, Context, Res};
 
 pub(crate) async fn run(out: &Path, serverless_bin: &Path) -> Res<()> {
     let apps: usize = env_num("BENCH_MEM_APPS", 100)?;
@@ -34,10 +27,7 @@ pub(crate) async fn run(out: &Path, serverless_bin: &Path) -> Res<()> {
         .prefix("serverless-bench-mem-")
         .tempdir()
         .context("create a temp dir")?;
-    let image = dir.path().join("web.tar");
-    busybox_image()?
-        .write_oci_archive(&image)
-        .context("write the image")?;
+    let image = busybox_archive(dir.path());
     let port = free_port()?;
     let admin = free_port()?;
     let mut toml = format!(
@@ -78,7 +68,7 @@ pub(crate) async fn run(out: &Path, serverless_bin: &Path) -> Res<()> {
         }
         let startup = t.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let idle_rss = status_kb(pid, "VmRSS:")?;
+        let idle_rss = rss_kib(pid).context("the gateway's RSS")?;
         // 10 000 keep-alive connections, each with one answered request (unknown host → 404
         // from the gateway itself), then left open and idle.
         let mut open = Vec::with_capacity(conns);
@@ -108,8 +98,8 @@ pub(crate) async fn run(out: &Path, serverless_bin: &Path) -> Res<()> {
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let conns_rss = status_kb(pid, "VmRSS:")?;
-        let hwm = status_kb(pid, "VmHWM:")?;
+        let conns_rss = rss_kib(pid).context("the gateway's RSS")?;
+        let hwm = peak_rss_kib(pid).context("the gateway's peak RSS")?;
         let open_count = open.len();
         drop(open);
         Ok::<_, crate::util::BoxError>(json!({

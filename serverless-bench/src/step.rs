@@ -9,8 +9,10 @@ use tokio::time::Instant;
 use http::StatusCode;
 use serde_json::json;
 
-use crate::lab::{hello_image, Lab};
-use crate::util::{connect, env_num, get, headline, ms, noise, summary, write_json, Res};
+use serverless_testkit::{connect, env_num, get, hello_archive};
+
+use crate::lab::Lab;
+use crate::util::{headline, ms, noise, summary, write_json, Res};
 
 pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
     let clients: usize = env_num("BENCH_STEP_CLIENTS", 50)?;
@@ -31,7 +33,7 @@ async fn measure(
     clients: usize,
     duration: Duration,
 ) -> Res<serde_json::Value> {
-    hello_image(hello_bin, &lab.dir.path().join("hello.tar"))?;
+    hello_archive(hello_bin, lab.dir.path());
     lab.deploy(
         "[[apps]]\nname = \"step\"\nimage = \"oci-archive:{dir}/hello.tar\"\n[apps.limits]\nmax_concurrent_requests = 10\n[apps.scale]\nmax = 10\n",
     )

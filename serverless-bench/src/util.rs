@@ -1,22 +1,12 @@
-//! Shared helpers: errors with context, statistics, HTTP one-shots, machine description.
+//! Shared helpers: errors with context, statistics, machine description, result files.
 
-use std::error::Error;
 use std::fmt::Display;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::net::TcpStream;
 
-pub(crate) type BoxError = Box<dyn Error + Send + Sync>;
+pub(crate) use serverless_testkit::BoxError;
 pub(crate) type Res<T> = Result<T, BoxError>;
 
 /// Adds a "while doing X" prefix to any error.
@@ -78,62 +68,6 @@ pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-pub(crate) type Sender = SendRequest<Empty<Bytes>>;
-
-/// A new HTTP/1.1 connection (no pool).
-pub(crate) async fn connect(addr: SocketAddr) -> Res<Sender> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .context(format_args!("connect to {addr}"))?;
-    stream.set_nodelay(true)?;
-    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context(format_args!("HTTP handshake with {addr}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(tx)
-}
-
-/// Sends one GET on `tx`; returns the status and the time to the response head (first byte).
-/// The body is read to the end.
-pub(crate) async fn get(tx: &mut Sender, host: &str, path: &str) -> Res<(StatusCode, Duration)> {
-    tx.ready().await?;
-    let req = Request::get(path)
-        .header(http::header::HOST, host)
-        .body(Empty::new())?;
-    let t = Instant::now();
-    let res = tx.send_request(req).await?;
-    let head = t.elapsed();
-    let status = res.status();
-    res.into_body().collect().await?;
-    Ok((status, head))
-}
-
-/// Polls `addr` until a GET answers 200 (or `timeout`).
-pub(crate) async fn wait_http(addr: SocketAddr, host: &str, timeout: Duration) -> Res<()> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match connect(addr).await {
-            Ok(mut tx) => match get(&mut tx, host, "/").await {
-                Ok((s, _)) if s == StatusCode::OK => return Ok(()),
-                Ok((s, _)) => last = format!("status {s}"),
-                Err(e) => last = e.to_string(),
-            },
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(format!("{addr} did not answer 200 within {timeout:?}: {last}").into())
-}
-
-/// A free loopback port (bound then released; good enough for a benchmark).
-pub(crate) fn free_port() -> Res<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
-    Ok(l.local_addr()?.port())
-}
-
 /// The 1-minute load average and the number of running compiler processes (noise indicators).
 pub(crate) fn noise() -> serde_json::Value {
     let load = std::fs::read_to_string("/proc/loadavg")
@@ -160,16 +94,6 @@ pub(crate) fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> R
     std::fs::write(&path, serde_json::to_vec_pretty(value)?)
         .context(format_args!("write {}", path.display()))?;
     Ok(())
-}
-
-/// Reads an environment variable as a number, with a default.
-pub(crate) fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Res<T> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v
-            .parse()
-            .map_err(|_| format!("{name}={v:?} is not a valid number").into()),
-        _ => Ok(default),
-    }
 }
 
 /// Prints a `name=value` summary line (what scripts read).

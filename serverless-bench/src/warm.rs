@@ -15,9 +15,9 @@ use serverless_proxy::Gateway;
 
 use crate::lab::NativeBackend;
 use crate::loadgen::{fixed_rate, max_throughput, Outcome};
-use crate::util::{
-    env_num, free_port, headline, noise, summary, wait_http, write_json, Context, Res,
-};
+use serverless_testkit::{env_num, free_port, wait_http};
+
+use crate::util::{headline, noise, summary, write_json, Context, Res};
 
 pub(crate) const HOST: &str = "hello.localhost";
 

@@ -180,10 +180,9 @@ pub fn instance_ids(gateway: &Gateway, app: &str) -> Vec<String> {
 /// A value of `gateway`'s Prometheus metrics: the sum of the samples on the lines that start
 /// with `prefix` (a metric name with some of its labels, or a whole series).
 pub fn metric(gateway: &Gateway, prefix: &str) -> f64 {
-    let engine = gateway.engine();
-    engine
-        .metrics()
-        .encode(engine)
+    gateway
+        .engine()
+        .encode_metrics()
         .lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
