@@ -9,22 +9,18 @@
 //!
 //! With a token configured, every request needs `Authorization: Bearer <token>`.
 
-use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 use serverless_core::AppSpec;
 
+use crate::body::{full_response_body, ResBody};
 use crate::engine::{App, DeployError, Engine};
-use crate::response::{failure, ResBody};
+use crate::error::failure;
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResBody> {
-    let mut res = Response::new(
-        Full::new(Bytes::from(value.to_string() + "\n"))
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
+    let mut res = Response::new(full_response_body(value.to_string() + "\n"));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -34,11 +30,7 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResB
 }
 
 fn text_response(content_type: &'static str, text: String) -> Response<ResBody> {
-    let mut res = Response::new(
-        Full::new(Bytes::from(text))
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
+    let mut res = Response::new(full_response_body(text));
     res.headers_mut()
         .insert(header::CONTENT_TYPE, content_type.parse().expect("static"));
     res
@@ -67,12 +59,12 @@ fn app_json(app: &App) -> serde_json::Value {
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Answers one admin request.
-pub async fn handle(
+pub(crate) async fn handle(
     engine: Engine,
     token: Option<String>,
     req: Request<Incoming>,
@@ -83,7 +75,7 @@ pub async fn handle(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             let mut res = failure(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token",
@@ -99,7 +91,7 @@ pub async fn handle(
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["metrics"]) => text_response(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            engine.metrics().encode(&engine),
+            engine.encode_metrics(),
         ),
         (Method::GET, ["v1", "apps"]) => {
             let apps: Vec<_> = engine.apps().iter().map(|a| app_json(a)).collect();

@@ -1,25 +1,35 @@
-//! The engine: apps, their pools and routes, over one container backend.
+//! The engine: apps, their pools, request stacks and routes, over one container backend.
 
-use foldhash::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use foldhash::HashMap;
 use http::{Request, Response};
 use serverless_core::{
     AppSpec, BackendError, ContainerBackend, Exit, GlobalLimits, InstanceId, ServerConfig,
 };
 use serverless_limits::{
-    ColdStartBufferLayer, ConcurrencyLimitLayer, GlobalLimitLayer, InstanceBudget, Pool,
-    PoolObserver,
+    ColdStartBuffer, ColdStartBufferLayer, ConcurrencyLimit, ConcurrencyLimitLayer, GlobalLimit,
+    GlobalLimitLayer, InstanceBudget, Pool, PoolObserver, PoolSnapshot,
 };
-use std::future::Future;
-use std::pin::Pin;
-
 use tower::{ServiceBuilder, ServiceExt};
 
-use crate::forward::{Forward, Upstreams};
+use crate::body::{BoxError, ReqBody, ResBody};
+use crate::error::error_response;
+use crate::forward::Forward;
 use crate::metrics::Metrics;
-use crate::response::{error_response, BoxError, ReqBody, ResBody};
+use crate::upstream::Upstreams;
+
+/// An app's request path, built once when it is deployed:
+/// `GlobalLimit → ColdStartBuffer → ConcurrencyLimit → Forward`.
+///
+/// Kept as its concrete type, not boxed: each request clones it (reference counts of the
+/// handles its layers hold, as tower's `oneshot` needs a service of its own), and cloning a
+/// boxed service would allocate per request.
+pub(crate) type AppStack = GlobalLimit<ColdStartBuffer<ConcurrencyLimit<Forward>>>;
 
 /// One deployed app.
 pub struct App {
@@ -27,6 +37,17 @@ pub struct App {
     pub spec: Arc<AppSpec>,
     /// Its instances.
     pub pool: Pool,
+    /// Its request path.
+    stack: AppStack,
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("spec", &self.spec)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the pools tell the engine: metrics, and instances gone (their kept connections go).
@@ -45,7 +66,7 @@ impl PoolObserver for Observer {
     fn crashed(&self, app: &str, id: &InstanceId, exit: Exit) {
         self.metrics.crashed(app, id, exit);
     }
-    fn stopped(&self, app: &str, id: &InstanceId, reason: &'static str) {
+    fn stopped(&self, app: &str, id: &InstanceId, reason: serverless_limits::StopReason) {
         self.metrics.stopped(app, id, reason);
     }
     fn removed(&self, _app: &str, id: &InstanceId) {
@@ -96,6 +117,16 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let apps: Vec<String> = self.apps().iter().map(|a| a.spec.name.clone()).collect();
+        f.debug_struct("Engine")
+            .field("apps", &apps)
+            .field("server", &self.inner.server)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Engine {
     /// An engine with no apps.
     pub fn new(
@@ -105,7 +136,7 @@ impl Engine {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                upstreams: Upstreams::new(backend.clone()),
+                upstreams: Upstreams::new(backend.clone(), server.lean_client),
                 backend,
                 global: GlobalLimitLayer::new(limits.max_concurrent_requests),
                 budget: InstanceBudget::new(limits.max_instances),
@@ -162,10 +193,13 @@ impl Engine {
                 upstreams: self.inner.upstreams.clone(),
             }))
             .build();
-        let app = Arc::new(App {
-            spec: Arc::new(spec),
-            pool,
-        });
+        let spec = Arc::new(spec);
+        let stack = ServiceBuilder::new()
+            .layer(self.inner.global.clone())
+            .layer(ColdStartBufferLayer::new(pool.clone()))
+            .layer(ConcurrencyLimitLayer::new(pool.clone()))
+            .service(Forward::new(spec.clone(), self.inner.upstreams.clone()));
+        let app = Arc::new(App { spec, pool, stack });
         let old = {
             let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
             let old = routes.by_name.insert(app.spec.name.clone(), app.clone());
@@ -237,23 +271,32 @@ impl Engine {
         routes.by_host.get(host).cloned()
     }
 
-    /// Serves one request for `app` through the request path:
+    /// Serves one request for `app` through its request path:
     /// `GlobalLimit → ColdStartBuffer → ConcurrencyLimit → Forward`. Never fails: errors
     /// become responses with a status and `x-serverless-error`.
+    ///
+    /// A request that carries a [`ClientInfo`](crate::ClientInfo) extension gets forwarding
+    /// headers naming that client.
     pub async fn serve(&self, app: &App, req: Request<ReqBody>) -> Response<ResBody> {
-        let svc = ServiceBuilder::new()
-            .layer(self.inner.global.clone())
-            .layer(ColdStartBufferLayer::new(app.pool.clone()))
-            .layer(ConcurrencyLimitLayer::new(app.pool.clone()))
-            .service(Forward::new(app.spec.clone(), self.inner.upstreams.clone()));
-        // Boxed: erases the stack's type (and sidesteps a higher-ranked inference limit when
-        // this future is spawned). This is the one allocation of the request path's layers.
+        // Boxed: erases the stack's future type (and sidesteps a higher-ranked inference limit
+        // when this future is spawned). This is the one allocation of the request path's layers.
         let fut: Pin<Box<dyn Future<Output = Result<_, BoxError>> + Send>> =
-            Box::pin(svc.oneshot(req));
+            Box::pin(app.stack.clone().oneshot(req));
         match fut.await {
             Ok(res) => res.map(ResBody::new),
             Err(err) => error_response(Some(&app.spec.name), &err),
         }
+    }
+
+    /// Every app's pool as it is now, by app name (for [`Metrics::encode`]).
+    pub fn snapshots(&self) -> Vec<PoolSnapshot> {
+        self.apps().iter().map(|app| app.pool.snapshot()).collect()
+    }
+
+    /// The Prometheus text exposition of the metrics, with the instance and queue gauges as
+    /// the pools are now.
+    pub fn encode_metrics(&self) -> String {
+        self.inner.metrics.encode(&self.snapshots())
     }
 
     /// Drains and stops every app's instances.

@@ -11,9 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serverless_core::{BackendError, Exit, InstanceId};
-use serverless_limits::{InstanceState, PoolObserver};
-
-use crate::engine::Engine;
+use serverless_limits::{InstanceState, PoolObserver, PoolSnapshot};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppCode {
@@ -45,6 +43,7 @@ struct AppReason {
 }
 
 /// One app's request metrics, shared with the families.
+#[derive(Debug)]
 struct AppRequests {
     duration: Histogram,
     codes: Mutex<Vec<(u16, Counter)>>,
@@ -71,6 +70,7 @@ impl AppRequests {
 }
 
 /// The engine's metrics.
+#[derive(Debug)]
 pub struct Metrics {
     by_app: RwLock<HashMap<String, AppRequests>>,
     registry: Mutex<Registry>,
@@ -82,6 +82,7 @@ pub struct Metrics {
     boot_failures: Family<AppLabel, Counter>,
     crashes: Family<AppLabel, Counter>,
     stops: Family<AppReason, Counter>,
+    parked: Counter,
 }
 
 impl Default for Metrics {
@@ -105,6 +106,7 @@ impl Metrics {
         let boot_failures = Family::<AppLabel, Counter>::default();
         let crashes = Family::<AppLabel, Counter>::default();
         let stops = Family::<AppReason, Counter>::default();
+        let parked = Counter::default();
         let mut registry = Registry::with_prefix("serverless");
         registry.register(
             "requests",
@@ -122,7 +124,7 @@ impl Metrics {
             cold_start.clone(),
         );
         registry.register("instances", "Instances by state", instances.clone());
-        registry.register("queue_depth", "Requests waiting for a slot", queue.clone());
+        registry.register("queue_depth", "Requests waiting for an instance", queue.clone());
         registry.register(
             "boot_failures",
             "Instances that failed to start",
@@ -133,6 +135,11 @@ impl Metrics {
             "instance_stops",
             "Instances stopped, by reason",
             stops.clone(),
+        );
+        registry.register(
+            "connections_parked",
+            "Idle HTTP/1 client connections parked (their buffers given back)",
+            parked.clone(),
         );
         Self {
             by_app: RwLock::new(HashMap::default()),
@@ -145,7 +152,13 @@ impl Metrics {
             boot_failures,
             crashes,
             stops,
+            parked,
         }
+    }
+
+    /// The count of parked client connections (the server increments it).
+    pub(crate) fn connections_parked(&self) -> Counter {
+        self.parked.clone()
     }
 
     /// Counts one answered request.
@@ -176,12 +189,12 @@ impl Metrics {
             .or_insert(handles);
     }
 
-    /// The Prometheus text exposition, with instance and queue gauges read from `engine` now.
-    pub fn encode(&self, engine: &Engine) -> String {
+    /// The Prometheus text exposition, with the instance and queue gauges set from `pools`
+    /// (one snapshot per app, e.g. [`Engine::snapshots`](crate::Engine::snapshots)).
+    pub fn encode(&self, pools: &[PoolSnapshot]) -> String {
         self.instances.clear();
         self.queue.clear();
-        for app in engine.apps() {
-            let snap = app.pool.snapshot();
+        for snap in pools {
             for state in [
                 InstanceState::Starting,
                 InstanceState::Ready,
@@ -242,11 +255,11 @@ impl PoolObserver for Metrics {
             .inc();
     }
 
-    fn stopped(&self, app: &str, _id: &InstanceId, reason: &'static str) {
+    fn stopped(&self, app: &str, _id: &InstanceId, reason: serverless_limits::StopReason) {
         self.stops
             .get_or_create(&AppReason {
                 app: app.to_owned(),
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
             })
             .inc();
     }

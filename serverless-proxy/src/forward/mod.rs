@@ -1,0 +1,281 @@
+//! Forwarding to an instance: the innermost service of an app's stack. It rewrites the request
+//! for the instance ([`headers`]: hop-by-hop headers, `x-forwarded-*`/`forwarded`, upgrades),
+//! sends it over the connections kept per instance ([`crate::upstream`]), sends again requests
+//! that were not written (or, idempotent and bodiless, broke before an answer), and tunnels
+//! upgraded connections (WebSocket).
+
+mod headers;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use serverless_core::AppSpec;
+use serverless_limits::Lease;
+
+use crate::body::{empty_request_body, BoxError, ReqBody, ResBody};
+use crate::error::ForwardError;
+use crate::server::ClientInfo;
+use crate::upstream::{SendError, Upstreams};
+use headers::{add_forwarded, strip_hop_by_hop, upgrade_protocol, PresentHeaders};
+
+/// The header that says how long a request waited for a cold start, in milliseconds.
+pub const COLD_START_HEADER: &str = "x-serverless-cold-start";
+
+/// Attempts per request: the first, and sending it again (see [`forward`]).
+const MAX_ATTEMPTS: usize = 4;
+
+/// The request reached [`Forward`] without a [`Lease`]: the service was used without
+/// `ConcurrencyLimit` in front of it.
+#[derive(Debug, thiserror::Error)]
+#[error("request reached Forward without a lease")]
+struct NoLease;
+
+/// A request with a body that was written could not be sent again.
+#[derive(Debug, thiserror::Error)]
+#[error("request body already sent")]
+struct BodyAlreadySent;
+
+/// The innermost service: sends the request to the instance of its [`Lease`].
+#[derive(Debug, Clone)]
+pub(crate) struct Forward {
+    app: Arc<AppSpec>,
+    upstreams: Upstreams,
+}
+
+impl Forward {
+    pub(crate) fn new(app: Arc<AppSpec>, upstreams: Upstreams) -> Self {
+        Self { app, upstreams }
+    }
+}
+
+impl tower::Service<Request<ReqBody>> for Forward {
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The request is rewritten here, synchronously; the future keeps only what sending it
+        // (and sending it again) takes, so each request allocates and moves less.
+        match prepare(&self.app, &self.upstreams, req) {
+            Ok(prepared) => Box::pin(forward(self.app.clone(), self.upstreams.clone(), prepared)),
+            Err(err) => Box::pin(std::future::ready(Err(err))),
+        }
+    }
+}
+
+/// A request rewritten for the instance, with what it takes to send it again.
+struct Prepared {
+    lease: Lease,
+    req: Request<ReqBody>,
+    /// Idempotent and without a body: may be sent again after it was written.
+    may_resend: bool,
+    /// Method, target and headers to rebuild it when the client that sends it does not give it
+    /// back (hyper's paths), for a request that may be sent again.
+    resend: Option<Box<(Method, Uri, HeaderMap)>>,
+    /// The client's side of an upgrade it asked for.
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Rewrites `req` for the instance its lease names.
+fn prepare(
+    app: &AppSpec,
+    upstreams: &Upstreams,
+    mut req: Request<ReqBody>,
+) -> Result<Prepared, BoxError> {
+    let lease = req.extensions_mut().remove::<Lease>().ok_or(NoLease)?;
+    let client_info = req.extensions().get::<ClientInfo>().copied();
+    let present = PresentHeaders::scan(req.headers());
+    let upgrade = present
+        .hop_by_hop
+        .then(|| upgrade_protocol(req.headers()))
+        .flatten();
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    if !present.host {
+        // HTTP/2 clients send the authority instead of `Host`; HTTP/1.1 apps need `Host`.
+        if let Some(host) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, host);
+        }
+    }
+    if present.hop_by_hop {
+        strip_hop_by_hop(&mut headers);
+    }
+    if let Some(proto) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
+    }
+    if let Some(info) = client_info {
+        add_forwarded(&mut headers, info, &present);
+    }
+    let uri = upstream_uri(parts.uri, app.h2c, &headers)?;
+    let version = if app.h2c {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    // A request that was not written to an instance comes back and is sent elsewhere. One
+    // without a body that is idempotent may also be sent again when its connection broke
+    // before any response byte (the instance died with it in flight). The lean client gives
+    // such a request back whole; for the others, keep what it takes to rebuild it. One with a
+    // body could only be if it had not been read, which the instance does not tell us, so it
+    // gets a 502.
+    let may_resend = body.is_end_stream() && parts.method.is_idempotent();
+    let mut next_req = Request::new(body);
+    *next_req.method_mut() = parts.method;
+    *next_req.uri_mut() = uri;
+    *next_req.version_mut() = version;
+    *next_req.headers_mut() = headers;
+    let lean = upstreams.sends_lean(app.h2c, &next_req);
+    let resend = (may_resend && !lean).then(|| {
+        (
+            next_req.method().clone(),
+            next_req.uri().clone(),
+            next_req.headers().clone(),
+        )
+    });
+    Ok(Prepared {
+        lease,
+        req: next_req,
+        may_resend,
+        resend: resend.map(Box::new),
+        client_upgrade,
+    })
+}
+
+/// Sends a prepared request, again where that is safe (at most [`MAX_ATTEMPTS`] in all): when
+/// it was not written, or, idempotent and without a body, its connection broke before an
+/// answer; an unreachable instance is traded for another (`Lease::reroute`).
+async fn forward(
+    app: Arc<AppSpec>,
+    upstreams: Upstreams,
+    prepared: Prepared,
+) -> Result<Response<ResBody>, BoxError> {
+    let Prepared {
+        lease,
+        req,
+        may_resend,
+        resend,
+        client_upgrade,
+    } = prepared;
+    let version = req.version();
+    let mut next = Some(req);
+    let mut attempt = 0;
+    let mut res = loop {
+        attempt += 1;
+        let instance = lease.instance();
+        let req = match next.take() {
+            Some(req) => req,
+            None => match resend.as_deref() {
+                Some((method, uri, headers)) => {
+                    let mut req = Request::new(empty_request_body());
+                    *req.method_mut() = method.clone();
+                    *req.uri_mut() = uri.clone();
+                    *req.version_mut() = version;
+                    *req.headers_mut() = headers.clone();
+                    req
+                }
+                None => return Err(BodyAlreadySent.into()),
+            },
+        };
+        let failed = match upstreams.send(&instance, app.h2c, req).await {
+            Ok(res) => break res,
+            Err(failed) => failed,
+        };
+        next = failed.request.filter(|_| !failed.sent || may_resend);
+        let unreachable = matches!(failed.error, SendError::Connect(_));
+        if attempt < MAX_ATTEMPTS && (next.is_some() || resend.is_some()) {
+            if unreachable {
+                tracing::debug!(app = %app.name, %instance, error = ?failed.error, "instance unreachable, rerouting");
+                lease.reroute().await?;
+            } else {
+                // Not written, or idempotent without a body: again. A new connection to the
+                // same instance tells whether it is gone (then the connect error reroutes).
+                tracing::debug!(app = %app.name, %instance, error = ?failed.error, "connection to the instance broke before an answer, retrying");
+            }
+            continue;
+        }
+        if unreachable {
+            lease.pool().evict(&instance);
+        }
+        let error = match failed.error {
+            SendError::Connect(e) => ForwardError::unreachable(app.clone(), instance, Box::new(e)),
+            SendError::Failed(e) => ForwardError::no_response(app.clone(), instance, Box::new(e)),
+            SendError::Io(e) => ForwardError::no_response(app.clone(), instance, Box::new(e)),
+        };
+        return Err(Box::new(error));
+    };
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let server_upgrade = hyper::upgrade::on(&mut res);
+            let tunnel_lease = lease.clone();
+            tokio::spawn(async move {
+                let (client, server) = tokio::join!(client_upgrade, server_upgrade);
+                if let (Ok(client), Ok(server)) = (client, server) {
+                    let mut client = TokioIo::new(client);
+                    let mut server = TokioIo::new(server);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+                // The request's place on the instance is held until either side closes.
+                drop(tunnel_lease);
+            });
+        }
+    } else {
+        strip_hop_by_hop(res.headers_mut());
+    }
+    if let Some(waited) = lease.cold_start() {
+        res.headers_mut().insert(
+            COLD_START_HEADER,
+            HeaderValue::from(waited.as_millis() as u64),
+        );
+    }
+    let instance = lease.instance();
+    Ok(res.map(move |b| {
+        b.map_err(move |e| -> BoxError {
+            Box::new(ForwardError::body(app.clone(), instance.clone(), e))
+        })
+        .boxed_unsync()
+    }))
+}
+
+/// The request target for the instance: origin-form (`/path?query`) for HTTP/1.1, absolute
+/// (`http://host/path`) for h2c, whose `:authority` and `:scheme` come from it.
+fn upstream_uri(uri: Uri, h2c: bool, headers: &HeaderMap) -> Result<Uri, BoxError> {
+    if !h2c && uri.scheme().is_none() && uri.authority().is_none() {
+        return Ok(uri);
+    }
+    let path = uri
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    if !h2c {
+        return Ok(Uri::from(path));
+    }
+    let authority = headers
+        .get(header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
+    Ok(Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path)
+        .build()?)
+}

@@ -1,0 +1,149 @@
+//! An instance's response body, which checks its connection back in for reuse once it has
+//! ended.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use serverless_core::InstanceId;
+
+use super::idle::Shared;
+use crate::body::{BoxError, ReqBody};
+use crate::h1;
+
+/// Checks a hyper HTTP/1.1 connection back in once its response is complete.
+pub(super) struct Checkin {
+    pub(super) sender: http1::SendRequest<ReqBody>,
+    pub(super) instance: InstanceId,
+    pub(super) shared: Arc<Shared>,
+}
+
+impl Checkin {
+    fn checkin(self) {
+        self.shared.checkin_http1(self.instance, self.sender);
+    }
+}
+
+/// An instance's response body; its connection is reused once the body has ended (a body
+/// dropped before its end closes the connection, which cannot be reused then).
+pub(crate) struct UpstreamBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Hyper {
+        inner: Incoming,
+        checkin: Option<Checkin>,
+    },
+    Lean {
+        reader: h1::Reader,
+        checkin: Option<(InstanceId, Arc<Shared>)>,
+    },
+}
+
+impl UpstreamBody {
+    pub(super) fn hyper(inner: Incoming, checkin: Option<Checkin>) -> Self {
+        let mut checkin = checkin;
+        if inner.is_end_stream() {
+            if let Some(checkin) = checkin.take() {
+                checkin.checkin();
+            }
+        }
+        Self {
+            kind: Kind::Hyper { inner, checkin },
+        }
+    }
+
+    pub(super) fn lean(reader: h1::Reader, checkin: (InstanceId, Arc<Shared>)) -> Self {
+        let mut body = Self {
+            kind: Kind::Lean {
+                reader,
+                checkin: Some(checkin),
+            },
+        };
+        if body.is_end_stream() {
+            // Nothing to read: settle the connection now (servers do not poll such a body).
+            let _ = body.poll_lean(&mut Context::from_waker(std::task::Waker::noop()));
+        }
+        body
+    }
+
+    fn poll_lean(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Kind::Lean { reader, checkin } = &mut self.kind else {
+            return Poll::Ready(None);
+        };
+        match ready!(reader.poll_read(cx)) {
+            Ok(h1::Read::Frame(frame)) => Poll::Ready(Some(Ok(frame))),
+            Ok(h1::Read::End(conn)) => {
+                if let (Some(conn), Some((instance, shared))) = (conn, checkin.take()) {
+                    shared.checkin_lean(&instance, conn);
+                }
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                checkin.take();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let (inner, checkin) = match &mut this.kind {
+            Kind::Hyper { inner, checkin } => (inner, checkin),
+            Kind::Lean { .. } => {
+                let frame = ready!(this.poll_lean(cx));
+                if let (Some(Ok(_)), Kind::Lean { reader, .. }) = (&frame, &this.kind) {
+                    if reader.is_end() {
+                        // Servers stop polling at `is_end_stream`: settle the connection.
+                        let _ = this.poll_lean(cx);
+                    }
+                }
+                return Poll::Ready(frame);
+            }
+        };
+        let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+        match &frame {
+            // Servers stop polling once `is_end_stream` says so: check the connection in on
+            // the last frame, not only on the end.
+            Some(Ok(_)) if !inner.is_end_stream() => {}
+            None | Some(Ok(_)) => {
+                if let Some(checkin) = checkin.take() {
+                    checkin.checkin();
+                }
+            }
+            Some(Err(_)) => {
+                checkin.take();
+            }
+        }
+        Poll::Ready(frame.map(|f| f.map_err(|e| -> BoxError { Box::new(e) })))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Hyper { inner, .. } => inner.is_end_stream(),
+            Kind::Lean { reader, .. } => reader.is_end(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Hyper { inner, .. } => inner.size_hint(),
+            Kind::Lean { reader, .. } => reader
+                .exact_len()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
+    }
+}

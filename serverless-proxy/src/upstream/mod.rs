@@ -1,0 +1,297 @@
+//! Connections to instances, kept for reuse (see [`idle`]): HTTP/1.1 connections per instance
+//! (one request at a time each, back to the idle list when the response body ends) and one
+//! multiplexed HTTP/2 connection per instance for h2c apps.
+//!
+//! Body-less, non-upgrade HTTP/1.1 requests — most requests — go through the lean client in
+//! [`crate::h1`]: the request's task writes and reads the connection itself. The rest goes
+//! through hyper's connection-level client (`hyper::client::conn`). Neither is hyper-util's
+//! pooled `Client`: the request already knows its instance (the lease picked it), so there is
+//! no URI to format and parse, no pool key to hash, and no task spawned per request to watch a
+//! connection become idle — the response body ([`UpstreamBody`]) checks the connection back in
+//! when it ends. A request that a connection refused before writing it (closed meanwhile)
+//! comes back and goes out on another connection. The engine closes an instance's idle
+//! connections when its pool removes the instance ([`Upstreams::forget`]).
+
+mod body;
+mod idle;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::future::Either;
+use http::{Request, Response};
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serverless_core::{BackendError, Connection, ContainerBackend, InstanceId};
+
+use crate::body::ReqBody;
+use crate::h1;
+pub(crate) use body::UpstreamBody;
+use body::Checkin;
+use idle::Shared;
+
+/// Why a request got no response from an instance.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No connection could be opened: nothing was sent.
+    Connect(BackendError),
+    /// The connection failed; the request comes back if it was not written.
+    Failed(hyper::Error),
+    /// The connection of the lean HTTP/1.1 client failed; the request comes back if it was
+    /// not written.
+    Io(std::io::Error),
+}
+
+/// A failed send, with the request when it was not sent, or when it was but is still at hand
+/// (the lean client's requests: no body, so the request is whole after it was written).
+pub(crate) struct Failed {
+    pub(crate) error: SendError,
+    pub(crate) request: Option<Request<ReqBody>>,
+    /// Whether the request was written: the instance may have processed it, so it may only go
+    /// out again if it is idempotent.
+    pub(crate) sent: bool,
+}
+
+/// After hyper's client failed to send: the request, to send it again on another connection,
+/// when a *kept* connection refused it unwritten (it closed meanwhile); otherwise the failure,
+/// with the request if it was not sent. (The request travels by value, as in hyper's own
+/// `TrySendError`.)
+#[allow(clippy::result_large_err)]
+fn request_to_retry(
+    mut err: TrySendError<Request<ReqBody>>,
+    kept: bool,
+) -> Result<Request<ReqBody>, Failed> {
+    match err.take_message() {
+        Some(back) if kept => Ok(back),
+        request => Err(Failed {
+            error: SendError::Failed(err.into_error()),
+            request,
+            sent: false,
+        }),
+    }
+}
+
+/// The connections to every instance, shared by all requests. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Upstreams {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("lean", &self.shared.lean)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstreams {
+    /// Connections over `backend`'s dialer. `lean`: lean-eligible requests go through the lean
+    /// client (`false` sends them through hyper's, to measure what the lean one saves).
+    pub(crate) fn new(backend: Arc<dyn ContainerBackend>, lean: bool) -> Self {
+        Self {
+            shared: Arc::new(Shared::new(backend, lean)),
+        }
+    }
+
+    /// Whether [`send`](Self::send) sends `req` through the lean client.
+    pub(crate) fn sends_lean<B: http_body::Body>(&self, h2c: bool, req: &Request<B>) -> bool {
+        self.shared.lean && !h2c && h1::can_send(req)
+    }
+
+    /// Sends `req` to `instance` over a kept connection or a new one.
+    ///
+    /// Not an `async fn`: that would keep room for `req` next to the chosen path's future,
+    /// which has its own. hyper's paths are boxed: their futures are several times the lean
+    /// one's, and every request's future would otherwise be as large as the largest (memory to
+    /// allocate and copy per request, for the few that take them).
+    pub(crate) fn send<'a>(
+        &'a self,
+        instance: &'a InstanceId,
+        h2c: bool,
+        req: Request<ReqBody>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + 'a {
+        type Boxed<'a> =
+            Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + 'a>>;
+        if self.sends_lean(h2c, &req) {
+            Either::Left(self.send_lean(instance, req))
+        } else if h2c {
+            Either::Right(Box::pin(self.send_http2(instance, req)) as Boxed<'a>)
+        } else {
+            Either::Right(Box::pin(self.send_http1(instance, req)) as Boxed<'a>)
+        }
+    }
+
+    /// The common request (no body, no upgrade) through the lean HTTP/1.1 client.
+    async fn send_lean(
+        &self,
+        instance: &InstanceId,
+        req: Request<ReqBody>,
+    ) -> Result<Response<UpstreamBody>, Failed> {
+        loop {
+            let (mut conn, kept) = match self.shared.checkout_lean(instance) {
+                Some(conn) => (conn, true),
+                None => match self.shared.backend.connect(instance).await {
+                    Ok(io) => (h1::Conn::new(io), false),
+                    Err(error) => {
+                        return Err(Failed {
+                            error: SendError::Connect(error),
+                            request: Some(req),
+                            sent: false,
+                        })
+                    }
+                },
+            };
+            if let Err(error) = conn.write_request(&req).await {
+                // Not (completely) written, so not processed: a kept connection that closed
+                // meanwhile is simply replaced; a new one that failed gives the request back.
+                if kept {
+                    continue;
+                }
+                return Err(Failed {
+                    error: SendError::Io(error),
+                    request: Some(req),
+                    sent: false,
+                });
+            }
+            let error = match conn.read_response(req.method()).await {
+                Ok(Some((res, reader))) => {
+                    let checkin = (instance.clone(), self.shared.clone());
+                    return Ok(res.map(|()| UpstreamBody::lean(reader, checkin)));
+                }
+                Ok(None) => std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the instance closed the connection without answering",
+                ),
+                Err(error) => error,
+            };
+            return Err(Failed {
+                error: SendError::Io(error),
+                request: Some(req),
+                sent: true,
+            });
+        }
+    }
+
+    async fn send_http1(
+        &self,
+        instance: &InstanceId,
+        mut req: Request<ReqBody>,
+    ) -> Result<Response<UpstreamBody>, Failed> {
+        loop {
+            let (mut sender, kept) = match self.shared.checkout_http1(instance) {
+                Some(sender) => (sender, true),
+                None => match self.dial_http1(instance).await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            request: Some(req),
+                            sent: false,
+                        })
+                    }
+                },
+            };
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    // An upgraded connection is the tunnel's now: it is not checked in.
+                    let checkin = (res.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                        .then(|| Checkin {
+                            sender,
+                            instance: instance.clone(),
+                            shared: self.shared.clone(),
+                        });
+                    return Ok(res.map(|body| UpstreamBody::hyper(body, checkin)));
+                }
+                Err(err) => req = request_to_retry(err, kept)?,
+            }
+        }
+    }
+
+    async fn send_http2(
+        &self,
+        instance: &InstanceId,
+        mut req: Request<ReqBody>,
+    ) -> Result<Response<UpstreamBody>, Failed> {
+        let mut kept = self.shared.http2().get(instance).cloned();
+        loop {
+            let (mut sender, was_kept) = match kept.take() {
+                Some(sender) if !sender.is_closed() => (sender, true),
+                _ => match self.dial_http2(instance).await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            request: Some(req),
+                            sent: false,
+                        })
+                    }
+                },
+            };
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok(res.map(|body| UpstreamBody::hyper(body, None))),
+                Err(err) => req = request_to_retry(err, was_kept)?,
+            }
+        }
+    }
+
+    async fn dial_http1(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<http1::SendRequest<ReqBody>, SendError> {
+        let (sender, conn) = http1::Builder::new()
+            .handshake(self.dial(instance).await?)
+            .await
+            .map_err(SendError::Failed)?;
+        self.watch(instance, conn.with_upgrades());
+        Ok(sender)
+    }
+
+    async fn dial_http2(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<http2::SendRequest<ReqBody>, SendError> {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(self.dial(instance).await?)
+            .await
+            .map_err(SendError::Failed)?;
+        self.watch(instance, conn);
+        self.shared.http2().insert(instance.clone(), sender.clone());
+        Ok(sender)
+    }
+
+    async fn dial(&self, instance: &InstanceId) -> Result<TokioIo<Connection>, SendError> {
+        let io = self
+            .shared
+            .backend
+            .connect(instance)
+            .await
+            .map_err(SendError::Connect)?;
+        Ok(TokioIo::new(io))
+    }
+
+    /// Runs a connection's task; when it ends, the instance's closed connections are forgotten.
+    fn watch<C>(&self, instance: &InstanceId, conn: C)
+    where
+        C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let id = instance.clone();
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(instance = %id, %error, "connection to instance ended");
+            }
+            shared.prune(&id);
+        });
+    }
+
+    /// Closes every connection kept idle for `instance`: it is gone.
+    pub(crate) fn forget(&self, instance: &InstanceId) {
+        self.shared.forget(instance);
+    }
+}
