@@ -33,14 +33,19 @@
 //! code and last log lines, global limit → 503; each with `x-serverless-error: <reason>`.
 //! Responses that waited for a cold start carry `x-serverless-cold-start: <ms>`.
 
-pub mod admin;
+mod admin;
+mod body;
 mod engine;
-pub mod forward;
+mod error;
+mod forward;
 mod h1;
-pub mod metrics;
-pub mod response;
-pub mod server;
+mod metrics;
+mod route;
+mod server;
 mod upstream;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,8 +55,12 @@ use serverless_core::{Config, ContainerBackend};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use body::{BoxError, ReqBody, ResBody};
 pub use engine::{App, DeployError, Engine};
-pub use response::{BoxError, ReqBody, ResBody, COLD_START_HEADER, ERROR_HEADER};
+pub use error::{ForwardError, ERROR_HEADER};
+pub use forward::COLD_START_HEADER;
+pub use metrics::Metrics;
+pub use server::{ClientInfo, TlsError};
 
 /// The admin token's environment variable (used when the config has none).
 pub const ADMIN_TOKEN_ENV: &str = "SERVERLESS_ADMIN_TOKEN";
@@ -91,8 +100,8 @@ impl Gateway {
         for app in config.apps {
             engine.deploy(app).await?;
         }
-        let listener = server::bind(config.listen, "listen").await?;
-        let admin_listener = server::bind(config.admin, "admin").await?;
+        let listener = bind(config.listen, "listen").await?;
+        let admin_listener = bind(config.admin, "admin").await?;
         let listen = listener.local_addr()?;
         let admin = admin_listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
@@ -112,7 +121,8 @@ impl Gateway {
                     listener,
                     tls,
                     settings,
-                    move |req, info| server::handle(engine.clone(), req, info),
+                    engine.metrics().connections_parked(),
+                    move |req, info| route::handle(engine.clone(), req, info),
                     wait(stopped),
                     Duration::from_secs(30),
                 )
@@ -126,6 +136,7 @@ impl Gateway {
                     admin_listener,
                     None,
                     settings,
+                    Default::default(),
                     move |req, _info| admin::handle(engine.clone(), token.clone(), req),
                     wait(stopped),
                     Duration::from_secs(5),
@@ -167,4 +178,11 @@ impl Gateway {
         }
         self.engine.shutdown().await;
     }
+}
+
+/// Binds a listener, naming the address in the error.
+async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
+    })
 }
