@@ -191,3 +191,76 @@ impl AppSpec {
         }
     }
 }
+
+/// The accepted range of every bounded field of an [`AppSpec`]: one table, used by the config
+/// parser and by [`AppSpec::validate`].
+pub(crate) mod bounds {
+    use std::time::Duration;
+
+    const fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+    const fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    pub(crate) const PIDS_LIMIT: (i64, i64) = (16, 65_536);
+    pub(crate) const PORT: (i64, i64) = (1, 65_535);
+    pub(crate) const MAX_CONCURRENT_REQUESTS: (i64, i64) = (1, 256);
+    pub(crate) const MAX_QUEUED_REQUESTS: (i64, i64) = (0, 100_000);
+    pub(crate) const SCALE_MAX: (i64, i64) = (1, 1000);
+    pub(crate) const MAX_DURATION: (Duration, Duration) = (secs(1), secs(86_400));
+    pub(crate) const IDLE_TIMEOUT: (Duration, Duration) = (ms(100), secs(86_400));
+    pub(crate) const QUEUE_TIMEOUT: (Duration, Duration) = (ms(100), secs(600));
+    pub(crate) const STARTUP_TIMEOUT: (Duration, Duration) = (ms(100), secs(600));
+    pub(crate) const STOP_GRACE: (Duration, Duration) = (ms(0), secs(600));
+}
+
+impl AppSpec {
+    /// Checks every field against the ranges the config file accepts (the same table), so a
+    /// spec built in code is held to the same rules as one read from a file. The error names
+    /// the field (`limits.max_concurrent_requests`), the value and the accepted range.
+    ///
+    /// ```
+    /// use serverless_core::{AppSpec, ImageRef};
+    /// let mut app = AppSpec::new("hello", ImageRef::Registry("example/hello:1".into()));
+    /// assert!(app.validate().is_ok());
+    /// app.limits.max_concurrent_requests = 0;
+    /// assert_eq!(
+    ///     app.validate().unwrap_err().to_string(),
+    ///     "invalid limits.max_concurrent_requests = 0: expected an integer in 1..=256"
+    /// );
+    /// ```
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        use crate::config::{check_duration, check_host, check_int, check_name};
+        use bounds::*;
+        check_name("name", &self.name)?;
+        if self.hosts.is_empty() {
+            return Err(crate::ConfigError::invalid("hosts", "[]", "at least one host name"));
+        }
+        for (j, host) in self.hosts.iter().enumerate() {
+            check_host(&format!("hosts[{j}]"), host)?;
+        }
+        check_int("pids_limit", self.pids_limit, PIDS_LIMIT)?;
+        check_int("port", self.port, PORT)?;
+        let l = &self.limits;
+        check_int(
+            "limits.max_concurrent_requests",
+            l.max_concurrent_requests,
+            MAX_CONCURRENT_REQUESTS,
+        )?;
+        check_int(
+            "limits.max_queued_requests",
+            l.max_queued_requests,
+            MAX_QUEUED_REQUESTS,
+        )?;
+        check_duration("limits.max_duration", l.max_duration, MAX_DURATION)?;
+        check_duration("limits.idle_timeout", l.idle_timeout, IDLE_TIMEOUT)?;
+        check_duration("limits.queue_timeout", l.queue_timeout, QUEUE_TIMEOUT)?;
+        check_duration("limits.startup_timeout", l.startup_timeout, STARTUP_TIMEOUT)?;
+        check_duration("limits.stop_grace", l.stop_grace, STOP_GRACE)?;
+        check_int("scale.max", self.scale.max, SCALE_MAX)?;
+        check_int("scale.min", self.scale.min, (0, i64::from(self.scale.max)))?;
+        Ok(())
+    }
+}

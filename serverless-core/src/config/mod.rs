@@ -498,6 +498,69 @@ fn range_text(lo: i64, hi: i64) -> String {
     format!("an integer in {lo}..={hi}")
 }
 
+fn duration_range_text(lo: Duration, hi: Duration) -> String {
+    format!(
+        "a duration in {}..={} (\"250ms\", \"30s\", \"5m\" or integer milliseconds)",
+        humantime::format_duration(lo),
+        humantime::format_duration(hi)
+    )
+}
+
+const NAME_FORM: &str = "a DNS label: lowercase letters, digits and '-', 1..=63 characters";
+
+/// A typed integer field against its range (for specs built in code).
+pub(crate) fn check_int(
+    field: &str,
+    v: impl Into<i64>,
+    (lo, hi): (i64, i64),
+) -> Result<(), ConfigError> {
+    let v = v.into();
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(field, v, range_text(lo, hi)))
+    }
+}
+
+/// A typed duration field against its range (for specs built in code).
+pub(crate) fn check_duration(
+    field: &str,
+    v: Duration,
+    (lo, hi): (Duration, Duration),
+) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            format!("{:?}", humantime::format_duration(v).to_string()),
+            duration_range_text(lo, hi),
+        ))
+    }
+}
+
+/// A routed host name (lowercase, no port).
+pub(crate) fn check_host(field: &str, host: &str) -> Result<(), ConfigError> {
+    if is_host_name(host) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            format!("{host:?}"),
+            "a lowercase host name without port, e.g. \"hello.example.com\"",
+        ))
+    }
+}
+
+/// An app name.
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if is_dns_label(name) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(field, format!("{name:?}"), NAME_FORM))
+    }
+}
+
 fn duration_in(
     field: &str,
     v: Option<RawDuration>,
@@ -505,13 +568,7 @@ fn duration_in(
     lo: Duration,
     hi: Duration,
 ) -> Result<Duration, ConfigError> {
-    let expected = || {
-        format!(
-            "a duration in {}..={} (\"250ms\", \"30s\", \"5m\" or integer milliseconds)",
-            humantime::format_duration(lo),
-            humantime::format_duration(hi)
-        )
-    };
+    let expected = || duration_range_text(lo, hi);
     let (d, shown) = match v {
         None => return Ok(default),
         Some(RawDuration::Millis(ms)) => {
@@ -775,21 +832,16 @@ impl RawConfig {
 
 impl RawApp {
     fn validate(self, prefix: &str) -> Result<AppSpec, ConfigError> {
+        use crate::spec::bounds::*;
         let f = |name: &str| format!("{prefix}{name}");
         let name = self.name.ok_or_else(|| {
             ConfigError::invalid(
                 f("name"),
                 "(missing)",
-                "a DNS label: lowercase letters, digits and '-', 1..=63 characters",
+                NAME_FORM,
             )
         })?;
-        if !is_dns_label(&name) {
-            return Err(ConfigError::invalid(
-                f("name"),
-                format!("{name:?}"),
-                "a DNS label: lowercase letters, digits and '-', 1..=63 characters",
-            ));
-        }
+        check_name(&f("name"), &name)?;
         let image_text = self.image.ok_or_else(|| {
             ConfigError::invalid(
                 f("image"),
@@ -812,13 +864,7 @@ impl RawApp {
             spec.hosts = Vec::with_capacity(hosts.len());
             for (j, h) in hosts.into_iter().enumerate() {
                 let lower = h.to_ascii_lowercase();
-                if !is_host_name(&lower) {
-                    return Err(ConfigError::invalid(
-                        f(&format!("hosts[{j}]")),
-                        format!("{h:?}"),
-                        "a host name without port, e.g. \"hello.example.com\"",
-                    ));
-                }
+                check_host(&f(&format!("hosts[{j}]")), &lower)?;
                 spec.hosts.push(lower);
             }
         }
@@ -831,8 +877,8 @@ impl RawApp {
             &f("pids_limit"),
             self.pids_limit,
             spec.pids_limit,
-            16,
-            65_536,
+            PIDS_LIMIT.0,
+            PIDS_LIMIT.1,
         )?;
         if let Some(env) = self.env {
             for (k, v) in &env {
@@ -856,66 +902,70 @@ impl RawApp {
             }
             spec.command = Some(cmd);
         }
-        spec.port = int_in(&f("port"), self.port, spec.port, 1, 65_535)?;
+        spec.port = int_in(&f("port"), self.port, spec.port, PORT.0, PORT.1)?;
         spec.h2c = self.h2c.unwrap_or(false);
 
         let rl = self.limits.unwrap_or_default();
         let dl = Limits::DEFAULT;
-        let ms = Duration::from_millis;
-        let secs = Duration::from_secs;
         spec.limits = Limits {
             max_concurrent_requests: int_in(
                 &f("limits.max_concurrent_requests"),
                 rl.max_concurrent_requests,
                 dl.max_concurrent_requests,
-                1,
-                256,
+                MAX_CONCURRENT_REQUESTS.0,
+                MAX_CONCURRENT_REQUESTS.1,
             )?,
             max_duration: duration_in(
                 &f("limits.max_duration"),
                 rl.max_duration,
                 dl.max_duration,
-                secs(1),
-                secs(86_400),
+                MAX_DURATION.0,
+                MAX_DURATION.1,
             )?,
             idle_timeout: duration_in(
                 &f("limits.idle_timeout"),
                 rl.idle_timeout,
                 dl.idle_timeout,
-                ms(100),
-                secs(86_400),
+                IDLE_TIMEOUT.0,
+                IDLE_TIMEOUT.1,
             )?,
             max_queued_requests: int_in(
                 &f("limits.max_queued_requests"),
                 rl.max_queued_requests,
                 dl.max_queued_requests,
-                0,
-                100_000,
+                MAX_QUEUED_REQUESTS.0,
+                MAX_QUEUED_REQUESTS.1,
             )?,
             queue_timeout: duration_in(
                 &f("limits.queue_timeout"),
                 rl.queue_timeout,
                 dl.queue_timeout,
-                ms(100),
-                secs(600),
+                QUEUE_TIMEOUT.0,
+                QUEUE_TIMEOUT.1,
             )?,
             startup_timeout: duration_in(
                 &f("limits.startup_timeout"),
                 rl.startup_timeout,
                 dl.startup_timeout,
-                ms(100),
-                secs(600),
+                STARTUP_TIMEOUT.0,
+                STARTUP_TIMEOUT.1,
             )?,
             stop_grace: duration_in(
                 &f("limits.stop_grace"),
                 rl.stop_grace,
                 dl.stop_grace,
-                ms(0),
-                secs(600),
+                STOP_GRACE.0,
+                STOP_GRACE.1,
             )?,
         };
         let rs = self.scale.unwrap_or_default();
-        let max = int_in(&f("scale.max"), rs.max, Scale::default().max, 1, 1000)?;
+        let max = int_in(
+            &f("scale.max"),
+            rs.max,
+            Scale::default().max,
+            SCALE_MAX.0,
+            SCALE_MAX.1,
+        )?;
         let min = int_in(&f("scale.min"), rs.min, 0, 0, i64::from(max))?;
         let standby = rs.standby.unwrap_or(Scale::default().standby);
         spec.scale = Scale { min, max, standby };
