@@ -1,4 +1,4 @@
-//! Run with: `cargo build -p serverless-proxy --bin serverless-hello && cargo run -p examples --bin hello-image -- [SERVERLESS_HELLO_BINARY] [OUTPUT.tar]`
+//! Run with: `cargo build -p serverless-cli --bin serverless-hello && cargo run -p examples --bin hello-image -- [SERVERLESS_HELLO_BINARY] [OUTPUT.tar]`
 //!
 //! Packages the `serverless-hello` demo app (a dynamically linked binary) with the shared
 //! libraries it needs into an OCI archive (default `examples/hello.tar`), using
@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => PathBuf::from(path),
         None => default_binary().ok_or(
             "serverless-hello not found under target/{release,debug}: build it with \
-             `cargo build -p serverless-proxy --bin serverless-hello` or pass its path",
+             `cargo build -p serverless-cli --bin serverless-hello` or pass its path",
         )?,
     };
     let output = PathBuf::from(
