@@ -602,10 +602,9 @@ impl Env {
 
     /// A counter from the gateway's metrics, summed over lines that start with `prefix`.
     pub fn metric(&self, prefix: &str) -> f64 {
-        let engine = self.gateway().engine();
-        engine
-            .metrics()
-            .encode(engine)
+        self.gateway()
+            .engine()
+            .encode_metrics()
             .lines()
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
