@@ -1,6 +1,7 @@
 //! Scenario 2b: instructions per proxied request, counted by callgrind (valgrind) for the
-//! gateway and for nginx (plain, and adding the same forwarding headers) over the same
-//! upstream and the same load. Counted, not timed: the figure does not move with this shared
+//! gateway, for the gateway with its lean HTTP/1.1 client off (`server.lean_client = false`:
+//! every request through hyper's client, to measure what the lean client saves) and for nginx
+//! (plain, and adding the same forwarding headers) over the same upstream and the same load. Counted, not timed: the figure does not move with this shared
 //! machine's noise, so it tells whether a change to the request path made it cheaper when the
 //! throughput runs cannot (their spread is tens of percent). User space only: both make the
 //! same system calls per request (four: read the request, write it upstream, read the answer,
@@ -46,20 +47,32 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
         gateway: gw,
         nginx: ng,
         nginx_fwd: ng_fwd,
+        gateway_hyper,
         ..
-    } = Lab::start(dir.path(), hello_bin, true, &|name, program| {
+    } = Lab::start(dir.path(), hello_bin, true, true, &|name, program| {
         let mut c = callgrind(&out_of(name));
         // valgrind's own messages.
         c.arg(program).stderr(Stdio::null());
         c
     })?;
-    let (gw_out, ng_out) = (out_of("gateway"), out_of("nginx"));
-    let targets: [(&str, &str, SocketAddr, &Path); 3] = [
+    let (gw_out, gw_hyper_out, ng_out) = (
+        out_of("gateway"),
+        out_of("gateway-hyper"),
+        out_of("nginx"),
+    );
+    let gw_hyper = gateway_hyper.context("the hyper-client gateway's port")?;
+    let targets: [(&str, &str, SocketAddr, &Path); 4] = [
         (
             "serverless",
             "gateway",
             ([127, 0, 0, 1], gw).into(),
             &gw_out,
+        ),
+        (
+            "serverless-hyper",
+            "gateway-hyper",
+            ([127, 0, 0, 1], gw_hyper).into(),
+            &gw_hyper_out,
         ),
         ("nginx", "nginx", ([127, 0, 0, 1], ng).into(), &ng_out),
         (
@@ -104,12 +117,16 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
     drop(procs);
 
     let per = |name: &str| results[name]["per_request"].as_f64().unwrap_or(f64::NAN);
-    for name in ["serverless", "nginx", "nginx-fwd"] {
+    for name in ["serverless", "serverless-hyper", "nginx", "nginx-fwd"] {
         headline(
             &format!("instructions_{}_per_request", name.replace('-', "_")),
             format!("{:.0}", per(name)),
         );
     }
+    headline(
+        "instructions_lean_client_saves_per_request",
+        format!("{:.0}", per("serverless-hyper") - per("serverless")),
+    );
     headline(
         "instructions_serverless_vs_nginx_ratio",
         format!("{:.2}", per("serverless") / per("nginx")),

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 
 use util::Res;
 
-const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | instr OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT";
+const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | instr OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT [hyper-client]";
 
 fn main() {
     if let Err(e) = run() {
@@ -53,7 +53,8 @@ fn run() -> Res<()> {
     if cmd == "gateway-native" {
         let listen = args.get(2).ok_or(USAGE)?;
         let upstream = args.get(3).ok_or(USAGE)?;
-        return warm::gateway_native(listen, upstream);
+        let lean_client = args.get(4).map(String::as_str) != Some(warm::HYPER_CLIENT);
+        return warm::gateway_native(listen, upstream, lean_client);
     }
     if cmd == "report" {
         return report::run(&arg(&args, 2)?, &arg(&args, 3)?);

@@ -641,16 +641,23 @@ fn instr_section(md: &mut String, v: &Value) {
     }
     let _ = writeln!(
         md,
-        "Counted by callgrind (valgrind), user space, each proxy alone on CPU 1 with the same upstream, {} s of closed-loop load over {} connections after a warm-up: instructions in that window over the requests answered in it. Unlike the throughput runs above, this does not move with the machine's load (runs under valgrind are slow; only the count is used): it varies by 1–2 % between runs (with how requests happen to batch), so it is the figure to compare changes to the request path by. System calls are not counted (the gateway makes four per request: read the request, write it upstream, read the answer, write it back; nginx the same and a `getsockopt`).\n",
+        "Counted by callgrind (valgrind), user space, each proxy alone on CPU 1 with the same upstream, {} s of closed-loop load over {} connections after a warm-up: instructions in that window over the requests answered in it. Unlike the throughput runs above, this does not move with the machine's load (runs under valgrind are slow; only the count is used): it varies by 1–2 % between runs (with how requests happen to batch), so it is the figure to compare changes to the request path by. System calls are not counted (the gateway makes four per request: read the request, write it upstream, read the answer, write it back; nginx the same and a `getsockopt`). \"gateway (hyper client)\" is the gateway with `server.lean_client = false`: every request through hyper's client instead of the lean HTTP/1.1 one, which is what the lean client saves.\n",
         v["secs"], v["connections"]
     );
     md.push_str("| proxy | instructions per request | gateway's over it | requests counted |\n|---|---|---|---|\n");
     let per = |name: &str| f(&v["results"][name]["per_request"]);
-    for name in ["serverless", "nginx", "nginx-fwd"] {
+    for name in ["serverless", "serverless-hyper", "nginx", "nginx-fwd"] {
+        if v["results"][name].is_null() {
+            continue;
+        }
         let ratio = per("serverless") / per(name);
+        let label = match name {
+            "serverless-hyper" => "gateway (hyper client)",
+            other => other,
+        };
         let _ = writeln!(
             md,
-            "| {name} | {:.0} | {} | {} |",
+            "| {label} | {:.0} | {} | {} |",
             per(name),
             if name == "serverless" {
                 "—".to_owned()

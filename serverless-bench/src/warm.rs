@@ -74,23 +74,27 @@ impl Drop for Procs {
 }
 
 /// The upstream and the two proxies every warm measurement has: the native
-/// `serverless-hello`, the gateway over it, and nginx with its plain and forwarding servers.
+/// `serverless-hello`, the gateway over it, and nginx with its plain and forwarding servers;
+/// optionally a second gateway with its lean HTTP/1.1 client off (`server.lean_client = false`).
 pub(crate) struct Lab {
     pub(crate) procs: Procs,
     pub(crate) upstream: u16,
     pub(crate) gateway: u16,
     pub(crate) nginx: u16,
     pub(crate) nginx_fwd: u16,
+    /// The gateway that sends every request through hyper's client (`gateway-hyper`).
+    pub(crate) gateway_hyper: Option<u16>,
 }
 
 impl Lab {
-    /// Starts them, the upstream pinned to CPU 1 and each proxy (`gateway`, `nginx`) with the
-    /// command `launch(name, program)` gives (pinned, or under valgrind); nginx without a master
-    /// process when `single_nginx`.
+    /// Starts them, the upstream pinned to CPU 1 and each proxy (`gateway`, `nginx`, and
+    /// `gateway-hyper` when `hyper_client`) with the command `launch(name, program)` gives
+    /// (pinned, or under valgrind); nginx without a master process when `single_nginx`.
     pub(crate) fn start(
         dir: &Path,
         hello_bin: &Path,
         single_nginx: bool,
+        hyper_client: bool,
         launch: &dyn Fn(&str, &std::ffi::OsStr) -> Command,
     ) -> Res<Self> {
         let mut procs = Procs::default();
@@ -109,6 +113,21 @@ impl Lab {
                 &upstream.to_string(),
             ]),
         )?;
+        let gateway_hyper = if hyper_client {
+            let port = free_port()?;
+            procs.spawn(
+                "gateway-hyper",
+                launch("gateway-hyper", self_exe.as_os_str()).args([
+                    "gateway-native",
+                    &format!("127.0.0.1:{port}"),
+                    &upstream.to_string(),
+                    HYPER_CLIENT,
+                ]),
+            )?;
+            Some(port)
+        } else {
+            None
+        };
         let (nginx, nginx_fwd) = (free_port()?, free_port()?);
         let conf = nginx_config(dir, nginx, nginx_fwd, upstream, single_nginx)?;
         procs.spawn(
@@ -126,9 +145,13 @@ impl Lab {
             gateway,
             nginx,
             nginx_fwd,
+            gateway_hyper,
         })
     }
 }
+
+/// `gateway-native`'s optional last argument: the lean HTTP/1.1 client off.
+pub(crate) const HYPER_CLIENT: &str = "hyper-client";
 
 pub(crate) fn pinned(cpu: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new("taskset");
@@ -153,7 +176,8 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
         gateway: gw,
         nginx: ng,
         nginx_fwd: ng_fwd,
-    } = Lab::start(dir.path(), hello_bin, false, &|_, program| {
+        ..
+    } = Lab::start(dir.path(), hello_bin, false, false, &|_, program| {
         pinned("1", program)
     })?;
     let hp = free_port()?;
@@ -464,9 +488,10 @@ backend hello
     Ok(path)
 }
 
-/// `gateway-native LISTEN UPSTREAM_PORT`: the real gateway (one runtime thread, like nginx's one
-/// worker and haproxy's one thread) over a backend whose only instance is the native upstream.
-pub(crate) fn gateway_native(listen: &str, upstream: &str) -> Res<()> {
+/// `gateway-native LISTEN UPSTREAM_PORT [hyper-client]`: the real gateway (one runtime thread,
+/// like nginx's one worker and haproxy's one thread) over a backend whose only instance is the
+/// native upstream; `lean_client`: `false` sends every request through hyper's client.
+pub(crate) fn gateway_native(listen: &str, upstream: &str, lean_client: bool) -> Res<()> {
     let port: u16 = upstream.parse().context("upstream port")?;
     // One thread: tokio's current-thread runtime, as an embedder serving from one core would
     // run it (a one-worker multi-thread runtime measured ~5 % more CPU per request here).
@@ -477,6 +502,8 @@ pub(crate) fn gateway_native(listen: &str, upstream: &str) -> Res<()> {
         let config = Config::from_toml(&format!(
             r#"listen = "{listen}"
 admin = "127.0.0.1:0"
+[server]
+lean_client = {lean_client}
 [[apps]]
 name = "hello"
 image = "example/hello:1"

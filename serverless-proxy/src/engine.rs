@@ -279,7 +279,7 @@ impl Engine {
     /// headers naming that client.
     pub async fn serve(&self, app: &App, req: Request<ReqBody>) -> Response<ResBody> {
         // Boxed: erases the stack's future type (and sidesteps a higher-ranked inference limit
-        // when this future is spawned). This is the one allocation of the request path's layers.
+        // when this future is spawned); one allocation for all the layers' futures.
         let fut: Pin<Box<dyn Future<Output = Result<_, BoxError>> + Send>> =
             Box::pin(app.stack.clone().oneshot(req));
         match fut.await {
