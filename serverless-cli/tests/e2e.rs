@@ -1,6 +1,6 @@
 //! End to end: the real gateway over a real (private) containerd running real runc containers,
 //! with real HTTP clients. Needs root, `containerd`, `runc` and Debian's `busybox-static`.
-//! The harness (a private containerd per test, images, clients) is `tests/support`.
+//! The harness (a private containerd per test, images, clients) is `serverless-testkit`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,14 +15,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serverless_core::ContainerBackend;
 use serverless_proxy::COLD_START_HEADER;
+use serverless_testkit::{busybox_archive, can_run, hello_archive, rss_kib, GatewayHarness, Load};
 
-mod support;
-
-use support::{busybox_image, hello_image, Env, Load};
+const HELLO: &str = env!("CARGO_BIN_EXE_serverless-hello");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_warm_scale_out_and_idle_stop() {
-    let env = Env::start(|dir| {
+    if !can_run("cold_start_warm_scale_out_and_idle_stop") {
+        return;
+    }
+    let env = GatewayHarness::start(|dir| {
         format!(
             r#"
 [[apps]]
@@ -34,7 +36,7 @@ idle_timeout = "1500ms"
 [apps.scale]
 max = 3
 "#,
-            busybox_image(dir).display()
+            busybox_archive(dir).display()
         )
     })
     .await;
@@ -91,7 +93,10 @@ max = 3
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recycle_under_load_fails_nothing() {
-    let env = Env::start(|dir| {
+    if !can_run("recycle_under_load_fails_nothing") {
+        return;
+    }
+    let env = GatewayHarness::start(|dir| {
         format!(
             r#"
 [[apps]]
@@ -102,7 +107,7 @@ max_concurrent_requests = 4
 max_duration = "1s"
 stop_grace = "1s"
 "#,
-            busybox_image(dir).display()
+            busybox_archive(dir).display()
         )
     })
     .await;
@@ -129,7 +134,10 @@ stop_grace = "1s"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_that_fails_to_boot_gets_503_with_exit_code_and_logs() {
-    let env = Env::start(|dir| {
+    if !can_run("app_that_fails_to_boot_gets_503_with_exit_code_and_logs") {
+        return;
+    }
+    let env = GatewayHarness::start(|dir| {
         format!(
             r#"
 [[apps]]
@@ -137,7 +145,7 @@ name = "broken"
 image = "oci-archive:{}"
 command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]
 "#,
-            busybox_image(dir).display()
+            busybox_archive(dir).display()
         )
     })
     .await;
@@ -158,22 +166,21 @@ command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]
     env.stop().await;
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+/// This process's (the gateway's) resident set size in KiB.
+fn own_rss_kib() -> u64 {
+    rss_kib(std::process::id()).expect("VmRSS of this process")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_h2c_and_100mb_streams_through_the_gateway() {
+    if !can_run("websocket_h2c_and_100mb_streams_through_the_gateway") {
+        return;
+    }
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let env = Env::start(|dir| {
-        let image = hello_image(dir);
+    let env = GatewayHarness::start(|dir| {
+        let image = hello_archive(HELLO, dir);
         format!(
             r#"
 [[apps]]
@@ -254,7 +261,7 @@ h2c = true
 
     // 100 MB up and down, streamed: the gateway (this process) does not buffer them.
     const SIZE: u64 = 100 * 1024 * 1024;
-    let before = rss_kib();
+    let before = own_rss_kib();
     let chunk = Bytes::from(vec![7u8; 256 * 1024]);
     let chunks = (0..SIZE / chunk.len() as u64)
         .map(move |_| Ok::<_, std::io::Error>(http_body::Frame::data(chunk.clone())));
@@ -289,11 +296,11 @@ h2c = true
             got += data.len() as u64;
         }
         if got % (8 << 20) < 65536 {
-            peak = peak.max(rss_kib());
+            peak = peak.max(own_rss_kib());
         }
     }
     assert_eq!(got, SIZE);
-    let after = rss_kib().max(peak);
+    let after = own_rss_kib().max(peak);
     eprintln!("gateway RSS before {before} KiB, peak during 2×100 MB {after} KiB");
     assert!(
         after < before + 40 * 1024,

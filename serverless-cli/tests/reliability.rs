@@ -8,20 +8,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use support::*;
+use serverless_testkit::*;
 use tokio::time::Instant;
 
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const HELLO: &str = env!("CARGO_BIN_EXE_serverless-hello");
+const SERVERLESS: &str = env!("CARGO_BIN_EXE_serverless");
 
 type PostTask = tokio::task::JoinHandle<(Result<Answer, String>, Duration)>;
 
@@ -76,7 +70,7 @@ async fn instance_sigkilled_under_load() {
         return;
     }
     let _shared = shared().await;
-    let env = Env::start(|dir| {
+    let env = GatewayHarness::start(|dir| {
         format!(
             r#"
 [[apps]]
@@ -87,7 +81,7 @@ max_concurrent_requests = 16
 [apps.scale]
 max = 3
 "#,
-            hello_image(dir).display()
+            hello_archive(HELLO, dir).display()
         )
     })
     .await;
@@ -145,8 +139,8 @@ async fn containerd_killed_and_restarted() {
         return;
     }
     let _shared = shared().await;
-    let mut env = Env::start(|dir| {
-        let image = hello_image(dir);
+    let mut env = GatewayHarness::start(|dir| {
+        let image = hello_archive(HELLO, dir);
         format!(
             r#"
 [[apps]]
@@ -281,21 +275,14 @@ min = 1
 "#,
             data = dir.path().join("gw").display(),
             socket = containerd.socket.display(),
-            image = hello_image(dir.path()).display(),
+            image = hello_archive(HELLO, dir.path()).display(),
         ),
     )
     .unwrap();
     let objects = |c: &Containerd| c.objects(&namespace);
-    // `ctr containers ls -q` has no header line: the first id is skipped by `ctr()`, so ask
-    // for the full listing and take the first column.
-    let ids = |c: &Containerd| -> Vec<String> {
-        c.ctr(&namespace, &["containers", "ls"])
-            .iter()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-            .collect()
-    };
+    let ids = |c: &Containerd| c.container_ids(&namespace);
 
-    let first = GatewayProcess::start(&config).await;
+    let first = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
     // Load that needs more than the one warm instance (2 per instance, 4 clients).
     let load = Load::start(first.addr, "web.localhost", "/sleep?ms=50", 4);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -310,7 +297,7 @@ min = 1
     );
     assert!(left.containers >= 1 && left.shims >= 1, "{left:?}");
 
-    let second = GatewayProcess::start(&config).await;
+    let second = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
     let now_ids = ids(&containerd);
     let adopted: Vec<_> = left_ids.iter().filter(|id| now_ids.contains(id)).collect();
     let load = Load::start(second.addr, "web.localhost", "/", 2);
@@ -364,7 +351,7 @@ async fn recycled_ten_times_under_load() {
         return;
     }
     let _shared = shared().await;
-    let env = Env::start(|dir| {
+    let env = GatewayHarness::start(|dir| {
         format!(
             r#"
 [[apps]]
@@ -375,7 +362,7 @@ max_concurrent_requests = 4
 max_duration = "1s"
 stop_grace = "2s"
 "#,
-            hello_image(dir).display()
+            hello_archive(HELLO, dir).display()
         )
     })
     .await;
@@ -407,9 +394,9 @@ async fn idle_stop_races_new_requests() {
     }
     let _shared = shared().await;
     const APPS: usize = 4;
-    let races = env_count("RELIABILITY_IDLE_RACES", 1000);
-    let env = Env::start(|dir| {
-        let image = hello_image(dir);
+    let races = env_num("RELIABILITY_IDLE_RACES", 1000).unwrap();
+    let env = GatewayHarness::start(|dir| {
+        let image = hello_archive(HELLO, dir);
         (0..APPS)
             .map(|i| {
                 format!(
@@ -465,7 +452,7 @@ async fn crash_loop_backs_off_without_pile_up() {
         return;
     }
     let _shared = shared().await;
-    let env = Env::start(|dir| {
+    let env = GatewayHarness::start(|dir| {
         format!(
             r#"
 [[apps]]
@@ -473,7 +460,7 @@ name = "broken"
 image = "oci-archive:{}"
 command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]
 "#,
-            busybox_image(dir).display()
+            busybox_archive(dir).display()
         )
     })
     .await;
@@ -512,8 +499,8 @@ async fn cold_start_cycles_leak_nothing() {
         return;
     }
     let _alone = exclusive().await;
-    let cycles = env_count("RELIABILITY_COLD_CYCLES", 1000);
-    let env = Env::start(|dir| {
+    let cycles = env_num("RELIABILITY_COLD_CYCLES", 1000).unwrap();
+    let env = GatewayHarness::start(|dir| {
         format!(
             r#"
 [[apps]]
@@ -522,7 +509,7 @@ image = "oci-archive:{}"
 [apps.limits]
 idle_timeout = "100ms"
 "#,
-            hello_image(dir).display()
+            hello_archive(HELLO, dir).display()
         )
     })
     .await;
@@ -609,7 +596,7 @@ async fn instances_cannot_reach_each_other_or_the_host() {
         return;
     }
     let _shared = shared().await;
-    let env = Env::start(|dir| {
+    let env = GatewayHarness::start(|dir| {
         format!(
             r#"
 [[apps]]
@@ -620,8 +607,8 @@ name = "other"
 image = "oci-archive:{}"
 port = 9000
 "#,
-            busybox_image(dir).display(),
-            hello_image(dir).display()
+            busybox_archive(dir).display(),
+            hello_archive(HELLO, dir).display()
         )
     })
     .await;
@@ -679,7 +666,7 @@ async fn memory_bomb_is_oom_killed_and_replaced() {
         return;
     }
     let _shared = shared().await;
-    let env = Env::start(|dir| {
+    let env = GatewayHarness::start(|dir| {
         format!(
             r#"
 [[apps]]
@@ -691,8 +678,8 @@ command = ["/bin/sh", "-c", "/bin/busybox httpd -f -p 8080 -h /www & while [ ! -
 name = "other"
 image = "oci-archive:{hello}"
 "#,
-            busybox = busybox_image(dir).display(),
-            hello = hello_image(dir).display()
+            busybox = busybox_archive(dir).display(),
+            hello = hello_archive(HELLO, dir).display()
         )
     })
     .await;
@@ -740,7 +727,7 @@ async fn fork_bomb_stops_at_the_pids_limit() {
         return;
     }
     let _shared = shared().await;
-    let env = Env::start(|dir| {
+    let env = GatewayHarness::start(|dir| {
         format!(
             r#"
 [[apps]]
@@ -750,8 +737,8 @@ image = "oci-archive:{busybox}"
 name = "other"
 image = "oci-archive:{hello}"
 "#,
-            busybox = busybox_image(dir).display(),
-            hello = hello_image(dir).display()
+            busybox = busybox_archive(dir).display(),
+            hello = hello_archive(HELLO, dir).display()
         )
     })
     .await;
@@ -803,10 +790,10 @@ async fn cpu_hog_gets_its_slot_share() {
         return;
     }
     let _shared = shared().await;
-    let env = Env::start(|dir| {
+    let env = GatewayHarness::start(|dir| {
         format!(
             "[[apps]]\nname = \"hog\"\nimage = \"oci-archive:{}\"\nslot = \"c.125-m512\"\n",
-            busybox_image(dir).display()
+            busybox_archive(dir).display()
         )
     })
     .await;
@@ -1020,7 +1007,7 @@ async fn bad_images_are_refused_and_leave_nothing() {
     let bomb = dir.path().join("bomb.tar.gz");
     let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
     let truncated = {
-        let whole = busybox_image(dir.path());
+        let whole = busybox_archive(dir.path());
         let bytes = std::fs::read(&whole).unwrap();
         let p = dir.path().join("truncated.tar");
         std::fs::write(&p, &bytes[..bytes.len() * 6 / 10]).unwrap();
