@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serverless_containerd::{Builder, ContainerdBackend};
 use serverless_core::{AppSpec, ImageRef, InstanceId};
 
-use crate::containerd::ctr;
+use crate::containerd::{container_ids, ctr};
 use crate::images::busybox_archive;
 use crate::leaks::{leftovers, remove_all, shims, wait_for_no_shims};
 use crate::unique;
@@ -98,10 +98,7 @@ impl BackendHarness {
 
     /// Container ids in the namespace (spare shims' keepers included).
     pub fn container_ids(&self) -> Vec<String> {
-        self.ctr(&["containers", "ls"])
-            .iter()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-            .collect()
+        container_ids(self.backend.socket(), self.backend.namespace())
     }
 
     /// Shuts the backend down; then no cgroup parent and no shim may be left.

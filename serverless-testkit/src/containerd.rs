@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::leaks::shims;
+use crate::leaks::{objects, shims, Objects};
 use crate::procs::signal;
 
 /// A private `containerd` process: its own root, state and socket under a directory of the
@@ -133,6 +133,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"
         ctr(&self.socket, namespace, args)
     }
 
+    /// [`objects`] of `namespace` on this containerd.
+    pub fn objects(&self, namespace: &str) -> Objects {
+        objects(&self.socket, namespace)
+    }
+
+    /// [`container_ids`] of `namespace` on this containerd.
+    pub fn container_ids(&self, namespace: &str) -> Vec<String> {
+        container_ids(&self.socket, namespace)
+    }
+
     /// Pids of every shim serving this containerd (spare shims' included).
     pub fn shims(&self) -> Vec<u32> {
         shims()
@@ -185,5 +195,14 @@ pub fn ctr(socket: &Path, namespace: &str, args: &[&str]) -> Vec<String> {
         .skip(1)
         .filter(|l| !l.trim().is_empty())
         .map(str::to_owned)
+        .collect()
+}
+
+/// The ids of the containers in `namespace` (spare shims' keepers included). (`ctr containers
+/// ls -q` has no header line, so this takes the first column of the full listing.)
+pub fn container_ids(socket: &Path, namespace: &str) -> Vec<String> {
+    ctr(socket, namespace, &["containers", "ls"])
+        .iter()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect()
 }

@@ -11,7 +11,8 @@
 //! - **Harnesses:** [`BackendHarness`], a `ContainerdBackend` on its own embedded containerd;
 //!   `GatewayHarness` (feature `gateway`), the in-process gateway over a [`Containerd`] process
 //!   the test may kill and restart; [`GatewayProcess`], the real `serverless` binary as a child.
-//! - **containerd:** [`Containerd`] (start, stop, SIGKILL, restart) and [`ctr`] rows.
+//! - **containerd:** [`Containerd`] (start, stop, SIGKILL, restart), [`ctr`] rows and
+//!   [`container_ids`].
 //! - **Images:** [`busybox_image`] (busybox httpd with CGI scripts), [`hello_image`] (the demo
 //!   app), each also written as an archive ([`busybox_archive`], [`hello_archive`]).
 //! - **Leak checks:** [`objects`] and [`leftovers`] of a namespace, [`shims`], [`remove_all`].
@@ -47,7 +48,7 @@ pub use client::{
     client, connect, free_port, get, http_get, send, wait_http, Answer, HttpClient, Sender,
     ERROR_HEADER,
 };
-pub use containerd::{ctr, Containerd};
+pub use containerd::{container_ids, ctr, Containerd};
 #[cfg(feature = "gateway")]
 pub use gateway::{instance_ids, metric, GatewayHarness};
 pub use gateway_process::GatewayProcess;
