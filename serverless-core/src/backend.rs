@@ -107,6 +107,8 @@ pub enum ErrorKind {
     Connect,
     /// The backend itself (e.g. containerd) is unreachable or failed.
     Unavailable,
+    /// The backend does not offer this operation (the default of optional trait methods).
+    Unsupported,
 }
 
 /// A backend failure: a kind, a one-line message, and for boot failures the exit and the last
@@ -174,6 +176,19 @@ impl BackendError {
     pub fn is_not_found(&self) -> bool {
         self.kind == ErrorKind::NotFound
     }
+
+    /// True when the backend does not offer the operation.
+    pub fn is_unsupported(&self) -> bool {
+        self.kind == ErrorKind::Unsupported
+    }
+
+    /// The error of an optional operation a backend does not offer.
+    pub fn unsupported(operation: &str) -> Self {
+        Self::new(
+            ErrorKind::Unsupported,
+            format!("this backend does not support {operation}"),
+        )
+    }
 }
 
 impl fmt::Display for BackendError {
@@ -204,33 +219,90 @@ pub type Connection = Box<dyn Io>;
 /// Runs instances of apps. Implemented over containerd by `serverless-containerd`, in-process by
 /// `FakeBackend` (feature `test-util`); implement it to run instances anywhere else.
 ///
-/// Every method may be called concurrently. The engine guarantees `stop` is called once per
-/// instance it started, also for instances that exited by themselves (to free their resources).
+/// # The contract
+///
+/// Who calls what:
+///
+/// | method | called by | when |
+/// |---|---|---|
+/// | [`prepare`](Self::prepare) | the engine (`serverless-proxy`'s `Engine::deploy`) | on deploy, before the app takes requests; never by the pool |
+/// | [`start`](Self::start) | the pool | once per instance id; ids are unique per engine run |
+/// | [`wait`](Self::wait) | the pool | right after a successful `start`, for the instance's life |
+/// | [`stop`](Self::stop) | the pool | once per started instance (also after it exited), and after a `start` it gave up on |
+/// | [`connect`](Self::connect) | the forwarder | for every new connection to a `Ready` instance |
+/// | [`list`](Self::list) | the binary's reconcile at start-up, the admin API | never by the pool |
+/// | [`logs`](Self::logs) | the admin API and CLI | never by the pool |
+/// | [`release`](Self::release) | the pool's shutdown | after its last instance stopped |
+///
+/// Every method may be called concurrently, for the same or different instances.
+///
+/// Time limits: `start` enforces [`Limits::startup_timeout`](crate::Limits::startup_timeout)
+/// itself and fails with [`ErrorKind::StartTimeout`]. The pool also bounds it, at
+/// `startup_timeout` + 30 s, by dropping the future and calling `stop(id, 0)`; a backend that
+/// relies on that bound has failed at its own job, but leaks nothing.
+///
+/// Cleanup: a `start` that returns `Err` has released everything it made for that id (the pool
+/// does not call `stop` after an `Err`). A `start` whose future is dropped before it finishes
+/// may leave a half-made instance: `stop` on that id must remove it. `stop` is idempotent and
+/// succeeds for ids it does not know.
+///
+/// Errors: [`ErrorKind::NotFound`] means "this id does not exist (any more)" and nothing else;
+/// [`ErrorKind::Unsupported`] marks an optional operation the backend does not offer.
+///
+/// [`conformance::run`](crate::conformance::run) (feature `test-util`) checks an implementation
+/// against this contract; every backend in this workspace passes it.
 #[async_trait]
 pub trait ContainerBackend: Send + Sync + 'static {
-    /// Makes the app's image available (import or pull). Idempotent; called on deploy and again
-    /// lazily by `start` implementations that need it.
-    async fn prepare(&self, app: &AppSpec) -> Result<(), BackendError>;
+    /// Makes the app's image available (import or pull), so that `start` does not pay for it.
+    /// Idempotent. The default does nothing (for backends whose `start` needs no preparation).
+    async fn prepare(&self, app: &AppSpec) -> Result<(), BackendError> {
+        let _ = app;
+        Ok(())
+    }
 
-    /// Starts an instance with the given id and returns once it listens on a port (or fails
-    /// with [`ErrorKind::BootFailed`] / [`ErrorKind::StartTimeout`] after cleaning up).
+    /// Starts an instance with the given id and returns once the app listens on a port.
+    ///
+    /// Fails with [`ErrorKind::BootFailed`] (with the [`Exit`] and the last log lines) when the
+    /// process exits first, with [`ErrorKind::StartTimeout`] when it does not listen within
+    /// `app.limits.startup_timeout`, with [`ErrorKind::Image`] when the image is missing — in
+    /// every case after removing what it created. [`Started::port`] is the port it found (for
+    /// logs and the admin API: the engine always reaches the instance through
+    /// [`connect`](Self::connect)); [`Started::phases`] feed the cold-start metrics.
     async fn start(&self, app: &AppSpec, id: &InstanceId) -> Result<Started, BackendError>;
 
-    /// Stops an instance: SIGTERM, up to `grace`, SIGKILL, then frees everything it held.
-    /// Stopping an instance that is already gone succeeds.
+    /// Stops an instance: SIGTERM (or the backend's equivalent), up to `grace`, SIGKILL, then
+    /// frees everything it held. Succeeds for an instance that is already gone or was never
+    /// known, and for a half-made one whose `start` was dropped.
     async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<(), BackendError>;
 
-    /// Resolves when the instance's process exits (crash, OOM kill, or stop).
-    async fn wait(&self, id: &InstanceId) -> Result<Exit, BackendError>;
+    /// Resolves with the [`Exit`] when the instance's process ends for any reason: a crash, an
+    /// OOM kill, or [`stop`](Self::stop). For an id the backend does not know (never started,
+    /// or stopped and forgotten) it returns [`ErrorKind::NotFound`] at once — never a made-up
+    /// exit code.
+    ///
+    /// The pool treats `NotFound` as "the instance is gone" (it is removed) and any other error
+    /// as "exits cannot be watched": it keeps the instance, logs a warning once, and notices a
+    /// dead instance only when [`connect`](Self::connect) fails. The default returns
+    /// [`ErrorKind::Unsupported`], which gives exactly that.
+    async fn wait(&self, id: &InstanceId) -> Result<Exit, BackendError> {
+        let _ = id;
+        Err(BackendError::unsupported("watching instance exits"))
+    }
 
-    /// Opens a new connection to the instance's port.
+    /// Opens a new connection to the instance's port. [`ErrorKind::NotFound`] when the
+    /// instance is gone, [`ErrorKind::Connect`] when it refuses: the forwarder then evicts the
+    /// instance and sends requests that were not yet written to another one.
     async fn connect(&self, id: &InstanceId) -> Result<Connection, BackendError>;
 
     /// Everything this backend owns, including leftovers of a previous run (for reconcile).
     async fn list(&self) -> Result<Vec<OwnedInstance>, BackendError>;
 
-    /// The instance's recent stdout/stderr.
-    async fn logs(&self, id: &InstanceId) -> Result<String, BackendError>;
+    /// The instance's recent stdout/stderr. [`ErrorKind::NotFound`] for an unknown id; the
+    /// default returns [`ErrorKind::Unsupported`].
+    async fn logs(&self, id: &InstanceId) -> Result<String, BackendError> {
+        let _ = id;
+        Err(BackendError::unsupported("logs"))
+    }
 
     /// This app (exactly this spec) is gone: removed, redeployed with another spec, or the
     /// engine is shutting down. Frees whatever the backend keeps ready for it outside of

@@ -47,6 +47,8 @@ struct FakeInstance {
 struct State {
     behaviors: HashMap<String, Behavior>,
     running: HashMap<InstanceId, FakeInstance>,
+    /// Instances that crashed and were not stopped yet: `wait` still reports their exit.
+    crashed: HashMap<InstanceId, Exit>,
     started: usize,
     stopped: usize,
     /// Most instances running at once.
@@ -92,6 +94,7 @@ impl FakeBackend {
         match state.running.remove(id) {
             Some(inst) => {
                 let _ = inst.kill.send(true);
+                state.crashed.insert(id.clone(), Exit::code(137));
                 true
             }
             None => false,
@@ -186,14 +189,24 @@ impl ContainerBackend for FakeBackend {
         if let Some(inst) = state.running.remove(id) {
             let _ = inst.kill.send(true);
         }
+        state.crashed.remove(id);
         state.stopped += 1;
         Ok(())
     }
 
     async fn wait(&self, id: &InstanceId) -> Result<Exit, BackendError> {
-        let rx = self.lock().running.get(id).map(|i| i.exit.clone());
+        let rx = {
+            let state = self.lock();
+            if let Some(exit) = state.crashed.get(id) {
+                return Ok(*exit);
+            }
+            state.running.get(id).map(|i| i.exit.clone())
+        };
         let Some(mut rx) = rx else {
-            return Ok(Exit::code(137));
+            return Err(BackendError::new(
+                ErrorKind::NotFound,
+                format!("instance {id} is not running"),
+            ));
         };
         let exit = match rx.wait_for(Option::is_some).await {
             Ok(exit) => exit.unwrap_or(Exit::code(137)),
@@ -229,6 +242,12 @@ impl ContainerBackend for FakeBackend {
     }
 
     async fn logs(&self, id: &InstanceId) -> Result<String, BackendError> {
+        if !self.lock().running.contains_key(id) {
+            return Err(BackendError::new(
+                ErrorKind::NotFound,
+                format!("instance {id} is not running"),
+            ));
+        }
         Ok(format!("fake instance {id}\n"))
     }
 }

@@ -18,10 +18,13 @@
 //!
 //! # Feature flags
 //!
-//! - `test-util`: [`fake::FakeBackend`], an in-process backend whose instances are tokio tasks
-//!   serving HTTP on loopback, with configurable start delay, boot failure and refusal to listen.
+//! - `test-util`: `fake::FakeBackend`, an in-process backend whose instances are tokio tasks
+//!   serving HTTP on loopback, with configurable start delay, boot failure and refusal to listen;
+//!   and `conformance::run`, the suite that checks any backend against the
+//!   [`ContainerBackend`] contract.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
 pub mod config;
@@ -30,6 +33,10 @@ pub mod slot;
 pub mod spec;
 
 #[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod conformance;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod fake;
 
 pub use backend::{
