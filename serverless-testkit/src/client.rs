@@ -120,7 +120,11 @@ pub async fn connect(addr: SocketAddr) -> Result<Sender, BoxError> {
 
 /// Sends one `GET path` with `Host: host` on `tx`, reads the body to the end; returns the status
 /// and the time to the response head (first byte).
-pub async fn get(tx: &mut Sender, host: &str, path: &str) -> Result<(StatusCode, Duration), BoxError> {
+pub async fn get(
+    tx: &mut Sender,
+    host: &str,
+    path: &str,
+) -> Result<(StatusCode, Duration), BoxError> {
     tx.ready().await?;
     let req = Request::get(path)
         .header(http::header::HOST, host)
@@ -153,7 +157,7 @@ pub async fn wait_http(addr: SocketAddr, host: &str, timeout: Duration) -> Resul
 
 /// A loopback port that was free a moment ago (bound, then released).
 pub fn free_port() -> Result<u16, BoxError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| format!("bind a free port: {e}"))?;
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind a free port: {e}"))?;
     Ok(l.local_addr()?.port())
 }

@@ -25,8 +25,8 @@
 //!
 //! # Feature flags
 //!
-//! - `gateway`: `GatewayHarness` and [`metric`]-style gateway helpers (pulls in
-//!   `serverless-proxy`; the containerd crate's tests do without it).
+//! - `gateway`: `GatewayHarness`, and `metric` and `instance_ids` of a running gateway (pulls
+//!   in `serverless-proxy`; the containerd crate's tests do without it).
 
 mod backend;
 mod client;

@@ -47,10 +47,7 @@ impl Load {
                             Ok(Ok(_)) => None,
                         };
                         if let Some(f) = failure {
-                            failures
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push(f);
+                            failures.lock().unwrap_or_else(|e| e.into_inner()).push(f);
                         }
                     }
                 })

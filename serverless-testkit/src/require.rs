@@ -38,6 +38,11 @@ pub fn can_run_with(test: &str, programs: &[(&str, &str)]) -> bool {
     if !Path::new(BUSYBOX).exists() {
         missing.push(format!("{BUSYBOX} (Debian package busybox-static)"));
     }
+    verdict(test, &missing, in_ci())
+}
+
+/// Run (`true`) when nothing is `missing`; else fail under CI (panic), skip loudly otherwise.
+fn verdict(test: &str, missing: &[String], ci: bool) -> bool {
     if missing.is_empty() {
         return true;
     }
@@ -45,7 +50,7 @@ pub fn can_run_with(test: &str, programs: &[(&str, &str)]) -> bool {
         "{test} needs {}; as root, scripts/install-deps installs the packages",
         missing.join(", ")
     );
-    if in_ci() {
+    if ci {
         panic!("{what}. CI is set: a real-containerd test that cannot run fails");
     }
     eprintln!("\n!!!!!!!! SKIPPING {what} !!!!!!!!\n");
@@ -72,4 +77,30 @@ fn on_path(program: &str) -> bool {
         std::fs::metadata(dir.join(program))
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verdict;
+
+    #[test]
+    fn runs_when_nothing_is_missing() {
+        assert!(verdict("t", &[], false));
+        assert!(verdict("t", &[], true));
+    }
+
+    #[test]
+    fn skips_outside_ci() {
+        assert!(!verdict("t", &["root".to_owned()], false));
+    }
+
+    #[test]
+    #[should_panic(expected = "t needs root, `runc` (Debian package runc)")]
+    fn fails_under_ci_naming_what_is_missing() {
+        verdict(
+            "t",
+            &["root".to_owned(), "`runc` (Debian package runc)".to_owned()],
+            true,
+        );
+    }
 }
