@@ -351,6 +351,11 @@ impl ContainerdBackend {
     /// Removes every container, task, snapshot and lease with our labels that this backend is
     /// not running (leftovers of a previous run), their cgroups and logs. Returns how many
     /// containers it removed (instances, and spare-shim keepers that are not this backend's).
+    ///
+    /// Meant for the leftovers of a run that has ended: while another engine still runs on the
+    /// same namespace, both delete a removed instance's task (it on the exit event, this
+    /// reconcile after its kill), and two concurrent deletes of one task can leave its shim
+    /// running for good (containerd 1.6).
     pub async fn reconcile(&self) -> Result<usize, BackendError> {
         self.reconcile_inner(Duration::from_secs(60)).await
     }
@@ -561,8 +566,17 @@ impl ContainerdBackend {
             // With a watch, the events loop publishes the exit (after deleting the task); asking
             // containerd covers a missed event (after 500 ms quiet) and instances with no watch.
             if rx.is_none() || !first {
-                if let None | Some((ProcessStatus::Stopped, _)) = self.task_status(id).await {
-                    return true;
+                match self.task_status(id).await {
+                    None => return true,
+                    Some((ProcessStatus::Stopped, _)) if rx.is_none() => return true,
+                    // Not `true` yet: the caller would delete the task while the events loop
+                    // may be deleting it too, and two concurrent deletes of one task can leave
+                    // its shim running for good (containerd 1.6). `exited` deletes it once,
+                    // whether or not the loop saw the event, and then publishes the exit.
+                    Some((ProcessStatus::Stopped, status)) => {
+                        events::exited(&self.inner.client, &self.inner.exits, id, status);
+                    }
+                    Some(_) => {}
                 }
             }
             first = false;

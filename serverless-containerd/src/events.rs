@@ -168,8 +168,9 @@ async fn subscribe(client: &Client) -> Result<Streaming<Envelope>, Status> {
 
 /// Publishes an exit once the task is deleted: deleting waits for the shim to copy the last
 /// output into the log and frees the shim, so whoever wakes up on the exit reads complete logs.
-/// Container and snapshot stay until `stop`.
-fn exited(client: &Client, exits: &Arc<Exits>, id: &str, status: u32) {
+/// Container and snapshot stay until `stop`. Only the first call for an exit deletes the task
+/// (a second delete running concurrently could keep the shim from shutting down).
+pub(crate) fn exited(client: &Client, exits: &Arc<Exits>, id: &str, status: u32) {
     let Some(exit) = exits.on_exit(id, status) else {
         return;
     };

@@ -248,28 +248,35 @@ async fn reconcile_removes_leftovers_of_another_run() {
     if !can_run("reconcile_removes_leftovers_of_another_run") {
         return;
     }
-    // Without the spare shim: its keeper would be the other engine's leftover too, counted and
-    // removed while this engine may be replacing it (two engines on one namespace is not a
-    // supported setup; the keeper's case is covered in spare_shim.rs).
+    // Without the spare shim: its keeper would be the other run's leftover too (the keeper's
+    // case is covered in spare_shim.rs).
     let h = BackendHarness::start_with(|b| b.spare_shim(false)).await;
     let app = h.app("old");
     let id = h.id("old");
-    h.backend.start(&app, &id).await.expect("start");
-
-    // A second engine on the same containerd and namespace finds and removes it.
-    let other_dir = h.dir.path().join("other");
-    let other = ContainerdBackend::connect(h.backend.socket(), h.backend.namespace(), &other_dir)
+    // The previous run: a second backend on the harness's containerd, gone (its events loop
+    // with it) once it started an instance. A live engine would delete the instance's task on
+    // its exit event while reconcile deletes it too, which can leak the shim (see
+    // `ContainerdBackend::reconcile`).
+    let previous = ContainerdBackend::builder(h.dir.path().join("previous"))
+        .socket(h.backend.socket())
+        .namespace(h.backend.namespace())
+        .spare_shim(false)
+        .build()
         .await
         .expect("connect");
-    let listed = other.list().await.expect("list");
+    previous.start(&app, &id).await.expect("start");
+    drop(previous);
+
+    // This run finds and removes it.
+    let listed = h.backend.list().await.expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, id);
     assert_eq!(listed[0].app, "old");
     assert!(listed[0].running);
-    assert_eq!(other.reconcile().await.expect("reconcile"), 1);
-    assert!(other.list().await.expect("list").is_empty());
+    assert_eq!(h.backend.reconcile().await.expect("reconcile"), 1);
+    assert!(h.backend.list().await.expect("list").is_empty());
     assert!(h.leftovers().is_empty(), "{:?}", h.leftovers());
-    // The first engine's stop of its (now gone) instance still succeeds.
+    // A stop of the removed instance still succeeds.
     h.backend.stop(&id, Duration::ZERO).await.expect("stop");
     h.shutdown().await;
 }
