@@ -49,7 +49,7 @@ async fn main() -> Result<(), BoxError> {
     let backend = Arc::new(ContainerdBackend::embedded(&data_dir).await?);
     let app = AppSpec::new("hello", ImageRef::OciArchive(image));
     backend.prepare(&app).await?;
-    let pool = Pool::new(app, backend.clone());
+    let pool = Pool::new(app, backend.clone())?;
 
     // The forwarder: the instance comes from the Lease the layers inserted.
     let forward = service_fn({

@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
         let mut app = AppSpec::new("bench", ImageRef::Registry("bench:1".into()));
         app.scale.min = 1;
         app.limits.max_concurrent_requests = 256;
-        let pool = Pool::new(app, Arc::new(FakeBackend::new()));
+        let pool = Pool::new(app, Arc::new(FakeBackend::new())).unwrap();
         while pool
             .snapshot()
             .instances

@@ -91,3 +91,15 @@ pub struct GlobalOverloaded {
     /// The limit.
     pub max: u32,
 }
+
+impl GlobalOverloaded {
+    /// The HTTP status this error is answered with: `503`.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    /// The `Retry-After` to send: one second.
+    pub fn retry_after(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+}

@@ -16,6 +16,8 @@
 //!   overflow → [`PoolError::Overloaded`], expiry → [`PoolError::Elapsed`].
 //! - [`ConcurrencyLimit`]: `max_concurrent_requests` per instance, least-loaded `Ready` choice.
 //! - [`IdleTracking`]: when has a service been idle (nothing in flight) for a while.
+//! - [`Refusal`]: the one mapping of these errors to HTTP answers (status, reason header,
+//!   `Retry-After`), used by the gateway and offered to embedders.
 //! - [`Pool`]: scale-out on demand up to `scale.max`, `scale.min` kept warm, idle stop,
 //!   max-duration recycle, boot-failure backoff, crash removal.
 //!
@@ -32,7 +34,7 @@
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
 //! let app = AppSpec::new("hello", ImageRef::Registry("example/hello:1".into()));
-//! let pool = Pool::new(app, Arc::new(FakeBackend::new()));
+//! let pool = Pool::new(app, Arc::new(FakeBackend::new())).unwrap();
 //! let svc = ServiceBuilder::new()
 //!     .layer(GlobalLimitLayer::new(500))
 //!     .layer(ColdStartBufferLayer::new(pool.clone()))
@@ -57,6 +59,7 @@ pub mod global;
 mod guard_future;
 pub mod idle;
 pub mod pool;
+mod refusal;
 
 pub use body::GuardedBody;
 pub use buffer::{ColdStartBuffer, ColdStartBufferLayer};
@@ -64,6 +67,7 @@ pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use error::{GlobalOverloaded, Overload, PoolError};
 pub use global::{GlobalLimit, GlobalLimitLayer};
 pub use guard_future::GuardFuture;
+pub use refusal::{Refusal, ERROR_HEADER};
 pub use idle::{IdleHandle, IdleTracking, IdleTrackingLayer};
 pub use pool::{
     InstanceBudget, InstanceSnapshot, InstanceState, Lease, Pool, PoolBuilder, PoolObserver,

@@ -20,7 +20,7 @@
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
 //! let app = AppSpec::new("hello", ImageRef::Registry("example/hello:1".into()));
-//! let pool = Pool::new(app, Arc::new(FakeBackend::new()));
+//! let pool = Pool::new(app, Arc::new(FakeBackend::new())).unwrap();
 //! let svc = ServiceBuilder::new()
 //!     .layer(ColdStartBufferLayer::new(pool.clone()))
 //!     .layer(ConcurrencyLimitLayer::new(pool.clone()))

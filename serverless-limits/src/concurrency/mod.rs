@@ -23,7 +23,7 @@
 //!
 //! let mut app = AppSpec::new("hello", ImageRef::Registry("example/hello:1".into()));
 //! app.scale.min = 1; // keep one warm: used alone, this layer does not wait for a cold start
-//! let pool = Pool::new(app, Arc::new(FakeBackend::new()));
+//! let pool = Pool::new(app, Arc::new(FakeBackend::new())).unwrap();
 //! let svc = ServiceBuilder::new()
 //!     .layer(ConcurrencyLimitLayer::new(pool.clone()))
 //!     .service(service_fn(|req: http::Request<String>| async move {

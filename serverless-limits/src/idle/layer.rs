@@ -56,7 +56,29 @@ impl IdleHandle {
         ActivityGuard::new(self.activity.clone())
     }
 
-    /// Resolves when nothing has been in flight for the timeout.
+    /// Resolves when something is in flight (at once if something is now).
+    ///
+    /// [`idle`](Self::idle) keeps resolving at once while the service stays idle, so a loop that
+    /// acts on idleness waits for this before it waits for the next idle period:
+    ///
+    /// ```
+    /// # async fn stop_the_sidecar() {}
+    /// # async fn watch(handle: serverless_limits::IdleHandle) {
+    /// loop {
+    ///     handle.idle().await;
+    ///     stop_the_sidecar().await;
+    ///     handle.active().await; // not `idle()` again: that would return at once, forever
+    /// }
+    /// # }
+    /// ```
+    pub async fn active(&self) {
+        let mut rx = self.activity.subscribe();
+        // The sender lives as long as `self`, so this only ends when activity is seen.
+        let _ = rx.wait_for(|a| a.in_flight > 0).await;
+    }
+
+    /// Resolves when nothing has been in flight for the timeout — at once, every time it is
+    /// called, while that stays true (see [`active`](Self::active) for the loop).
     pub async fn idle(&self) {
         let mut rx = self.activity.subscribe();
         loop {

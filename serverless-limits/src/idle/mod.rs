@@ -20,13 +20,19 @@
 //! let svc = layer.layer(service_fn(|_req: http::Request<()>| async {
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(()))
 //! }));
-//! let res = svc.oneshot(http::Request::new(())).await.unwrap();
+//! let res = svc.clone().oneshot(http::Request::new(())).await.unwrap();
 //! assert_eq!(handle.in_flight(), 1); // the body has not ended
 //! drop(res);
 //! assert_eq!(handle.in_flight(), 0);
 //! let start = tokio::time::Instant::now();
 //! handle.idle().await;
 //! assert_eq!(start.elapsed(), Duration::from_secs(60));
+//! // Still idle: `idle()` resolves at once until something is in flight again.
+//! handle.idle().await;
+//! assert_eq!(start.elapsed(), Duration::from_secs(60));
+//! let woken = tokio::spawn({ let h = handle.clone(); async move { h.active().await } });
+//! let _res = svc.oneshot(http::Request::new(())).await.unwrap();
+//! woken.await.unwrap();
 //! # }
 //! ```
 

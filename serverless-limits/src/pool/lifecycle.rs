@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serverless_core::{BackendError, Exit, InstanceId};
+use std::sync::atomic::Ordering;
+
+use serverless_core::{BackendError, InstanceId};
 use tokio::time::Instant;
 
 use super::state::{send_grants, Backoff, Shared};
@@ -17,13 +19,20 @@ impl Shared {
         let bound = self.app.limits.startup_timeout + Duration::from_secs(30);
         let result = match tokio::time::timeout(bound, self.backend.start(&self.app, &id)).await {
             Ok(r) => r,
-            Err(_) => Err(BackendError::new(
-                serverless_core::ErrorKind::StartTimeout,
-                format!(
-                    "backend did not finish starting within {}",
-                    humantime::format_duration(bound)
-                ),
-            )),
+            Err(_) => {
+                // The start future is dropped: the contract makes `stop` remove what it left.
+                if let Err(err) = self.backend.stop(&id, Duration::ZERO).await {
+                    tracing::warn!(app = %self.app.name, instance = %id, error = %err,
+                        "removing an instance whose start was abandoned failed");
+                }
+                Err(BackendError::new(
+                    serverless_core::ErrorKind::StartTimeout,
+                    format!(
+                        "backend did not finish starting within {}",
+                        humantime::format_duration(bound)
+                    ),
+                ))
+            }
         };
         match result {
             Ok(started) => {
@@ -106,7 +115,21 @@ impl Shared {
     /// Watches a ready instance until it should stop; returns why.
     pub(super) async fn supervise(&self, id: &InstanceId) -> StopReason {
         let limits = &self.app.limits;
-        let exited = self.backend.wait(id);
+        // `None`: the backend no longer knows the instance. Any other error means exits cannot be
+        // watched: the instance is kept, and a dead one is noticed when connecting to it fails.
+        let exited = async {
+            match self.backend.wait(id).await {
+                Ok(exit) => Some(exit),
+                Err(err) if err.is_not_found() => None,
+                Err(err) => {
+                    if !self.wait_unwatchable.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(app = %self.app.name, instance = %id, error = %err,
+                            "cannot watch instance exits; a dead instance is noticed when connecting to it fails");
+                    }
+                    std::future::pending().await
+                }
+            }
+        };
         tokio::pin!(exited);
         let mut drain_deadline: Option<Instant> = None;
         loop {
@@ -160,15 +183,21 @@ impl Shared {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 exit = &mut exited => {
-                    let exit = exit.unwrap_or(Exit::code(-1));
                     let was_stopping = self
                         .lock()
                         .instances
                         .iter()
                         .any(|i| &i.id == id && i.state == State::Draining);
-                    if !was_stopping {
-                        tracing::warn!(app = %self.app.name, instance = %id, %exit, "instance exited");
-                        self.observer.crashed(&self.app.name, id, exit);
+                    match exit {
+                        Some(exit) if !was_stopping => {
+                            tracing::warn!(app = %self.app.name, instance = %id, %exit, "instance exited");
+                            self.observer.crashed(&self.app.name, id, exit);
+                        }
+                        None if !was_stopping => {
+                            tracing::warn!(app = %self.app.name, instance = %id,
+                                "the backend no longer knows this instance; removing it");
+                        }
+                        _ => {}
                     }
                     return StopReason::Exited;
                 }

@@ -18,10 +18,11 @@ mod state;
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serverless_core::{AppSpec, ContainerBackend, InstanceId};
+use serverless_core::{AppSpec, ConfigError, ContainerBackend, InstanceId};
 use tokio::time::Instant;
 
 pub use self::budget::InstanceBudget;
@@ -128,7 +129,11 @@ impl PoolBuilder {
     }
 
     /// Builds the pool and starts `scale.min` instances. Must be called within a tokio runtime.
-    pub fn build(self) -> Pool {
+    ///
+    /// Fails when the app spec is out of range ([`AppSpec::validate`]): a spec built in code is
+    /// held to the config file's rules.
+    pub fn build(self) -> Result<Pool, ConfigError> {
+        self.app.validate()?;
         let epoch = {
             // A short run-unique tag so instance ids never repeat across engine restarts.
             let nanos = std::time::SystemTime::now()
@@ -147,6 +152,7 @@ impl PoolBuilder {
                 budget: self.budget,
                 observer: self.observer,
                 epoch,
+                wait_unwatchable: AtomicBool::new(false),
                 inner: Mutex::new(Inner {
                     instances: Vec::new(),
                     waiters: VecDeque::new(),
@@ -164,7 +170,7 @@ impl PoolBuilder {
         let mut inner = pool.shared.lock();
         pool.shared.scale(&mut inner);
         drop(inner);
-        pool
+        Ok(pool)
     }
 }
 
@@ -185,8 +191,9 @@ impl Pool {
         }
     }
 
-    /// A pool with no shared budget and no observer.
-    pub fn new(app: AppSpec, backend: Arc<dyn ContainerBackend>) -> Self {
+    /// A pool with no shared budget and no observer; fails when the spec is out of range
+    /// ([`AppSpec::validate`]).
+    pub fn new(app: AppSpec, backend: Arc<dyn ContainerBackend>) -> Result<Self, ConfigError> {
         Self::builder(app, backend).build()
     }
 

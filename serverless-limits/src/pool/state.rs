@@ -2,6 +2,7 @@
 //! gets, who waits, and when to start another instance.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serverless_core::{AppSpec, ContainerBackend, InstanceId};
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     pub(super) budget: Option<InstanceBudget>,
     pub(super) observer: Arc<dyn PoolObserver>,
     pub(super) epoch: String,
+    /// The backend's `wait` failed with something other than `NotFound` (warned once).
+    pub(super) wait_unwatchable: AtomicBool,
     pub(super) inner: Mutex<Inner>,
 }
 

@@ -136,7 +136,7 @@ async fn hundred_requests_at_ten_per_instance_start_exactly_ten() {
             a.limits.max_queued_requests = 100;
         }),
         Arc::new(backend.clone()),
-    );
+    ).unwrap();
     let svc = stack(&pool, Duration::from_millis(500), Duration::ZERO);
     let tasks: Vec<_> = (0..100).map(|_| tokio::spawn(call(svc.clone()))).collect();
     let mut per_instance: HashMap<InstanceId, usize> = HashMap::new();
@@ -160,7 +160,7 @@ async fn full_queue_rejects_the_next_request_at_once() {
             a.limits.max_queued_requests = 3;
         }),
         Arc::new(backend.clone()),
-    );
+    ).unwrap();
     let svc = stack(&pool, Duration::from_secs(10), Duration::ZERO);
     // Two requests start the two instances and occupy them; three more wait.
     let mut tasks: Vec<_> = (0..2).map(|_| tokio::spawn(call(svc.clone()))).collect();
@@ -202,7 +202,7 @@ async fn queue_wait_expires_with_elapsed() {
     let pool = Pool::new(
         app("a", |a| a.limits.queue_timeout = Duration::from_secs(2)),
         Arc::new(backend.clone()),
-    );
+    ).unwrap();
     let before = Instant::now();
     let err = call(stack(&pool, Duration::ZERO, Duration::ZERO))
         .await
@@ -223,7 +223,7 @@ async fn idle_stop_racing_new_requests_never_fails() {
     let pool = Pool::new(
         app("a", |a| a.limits.idle_timeout = idle),
         Arc::new(backend.clone()),
-    );
+    ).unwrap();
     let svc = stack(&pool, Duration::ZERO, Duration::ZERO);
     let mut reused = 0;
     let mut restarted = 0;
@@ -299,7 +299,8 @@ async fn recycle_under_continuous_load_loses_nothing() {
         Arc::new(backend.clone()),
     )
     .observer(recorder.clone())
-    .build();
+    .build()
+    .unwrap();
     // Last body end per instance.
     let body_ends: Arc<Mutex<HashMap<InstanceId, Instant>>> = Arc::default();
     let svc = ServiceBuilder::new()
@@ -379,7 +380,7 @@ async fn a_stream_longer_than_idle_timeout_keeps_its_instance() {
     let pool = Pool::new(
         app("a", |a| a.limits.idle_timeout = Duration::from_secs(1)),
         Arc::new(backend.clone()),
-    );
+    ).unwrap();
     let svc = stack(&pool, Duration::ZERO, Duration::from_secs(5));
     let res = svc.oneshot(Request::new(())).await.unwrap();
     let body = tokio::spawn(res.into_body().collect());
@@ -407,7 +408,8 @@ async fn scale_min_is_kept_warm_and_replaced() {
         Arc::new(backend.clone()),
     )
     .observer(recorder.clone())
-    .build();
+    .build()
+    .unwrap();
     sleep(Duration::from_secs(10)).await;
     assert_eq!(backend.running("a").len(), 2);
     let victim = backend.running("a")[0].clone();
@@ -438,7 +440,7 @@ async fn boot_failure_answers_with_exit_code_and_logs_and_backs_off() {
             ..Default::default()
         },
     );
-    let pool = Pool::new(app("a", |_| {}), Arc::new(backend.clone()));
+    let pool = Pool::new(app("a", |_| {}), Arc::new(backend.clone())).unwrap();
     let svc = stack(&pool, Duration::ZERO, Duration::ZERO);
     let err = call(svc.clone()).await.unwrap_err();
     match pool_error(&err) {
@@ -472,10 +474,12 @@ async fn host_instance_budget_is_shared_between_pools() {
     let budget = InstanceBudget::new(1);
     let a = Pool::builder(app("a", |_| {}), Arc::new(backend.clone()))
         .budget(budget.clone())
-        .build();
+        .build()
+    .unwrap();
     let b = Pool::builder(app("b", |_| {}), Arc::new(backend.clone()))
         .budget(budget.clone())
-        .build();
+        .build()
+    .unwrap();
     let a_res = stack(&a, Duration::ZERO, Duration::from_secs(1))
         .oneshot(Request::new(()))
         .await
@@ -498,7 +502,7 @@ async fn host_instance_budget_is_shared_between_pools() {
 #[tokio::test(start_paused = true)]
 async fn global_limit_counts_until_body_end() {
     let backend = FakeBackend::new();
-    let pool = Pool::new(app("a", |_| {}), Arc::new(backend));
+    let pool = Pool::new(app("a", |_| {}), Arc::new(backend)).unwrap();
     let global = GlobalLimitLayer::new(2);
     let svc = ServiceBuilder::new().layer(global.clone()).service(stack(
         &pool,
@@ -545,7 +549,7 @@ async fn requests_not_yet_sent_to_a_crashed_instance_are_retried_elsewhere() {
             a.limits.max_concurrent_requests = 50;
         }),
         Arc::new(backend.clone()),
-    );
+    ).unwrap();
     while pool
         .snapshot()
         .instances
@@ -599,7 +603,7 @@ async fn cold_start_is_reported_on_the_lease() {
             ..Default::default()
         },
     );
-    let pool = Pool::new(app("a", |_| {}), Arc::new(backend));
+    let pool = Pool::new(app("a", |_| {}), Arc::new(backend)).unwrap();
     let lease = pool.acquire().await.unwrap();
     assert_eq!(lease.cold_start(), Some(Duration::from_millis(120)));
     let warm = pool.acquire().await.unwrap();
@@ -609,7 +613,7 @@ async fn cold_start_is_reported_on_the_lease() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_drains_in_flight_then_stops() {
     let backend = FakeBackend::new();
-    let pool = Pool::new(app("a", |_| {}), Arc::new(backend.clone()));
+    let pool = Pool::new(app("a", |_| {}), Arc::new(backend.clone())).unwrap();
     let svc = stack(&pool, Duration::ZERO, Duration::from_secs(3));
     let res = svc.clone().oneshot(Request::new(())).await.unwrap();
     let body = tokio::spawn(res.into_body().collect());
@@ -628,4 +632,108 @@ async fn shutdown_drains_in_flight_then_stops() {
     body.await.unwrap().unwrap();
     shutdown.await.unwrap();
     assert_eq!(backend.stopped(), 1);
+}
+
+/// The fake without `wait` (the trait's default: `Unsupported`), and a `start` that can be made
+/// to hang; records `stop` calls.
+#[derive(Clone, Default)]
+struct PartialBackend {
+    fake: FakeBackend,
+    hang: bool,
+    stops: Arc<Mutex<Vec<InstanceId>>>,
+}
+
+#[async_trait::async_trait]
+impl serverless_core::ContainerBackend for PartialBackend {
+    async fn start(
+        &self,
+        app: &AppSpec,
+        id: &InstanceId,
+    ) -> Result<serverless_core::Started, serverless_core::BackendError> {
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        self.fake.start(app, id).await
+    }
+    async fn stop(
+        &self,
+        id: &InstanceId,
+        grace: Duration,
+    ) -> Result<(), serverless_core::BackendError> {
+        self.stops.lock().unwrap().push(id.clone());
+        self.fake.stop(id, grace).await
+    }
+    async fn connect(
+        &self,
+        id: &InstanceId,
+    ) -> Result<serverless_core::Connection, serverless_core::BackendError> {
+        self.fake.connect(id).await
+    }
+    async fn list(
+        &self,
+    ) -> Result<Vec<serverless_core::OwnedInstance>, serverless_core::BackendError> {
+        self.fake.list().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_cannot_watch_exits_keeps_its_instances() {
+    // Before the contract was written down, a `wait` error was taken for an exit: every
+    // instance was stopped the moment it became ready.
+    let backend = PartialBackend::default();
+    let pool = Pool::new(app("a", |_| {}), Arc::new(backend.clone())).unwrap();
+    let svc = stack(&pool, Duration::ZERO, Duration::ZERO);
+    let mut served_by = Vec::new();
+    for _ in 0..5 {
+        served_by.push(call(svc.clone()).await.unwrap());
+        sleep(Duration::from_millis(10)).await;
+    }
+    served_by.dedup();
+    assert_eq!(served_by.len(), 1, "one instance served all: {served_by:?}");
+    assert_eq!(backend.fake.started(), 1);
+    assert!(backend.stops.lock().unwrap().is_empty());
+    assert_eq!(pool.snapshot().instances[0].state, InstanceState::Ready);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_start_is_stopped() {
+    let backend = PartialBackend {
+        hang: true,
+        ..Default::default()
+    };
+    let startup = Duration::from_secs(1);
+    let pool = Pool::new(
+        app("a", |a| {
+            a.limits.startup_timeout = startup;
+            a.limits.queue_timeout = Duration::from_secs(60);
+        }),
+        Arc::new(backend.clone()),
+    )
+    .unwrap();
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(|l| l.instance()) }
+    });
+    sleep(startup + Duration::from_secs(29)).await;
+    assert!(backend.stops.lock().unwrap().is_empty(), "not before the bound");
+    sleep(Duration::from_secs(2)).await;
+    let stops = backend.stops.lock().unwrap().clone();
+    assert_eq!(stops.len(), 1, "the hung start's instance is stopped: {stops:?}");
+    assert!(pool.snapshot().instances.iter().all(|i| i.id != stops[0]));
+    waiting.abort();
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_spec_out_of_range_is_refused() {
+    let err = Pool::new(
+        app("a", |a| a.limits.max_concurrent_requests = 0),
+        Arc::new(FakeBackend::new()),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid limits.max_concurrent_requests = 0: expected an integer in 1..=256"
+    );
 }
