@@ -1,4 +1,5 @@
 use super::*;
+use crate::Scale;
 
 fn invalid(text: &str) -> (String, String, String) {
     match Config::from_toml(text) {
