@@ -33,6 +33,28 @@
 //! → 504, instance unreachable or died mid-request → 502, app failed to boot → 503 with the exit
 //! code and last log lines, global limit → 503; each with `x-serverless-error: <reason>`.
 //! Responses that waited for a cold start carry `x-serverless-cold-start: <ms>`.
+//!
+//! # What is public, and why
+//!
+//! Every module is private; the crate root re-exports what an embedder uses:
+//!
+//! - [`Gateway`] (and [`GatewayError`]): listeners, admin API and engine from a
+//!   [`Config`](serverless_core::Config) — the usual way in.
+//! - [`Engine`], [`App`], [`DeployError`]: deploy and remove apps at run time, look at their
+//!   pools, or serve requests from a server of one's own ([`Engine::serve`], with a
+//!   [`ClientInfo`] extension for the forwarding headers).
+//! - [`Metrics`]: the Prometheus registry behind `/metrics` ([`Engine::encode_metrics`]).
+//! - [`ReqBody`], [`ResBody`], [`BoxError`]: the types [`Engine::serve`] takes and returns.
+//! - [`ForwardError`] (a response body's error when the instance fails mid-body; classify it
+//!   with its `is_*` predicates) and [`TlsError`] (inside [`GatewayError`]).
+//! - [`ERROR_HEADER`], [`COLD_START_HEADER`]: the headers clients and tests read.
+//!
+//! The request path inside, in order: `server` (accept, TLS, h2c detection, parking idle
+//! HTTP/1 connections) → `route` (host → app, body limit, metrics) → the app's stack built in
+//! `engine` (the `serverless-limits` layers) → `forward` (header rewrite, retries, upgrades) →
+//! `upstream` (connections kept per instance) → `h1` (the lean HTTP/1.1 client) or hyper's
+//! client; `error` turns failures into responses. `fuzzing` is a hidden entry point for
+//! `fuzz/`, not part of the API.
 
 mod admin;
 mod body;
