@@ -69,8 +69,7 @@ pub(crate) async fn logs(admin: &AdminArgs, app: &str, follow: bool) -> Result<(
 /// `deploy`: the apps of a TOML config, or one JSON app spec.
 pub(crate) async fn deploy(admin: &AdminArgs, file: &Path) -> Result<(), BoxError> {
     let apps: Vec<AppSpec> = if file.extension().is_some_and(|e| e == "json") {
-        let text =
-            std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
         vec![AppSpec::from_json(&text)?]
     } else {
         Config::from_path(file)?.apps

@@ -9,7 +9,10 @@ use serverless_core::{Config, SecretSource};
 use serverless_proxy::BoxError;
 
 /// The backend the config describes; `spare_shim`: keep a shim spawned ahead (serving only).
-pub(crate) async fn backend(config: &Config, spare_shim: bool) -> Result<ContainerdBackend, BoxError> {
+pub(crate) async fn backend(
+    config: &Config,
+    spare_shim: bool,
+) -> Result<ContainerdBackend, BoxError> {
     let mut builder = ContainerdBackend::builder(&config.data_dir)
         .pull_progress(pull_progress())
         .spare_shim(spare_shim);

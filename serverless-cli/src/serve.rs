@@ -50,5 +50,7 @@ pub(crate) async fn serve(mut config: Config) -> Result<(), BoxError> {
 
 /// `SERVERLESS_ADMIN_TOKEN`, when set and not empty: the admin token of a config that has none.
 fn admin_token_from_env() -> Option<String> {
-    std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.is_empty())
+    std::env::var(ADMIN_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
 }
