@@ -9,15 +9,8 @@ use containerd_client::services::v1::{
 };
 use containerd_client::tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use containerd_client::tonic::transport::Channel;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use containerd_client::services::v1::{
-    CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
-};
 use containerd_client::tonic::{Code, Request, Status};
 use serverless_core::{BackendError, ErrorKind};
-
-use crate::labels;
 
 /// Channel plus namespace.
 #[derive(Clone)]
@@ -60,7 +53,8 @@ impl Client {
         req
     }
 
-    /// A request in our namespace whose new resources are held by `lease` (not collected).
+    /// A request in our namespace whose new resources are held by `lease` (a GC lease's id), so
+    /// they are not garbage-collected.
     pub(crate) fn leased<T>(&self, msg: T, lease: &AsciiMetadataValue) -> Request<T> {
         let mut req = self.req(msg);
         req.metadata_mut().insert("containerd-lease", lease.clone());
@@ -121,56 +115,3 @@ impl Display for StatusError {
 }
 
 impl std::error::Error for StatusError {}
-
-/// A containerd lease: what is created under it is not garbage-collected until it is deleted
-/// (an import until the image record and its references exist, an instance's snapshot until
-/// its container references it).
-pub(crate) struct Lease {
-    id: String,
-    pub(crate) value: AsciiMetadataValue,
-}
-
-impl Lease {
-    pub(crate) async fn create(client: &Client, purpose: &str) -> Result<Self, BackendError> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let id = format!("serverless-{purpose}-{nanos}");
-        let value = AsciiMetadataValue::try_from(id.as_str()).map_err(|e| {
-            BackendError::new(ErrorKind::Unavailable, "invalid lease id").with_source(e)
-        })?;
-        client
-            .leases()
-            .create(client.req(CreateLeaseRequest {
-                id: id.clone(),
-                labels: [(labels::MANAGED.to_owned(), "true".to_owned())].into(),
-            }))
-            .await
-            .map_err(|s| failed("lease create", s))?;
-        Ok(Self { id, value })
-    }
-
-    pub(crate) async fn delete(self, client: &Client) {
-        self.delete_with(client, false).await;
-    }
-
-    /// Deletes the lease and waits for containerd's garbage collection to remove what only it
-    /// held (a failed import leaves no content or snapshots behind).
-    pub(crate) async fn delete_collecting(self, client: &Client) {
-        self.delete_with(client, true).await;
-    }
-
-    async fn delete_with(self, client: &Client, sync: bool) {
-        if let Err(s) = client
-            .leases()
-            .delete(client.req(DeleteLeaseRequest {
-                id: self.id.clone(),
-                sync,
-            }))
-            .await
-        {
-            tracing::warn!(lease = %self.id, error = %s.message(), "deleting a lease failed");
-        }
-    }
-}

@@ -98,7 +98,9 @@ mod cgroup;
 mod client;
 mod daemon;
 mod events;
+mod gc_lease;
 mod image;
+mod labels;
 mod logs;
 mod netns;
 mod ports;
@@ -107,17 +109,3 @@ mod spec;
 
 pub use backend::{Builder, ContainerdBackend, DEFAULT_MAX_UNPACKED_BYTES};
 pub use image::{BuildError, ImageBuilder, PullProgress, PullProgressFn};
-
-/// Label keys on our containers, snapshots, images and leases.
-pub(crate) mod labels {
-    /// On everything we create.
-    pub(crate) const MANAGED: &str = "serverless.managed";
-    /// The app an instance belongs to.
-    pub(crate) const APP: &str = "serverless.app";
-    /// The instance id (for a standby: its container id).
-    pub(crate) const INSTANCE: &str = "serverless.instance";
-    /// On a standby's container and snapshot: created for an app, not started yet.
-    pub(crate) const STANDBY: &str = "serverless.standby";
-    /// On a spare shim's keeper container (see `backend::shims`).
-    pub(crate) const SPARE_SHIM: &str = "serverless.spare-shim";
-}

@@ -4,9 +4,9 @@
 //! copies the process's pipes into them and we copy both into the log file, one writer, so the
 //! lines of both streams land whole and in arrival order. (containerd 1.6's `file://` stdio —
 //! the shim writing the file itself — shares one file between the two streams and closes it
-//! when stdout ends: stderr written after that is lost, seen here for ~1 boot failure in 8.)
-//! When both FIFOs reach end of file the shim has delivered everything: [`LogCopy::done`]
-//! resolves, so a boot failure's last log lines are complete without guessing from file sizes.
+//! when stdout ends: stderr written after that is lost.) When both FIFOs reach end of file the
+//! shim has delivered everything: the receiver [`LogFifos::copy`] returns resolves, so a boot
+//! failure's last log lines are complete without guessing from file sizes. [`tail`] reads them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -82,6 +82,24 @@ pub(crate) async fn copied(mut done: watch::Receiver<bool>, limit: Duration) -> 
     tokio::time::timeout(limit, done.wait_for(|d| *d))
         .await
         .is_ok_and(|r| r.is_ok())
+}
+
+/// The last `max` bytes of a log file, starting at a line boundary.
+pub(crate) async fn tail(path: &Path, max: u64) -> std::io::Result<String> {
+    use tokio::io::AsyncSeekExt;
+    let mut f = tokio::fs::File::open(path).await?;
+    let len = f.metadata().await?.len();
+    let start = len.saturating_sub(max);
+    f.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).await?;
+    let mut text = String::from_utf8_lossy(&buf).into_owned();
+    if start > 0 {
+        if let Some(nl) = text.find('\n') {
+            text.drain(..=nl);
+        }
+    }
+    Ok(text)
 }
 
 /// Removes the FIFOs of `log` (after the task is gone).

@@ -21,7 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::archive::{read_archive, ArchiveError, ArchiveImage, Blob, Desc};
 use super::builder::sha256_hex;
 use super::content::{exists, write_content};
-use crate::client::{failed, is_already_exists, is_not_found, Client, Lease};
+use crate::client::{failed, is_already_exists, is_not_found, Client};
+use crate::gc_lease::GcLease;
 use crate::labels;
 
 /// An image ready to run: its top snapshot and its run config.
@@ -34,7 +35,7 @@ pub(crate) struct PreparedImage {
     /// ENTRYPOINT, CMD, ENV, … from the image config.
     pub(crate) config: Option<oci_spec::image::Config>,
     /// Its `USER`, resolved against its own `/etc/passwd` and `/etc/group`.
-    pub(crate) user: super::ImageUser,
+    pub(crate) user: super::users::ImageUser,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -58,7 +59,7 @@ pub(crate) async fn import_archive(
             BackendError::new(ErrorKind::Image, "reading the image archive panicked").with_source(e)
         })?
         .map_err(image_error)?;
-    let lease = Lease::create(client, "import").await?;
+    let lease = GcLease::create(client, "import").await?;
     let result = import_leased(
         client,
         snapshotter,

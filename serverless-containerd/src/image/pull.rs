@@ -30,7 +30,8 @@ use super::archive::{host_platform, Desc};
 use super::content::{exists, write_content};
 use super::import::{finish, PreparedImage};
 use super::logins::RegistryLogins;
-use crate::client::{failed, Client, Lease};
+use crate::client::{failed, Client};
+use crate::gc_lease::GcLease;
 
 /// How far a registry pull is: handed to the [`PullProgressFn`] set with
 /// [`Builder::pull_progress`](crate::Builder::pull_progress) after every chunk written.
@@ -328,7 +329,7 @@ pub(crate) async fn pull_image(
         size: manifest_bytes.len() as u64,
     };
 
-    let lease = Lease::create(client, "pull").await?;
+    let lease = GcLease::create(client, "pull").await?;
     let result = async {
         let mut meter = Meter {
             reference: name.clone(),

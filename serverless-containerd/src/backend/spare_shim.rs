@@ -1,27 +1,25 @@
 //! The spare shim: task creation without the shim spawn.
 //!
 //! Creating a task makes containerd run `containerd-shim-runc-v2 start`, which spawns the shim
-//! daemon that will serve the task: two Go processes starting up, ≈ 9 ms of every cold start
-//! on the request's path (measured with `ctr run`, median of 12: 80.4 ms with its own shim,
-//! 71.0 ms joining a running one). containerd's runc shim serves every container whose spec
-//! carries the same `io.containerd.runc.v2.group` annotation (what Kubernetes pods use), so the
-//! backend keeps one shim spawned ahead: a *keeper* container in a group of its own, whose task
-//! is created (so its shim runs) and killed at once (nothing runs; the stopped task keeps the
-//! shim alive). A start that takes no standby joins the keeper's group and containerd finds the
-//! shim serving. Once that instance's task exists, the keeper is deleted — the shim then serves
-//! only the instance and exits with it, as every instance's shim does — and the next spare is
-//! made; both 100 ms later, off the CPU of the instance that is booting.
+//! daemon that will serve the task: two Go processes starting up, on the request's path
+//! (docs/src/architecture.md, "Cold start", has the figures). containerd's runc shim serves
+//! every container whose spec carries the same `io.containerd.runc.v2.group` annotation (what
+//! Kubernetes pods use), so the backend keeps one shim spawned ahead: a *keeper* container in a
+//! group of its own, whose task is created (so its shim runs) and killed at once (nothing runs;
+//! the stopped task keeps the shim alive). A start that takes no standby joins the keeper's
+//! group and containerd finds the shim serving. Once that instance's task exists, the keeper is
+//! deleted — the shim then serves only the instance and exits with it, as every instance's shim
+//! does — and the next spare is made; both after [`REFILL_DELAY`], off the CPU of the instance
+//! that is booting.
 //!
 //! A keeper is container `spare-shim.<pid>.<n>` (instance ids never contain a dot), labelled
 //! `serverless.spare-shim`, with an empty read-only root (a directory of the data dir holding
 //! only `proc/` and `dev/`), `/proc/self/exe` as its process (which `runc create` must find
 //! and which never runs), no network namespace. Its cost is one idle shim process. Backend
 //! shutdown removes it after the fills and removals in flight; reconcile removes a crashed
-//! run's like any other container of ours.
+//! run's like any other container of ours. The pool's state is in `shim_pool.rs`.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::path::Path;
 use std::time::Duration;
 
 use containerd_client::services::v1::container::Runtime;
@@ -29,79 +27,15 @@ use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, KillRequest,
 };
 use serverless_core::BackendError;
-use tokio::task::JoinHandle;
 
-use super::standby::REFILL_DELAY;
-use super::{ContainerdBackend, SPEC_TYPE_URL};
+use super::handle::{ContainerdBackend, REFILL_DELAY, SPEC_TYPE_URL};
 use crate::client::failed;
 use crate::labels;
 
 /// The spec annotation that makes containerd's runc shim serve several containers.
 pub(super) const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
-/// The runtime whose shim understands [`GROUP_ANNOTATION`].
-pub(super) const RUNC_V2: &str = "io.containerd.runc.v2";
 /// Container ids of keepers start with this.
 const KEEPER_PREFIX: &str = "spare-shim.";
-
-/// The backend's spare shim.
-pub(super) struct ShimPool {
-    /// The keepers' root directory; `None`: no spare shims.
-    root: Option<PathBuf>,
-    state: Mutex<PoolState>,
-}
-
-#[derive(Default)]
-struct PoolState {
-    /// The keeper whose shim is spare.
-    ready: Option<String>,
-    filling: bool,
-    closed: bool,
-    next: u64,
-    /// Keepers that exist or are being made or removed: reconcile leaves them alone.
-    live: HashSet<String>,
-    /// Fills and removals running in the background (awaited by shutdown).
-    background: Vec<JoinHandle<()>>,
-}
-
-impl ShimPool {
-    /// A pool whose keepers use `root` (created here, with `proc/` and `dev/`); `None` when
-    /// spare shims are off or the directory cannot be made.
-    pub(super) fn new(root: Option<PathBuf>) -> Self {
-        let root = root.filter(|root| {
-            let made = ["proc", "dev"]
-                .iter()
-                .try_for_each(|d| std::fs::create_dir_all(root.join(d)));
-            if let Err(e) = &made {
-                tracing::warn!(dir = %root.display(), error = %e, "no spare shims: making their root directory failed");
-            }
-            made.is_ok()
-        });
-        Self {
-            root,
-            state: Mutex::new(PoolState::default()),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether `id` is a keeper this backend holds (reconcile must not remove it).
-    pub(super) fn is_live(&self, id: &str) -> bool {
-        self.lock().live.contains(id)
-    }
-
-    /// Whether any keeper of this backend exists (its cgroup sits under the namespace's).
-    pub(super) fn any_live(&self) -> bool {
-        !self.lock().live.is_empty()
-    }
-
-    fn track(&self, task: JoinHandle<()>) {
-        let mut state = self.lock();
-        state.background.retain(|t| !t.is_finished());
-        state.background.push(task);
-    }
-}
 
 /// A start's claim on the spare shim: its group goes into the instance's spec; dropping the
 /// claim (once the instance's task exists, or its creation failed) removes the keeper.

@@ -1,0 +1,316 @@
+//! The cold start's mechanics: a container's task created (snapshot, container, task, dialer;
+//! the part a standby does ahead of time), then started and its port found. Which path a start
+//! takes, and the cleanup after a failed one, are in `trait_impl.rs`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, StartRequest,
+};
+use containerd_client::types::Mount;
+use serverless_core::{AppSpec, BackendError, ErrorKind, Exit, Started};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::handle::{ContainerdBackend, SPEC_TYPE_URL};
+use super::spare_shim::GROUP_ANNOTATION;
+use super::task::{Created, Instance};
+use crate::client::failed;
+use crate::gc_lease::GcLease;
+use crate::logs::LogFifos;
+use crate::netns::Dialer;
+use crate::{labels, ports, spec};
+
+impl ContainerdBackend {
+    /// A start without a standby: creates the task and starts it.
+    pub(super) async fn start_fresh(
+        &self,
+        app: &AppSpec,
+        id: &str,
+        phases: &mut Vec<(&'static str, Duration)>,
+    ) -> Result<Started, BackendError> {
+        let created = self.create(app, id, false, phases).await?;
+        self.run(app, id, id, created, phases).await
+    }
+
+    /// Everything up to a created (not started) task: snapshot, container, task (shim spawn and
+    /// `runc create`: namespaces, cgroup, rootfs; the app's process has not run yet) and the
+    /// dialer into its network namespace. The exit watch of `id` is registered first.
+    pub(super) async fn create(
+        &self,
+        app: &AppSpec,
+        id: &str,
+        standby: bool,
+        phases: &mut Vec<(&'static str, Duration)>,
+    ) -> Result<Created, BackendError> {
+        let client = &self.inner.client;
+        let image = self.prepared(app).await?;
+        let cgroup_path = self.cgroup(id);
+        let mut spec = spec::build(
+            app,
+            &spec::SpecInput {
+                id,
+                cgroup_path: &cgroup_path,
+                image: image.config.as_ref(),
+                user: &image.user,
+            },
+        )?;
+        // A standby is made off the request's path: it spawns its own shim.
+        let spare_shim = if standby { None } else { self.claim_shim() };
+        if let Some(claim) = &spare_shim {
+            let mut annotations = spec.annotations().clone().unwrap_or_default();
+            annotations.insert(GROUP_ANNOTATION.to_owned(), claim.group().to_owned());
+            spec.set_annotations(Some(annotations));
+        }
+        let spec_json = serde_json::to_vec(&spec).map_err(|e| {
+            BackendError::new(ErrorKind::Image, "serializing the runtime spec failed")
+                .with_source(e)
+        })?;
+        let mut our_labels: HashMap<String, String> = [
+            (labels::MANAGED.to_owned(), "true".to_owned()),
+            (labels::APP.to_owned(), app.name.clone()),
+            (labels::INSTANCE.to_owned(), id.to_owned()),
+        ]
+        .into();
+        if standby {
+            our_labels.insert(labels::STANDBY.to_owned(), "true".to_owned());
+        }
+        let exit = self.inner.exits.register(id, cgroup_path);
+
+        let mut t = Instant::now();
+        let mut phase = |name: &'static str, t: &mut Instant| {
+            let now = Instant::now();
+            phases.push((name, now - *t));
+            *t = now;
+        };
+
+        // From here to the created task, runc's cgroup attach passes without a grace period.
+        let _primed = self.inner.primer.hold();
+        // The snapshot is unreferenced until the container exists: a lease keeps a garbage
+        // collection (after another instance's removal) from taking it meanwhile.
+        let lease = GcLease::create(client, &format!("start-{id}")).await?;
+        let mounts = client
+            .snapshots()
+            .prepare(client.leased(
+                PrepareSnapshotRequest {
+                    snapshotter: self.inner.snapshotter.clone(),
+                    key: id.to_owned(),
+                    parent: image.chain_id.clone(),
+                    labels: our_labels.clone(),
+                },
+                &lease.value,
+            ))
+            .await
+            .map_err(|s| failed(format_args!("snapshot prepare for {id}"), s));
+        let mounts: Vec<Mount> = match mounts {
+            Ok(m) => m.into_inner().mounts,
+            Err(e) => {
+                lease.delete(client).await;
+                return Err(e);
+            }
+        };
+        phase("snapshot", &mut t);
+
+        let created = client
+            .containers()
+            .create(client.req(CreateContainerRequest {
+                container: Some(Container {
+                    id: id.to_owned(),
+                    labels: our_labels,
+                    image: image.name.clone(),
+                    runtime: Some(Runtime {
+                        name: self.inner.runtime.clone(),
+                        options: None,
+                    }),
+                    spec: Some(prost_types::Any {
+                        type_url: SPEC_TYPE_URL.to_owned(),
+                        value: spec_json,
+                    }),
+                    snapshotter: self.inner.snapshotter.clone(),
+                    snapshot_key: id.to_owned(),
+                    created_at: None,
+                    updated_at: None,
+                    extensions: HashMap::new(),
+                    sandbox: String::new(),
+                }),
+            }))
+            .await
+            .map_err(|s| failed(format_args!("container create of {id}"), s));
+        // The container references the snapshot now (or failed and start cleans up).
+        let lease_client = client.clone();
+        tokio::spawn(async move { lease.delete(&lease_client).await });
+        created?;
+        phase("container", &mut t);
+
+        let fifos = LogFifos::open(&self.log_path(id)).map_err(|e| {
+            BackendError::new(
+                ErrorKind::Unavailable,
+                format!("making the output FIFOs of {id} failed"),
+            )
+            .with_source(e)
+        })?;
+        let pid = client
+            .tasks()
+            .create(client.req(CreateTaskRequest {
+                container_id: id.to_owned(),
+                rootfs: mounts,
+                stdin: String::new(),
+                stdout: fifos.stdout.clone(),
+                stderr: fifos.stderr.clone(),
+                terminal: false,
+                checkpoint: None,
+                options: None,
+                runtime_path: String::new(),
+            }))
+            .await
+            .map_err(|s| failed(format_args!("task create of {id}"), s))?
+            .into_inner()
+            .pid;
+        let copied = fifos.copy();
+        self.inner
+            .log_copies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), copied);
+        let dialer = Dialer::spawn(pid, id).await.map_err(|e| {
+            BackendError::new(
+                ErrorKind::Unavailable,
+                format!("joining the network namespace of {id} (pid {pid}) failed"),
+            )
+            .with_source(e)
+        })?;
+        phase("task_create", &mut t);
+        // The instance's task is in the spare shim now: its keeper can go.
+        drop(spare_shim);
+        Ok(Created {
+            image,
+            pid,
+            dialer,
+            exit,
+        })
+    }
+
+    /// Starts a created task (container `id`, known to callers as instance `name`) and waits
+    /// until it listens.
+    pub(super) async fn run(
+        &self,
+        app: &AppSpec,
+        id: &str,
+        name: &str,
+        created: Created,
+        phases: &mut Vec<(&'static str, Duration)>,
+    ) -> Result<Started, BackendError> {
+        let client = &self.inner.client;
+        let Created {
+            pid,
+            dialer,
+            mut exit,
+            ..
+        } = created;
+        let mut t = Instant::now();
+        client
+            .tasks()
+            .start(client.req(StartRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(|s| failed(format_args!("task start of {name}"), s))?;
+        let now = Instant::now();
+        phases.push(("task_start", now - t));
+        t = now;
+
+        let listener = self
+            .await_listener(app, name, pid, &dialer, &mut exit)
+            .await?;
+        phases.push(("port_ready", t.elapsed()));
+
+        let addr = SocketAddr::new(listener.dial_addr(), listener.port);
+        self.instances().insert(
+            id.to_owned(),
+            Arc::new(Instance {
+                app: app.name.clone(),
+                addr,
+                dialer,
+            }),
+        );
+        Ok(Started {
+            port: listener.port,
+            phases: std::mem::take(phases),
+        })
+    }
+
+    /// Polls the instance's TCP tables until something listens, the process exits, or the
+    /// startup timeout passes.
+    async fn await_listener(
+        &self,
+        app: &AppSpec,
+        id: &str,
+        pid: u32,
+        dialer: &Dialer,
+        exit: &mut watch::Receiver<Option<Exit>>,
+    ) -> Result<ports::Listener, BackendError> {
+        let started = Instant::now();
+        let timeout = app.limits.startup_timeout;
+        let mut polls = 0u32;
+        let mut sock_diag = true;
+        loop {
+            if let Some(code) = *exit.borrow() {
+                return Err(BackendError::boot_failed(code, String::new()));
+            }
+            let mut listeners = Vec::new();
+            if sock_diag {
+                match dialer.listeners().await {
+                    Ok(found) => listeners = found,
+                    Err(e) => {
+                        tracing::debug!(instance = %id, error = %e, "sock_diag port discovery failed, reading /proc/{pid}/net instead");
+                        sock_diag = false;
+                    }
+                }
+            }
+            if !sock_diag {
+                for table in ["tcp", "tcp6"] {
+                    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+                        listeners.extend(ports::parse_listeners(&text));
+                    }
+                }
+            }
+            if let Some(l) = ports::choose(&listeners, app.port) {
+                return Ok(l);
+            }
+            let elapsed = started.elapsed();
+            if elapsed >= timeout {
+                return Err(BackendError::new(
+                    ErrorKind::StartTimeout,
+                    format!(
+                        "instance {id} of app {} listened on no port within {}",
+                        app.name,
+                        humanize(timeout)
+                    ),
+                ));
+            }
+            polls += 1;
+            // 1 ms steps for the first ~100 ms (most apps listen by then), then 10 ms.
+            let step = if polls < 100 {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(10)
+            };
+            let step = step.min(timeout - elapsed);
+            let _ = tokio::time::timeout(step, exit.wait_for(|e| e.is_some())).await;
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
