@@ -25,7 +25,8 @@ use crate::client::Client;
 
 const PING_TOPIC: &str = "/serverless/ping";
 
-struct Slot {
+/// One container's exit, as far as it is known.
+struct ExitWatch {
     tx: watch::Sender<Option<Exit>>,
     oom: bool,
     /// The exit is known and being published.
@@ -36,11 +37,11 @@ struct Slot {
 /// Instance id → its exit (once known).
 #[derive(Default)]
 pub(crate) struct Exits {
-    map: Mutex<HashMap<String, Slot>>,
+    map: Mutex<HashMap<String, ExitWatch>>,
 }
 
 impl Exits {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, ExitWatch>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -49,7 +50,7 @@ impl Exits {
         let (tx, rx) = watch::channel(None);
         self.lock().insert(
             id.to_owned(),
-            Slot {
+            ExitWatch {
                 tx,
                 oom: false,
                 exiting: false,
@@ -72,8 +73,8 @@ impl Exits {
     }
 
     fn on_oom(&self, id: &str) {
-        if let Some(slot) = self.lock().get_mut(id) {
-            slot.oom = true;
+        if let Some(entry) = self.lock().get_mut(id) {
+            entry.oom = true;
         }
     }
 
@@ -82,19 +83,19 @@ impl Exits {
     /// after the exit event.
     fn on_exit(&self, id: &str, status: u32) -> Option<Exit> {
         let mut map = self.lock();
-        let slot = map.get_mut(id)?;
-        if slot.exiting || slot.tx.borrow().is_some() {
+        let entry = map.get_mut(id)?;
+        if entry.exiting || entry.tx.borrow().is_some() {
             return None;
         }
-        slot.exiting = true;
-        let oom_killed = slot.oom || cgroup::oom_killed(&slot.cgroup);
+        entry.exiting = true;
+        let oom_killed = entry.oom || cgroup::oom_killed(&entry.cgroup);
         let code = i32::try_from(status).unwrap_or(i32::MAX);
         Some(Exit { code, oom_killed })
     }
 
     fn publish(&self, id: &str, exit: Exit) {
-        if let Some(slot) = self.lock().get(id) {
-            slot.tx.send_replace(Some(exit));
+        if let Some(entry) = self.lock().get(id) {
+            entry.tx.send_replace(Some(exit));
         }
     }
 

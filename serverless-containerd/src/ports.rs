@@ -49,8 +49,8 @@ fn parse_line(line: &str) -> Option<Listener> {
     // `  sl  local_address rem_address   st tx_queue:rx_queue ...`
     // `   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 ...`
     let mut fields = line.split_ascii_whitespace();
-    let slot = fields.next()?;
-    if !slot.ends_with(':') {
+    let row_number = fields.next()?;
+    if !row_number.ends_with(':') {
         return None;
     }
     let local = fields.next()?;

@@ -64,7 +64,7 @@ pub(crate) fn args(
 pub(crate) fn env(app: &AppSpec, image: Option<&oci_spec::image::Config>) -> Vec<String> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: &str| match out.iter_mut().find(|(key, _)| key == k) {
-        Some(slot) => slot.1 = v.to_owned(),
+        Some(entry) => entry.1 = v.to_owned(),
         None => out.push((k.to_owned(), v.to_owned())),
     };
     let image_env = image.and_then(|c| c.env().clone()).unwrap_or_default();

@@ -199,7 +199,7 @@ impl Reader {
 
 /// Reads the image for this platform from an OCI layout tar or a `docker save` tar.
 /// Blocking (file IO); call from a blocking thread.
-pub(crate) fn read_archive(path: &Path) -> Result<(ArchiveImage, Blobs), ArchiveError> {
+pub(crate) fn read_archive(path: &Path) -> Result<(ArchiveImage, ArchiveFile), ArchiveError> {
     let mut reader = Reader::open(path)?;
     let image = if reader.range("index.json").is_some() {
         read_oci(&mut reader)?
@@ -210,11 +210,11 @@ pub(crate) fn read_archive(path: &Path) -> Result<(ArchiveImage, Blobs), Archive
             .not_image("it has neither index.json (OCI layout) nor manifest.json (docker save)"));
     };
     check_platform(&reader, &image.image_config)?;
-    Ok((image, Blobs { file: reader.file }))
+    Ok((image, ArchiveFile { file: reader.file }))
 }
 
 /// The archive file, for streaming layer ranges.
-pub(crate) struct Blobs {
+pub(crate) struct ArchiveFile {
     pub(crate) file: File,
 }
 

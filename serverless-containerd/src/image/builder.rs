@@ -155,7 +155,7 @@ impl ImageBuilder {
     /// Writes an OCI image layout tar (`oci-layout`, `index.json`, `blobs/sha256/…`) to `path`
     /// and returns the manifest digest (`sha256:…`).
     pub fn write_oci_archive(&self, path: impl AsRef<Path>) -> Result<String, BuildError> {
-        let built = self.build()?;
+        let blobs = self.blobs()?;
         let mut out = tar::Builder::new(io::BufWriter::new(std::fs::File::create(path)?));
         append(
             &mut out,
@@ -163,10 +163,10 @@ impl ImageBuilder {
             br#"{"imageLayoutVersion":"1.0.0"}"#,
             0o644,
         )?;
-        append(&mut out, "index.json", &built.index, 0o644)?;
+        append(&mut out, "index.json", &blobs.index, 0o644)?;
         append_dir(&mut out, "blobs/")?;
         append_dir(&mut out, "blobs/sha256/")?;
-        for blob in [&built.layer, &built.config, &built.manifest] {
+        for blob in [&blobs.layer, &blobs.config, &blobs.manifest] {
             append(
                 &mut out,
                 &format!("blobs/sha256/{}", sha256_hex(blob)),
@@ -175,15 +175,15 @@ impl ImageBuilder {
             )?;
         }
         out.into_inner()?.flush()?;
-        Ok(format!("sha256:{}", sha256_hex(&built.manifest)))
+        Ok(format!("sha256:{}", sha256_hex(&blobs.manifest)))
     }
 
     /// Writes a legacy `docker save` tar (`manifest.json`, `<id>.json`, `<id>/layer.tar`) to
     /// `path`.
     pub fn write_docker_archive(&self, path: impl AsRef<Path>) -> Result<(), BuildError> {
-        let built = self.build()?;
-        let config_hex = sha256_hex(&built.config);
-        let layer_id = sha256_hex(&built.layer);
+        let blobs = self.blobs()?;
+        let config_hex = sha256_hex(&blobs.config);
+        let layer_id = sha256_hex(&blobs.layer);
         let manifest = serde_json::json!([{
             "Config": format!("{config_hex}.json"),
             "RepoTags": [format!("serverless.local/image:{}", self.tag_or_latest())],
@@ -199,14 +199,14 @@ impl ImageBuilder {
         append(
             &mut out,
             &format!("{config_hex}.json"),
-            &built.config,
+            &blobs.config,
             0o644,
         )?;
         append_dir(&mut out, &format!("{layer_id}/"))?;
         append(
             &mut out,
             &format!("{layer_id}/layer.tar"),
-            &built.layer,
+            &blobs.layer,
             0o644,
         )?;
         out.into_inner()?.flush()?;
@@ -255,7 +255,8 @@ impl ImageBuilder {
         Ok(tar.into_inner()?)
     }
 
-    fn build(&self) -> Result<Built, BuildError> {
+    /// Serializes the layer, the config, the manifest and the index.
+    fn blobs(&self) -> Result<ImageBlobs, BuildError> {
         let spec = |what| move |source| BuildError::Spec { what, source };
         let layer = self.layer_tar()?;
         let diff_id = format!("sha256:{}", sha256_hex(&layer));
@@ -336,7 +337,7 @@ impl ImageBuilder {
             .to_string()
             .map_err(spec("index"))?
             .into_bytes();
-        Ok(Built {
+        Ok(ImageBlobs {
             layer,
             config,
             manifest,
@@ -345,7 +346,8 @@ impl ImageBuilder {
     }
 }
 
-struct Built {
+/// The image's four blobs, serialized: what both archive formats are written from.
+struct ImageBlobs {
     layer: Vec<u8>,
     config: Vec<u8>,
     manifest: Vec<u8>,

@@ -87,9 +87,14 @@ fn shared_libraries(exe: &Path) -> Result<Vec<String>, BuildError> {
     })
 }
 
+/// A library `ldd` reports as `not found`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shared library {0} not found")]
+pub(crate) struct MissingLibrary(pub(crate) String);
+
 /// Parses `ldd` output into the absolute paths of the libraries and the loader, in order,
 /// without duplicates. Fails on a `lib => not found` line.
-pub(crate) fn parse_ldd(output: &str) -> Result<Vec<String>, String> {
+pub(crate) fn parse_ldd(output: &str) -> Result<Vec<String>, MissingLibrary> {
     let mut paths: Vec<String> = Vec::new();
     for line in output.lines().map(str::trim).filter(|l| !l.is_empty()) {
         // Drop the load address: `… (0x00007f…)`.
@@ -101,7 +106,7 @@ pub(crate) fn parse_ldd(output: &str) -> Result<Vec<String>, String> {
             Some((name, target)) => {
                 let target = target.trim();
                 if target == "not found" {
-                    return Err(format!("shared library {} not found", name.trim()));
+                    return Err(MissingLibrary(name.trim().to_owned()));
                 }
                 target
             }
@@ -148,7 +153,8 @@ mod tests {
             .unwrap()
             .is_empty());
         let err = parse_ldd("\tlibfoo.so.1 => not found\n").unwrap_err();
-        assert!(err.contains("libfoo.so.1"), "{err}");
+        assert_eq!(err, MissingLibrary("libfoo.so.1".into()));
+        assert_eq!(err.to_string(), "shared library libfoo.so.1 not found");
     }
 
     #[test]

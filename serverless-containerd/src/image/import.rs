@@ -122,7 +122,7 @@ async fn import_leased(
     .await?;
 
     let layers: Vec<Desc> = image.layers.iter().map(|(d, _)| d.clone()).collect();
-    finish(
+    unpack_and_register(
         client,
         snapshotter,
         lease,
@@ -139,7 +139,7 @@ async fn import_leased(
 /// After the blobs are in the content store: unpacks the layers, labels the content for
 /// garbage collection and creates (or updates) the image record `name`.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn finish(
+pub(super) async fn unpack_and_register(
     client: &Client,
     snapshotter: &str,
     lease: &AsciiMetadataValue,
@@ -315,9 +315,10 @@ async fn write_blob(
     .await
 }
 
+/// Why a layer's unpacked size is not known: over the budget, or it could not be measured.
 enum SizeError {
-    Over,
-    Other(BackendError),
+    OverBudget,
+    Failed(BackendError),
 }
 
 /// Counts decompressed bytes and fails once they pass `left`.
@@ -371,7 +372,7 @@ async fn unpacked_size(client: &Client, desc: &Desc, left: u64) -> Result<u64, S
     use containerd_client::services::v1::ReadContentRequest;
     use std::io::Write;
     if !is_layer_type(&desc.media_type) {
-        return Err(SizeError::Other(BackendError::new(
+        return Err(SizeError::Failed(BackendError::new(
             ErrorKind::Image,
             format!(
                 "layer {} has media type {:?}, which is not a layer containerd can unpack (a tar, plain, gzip or zstd)",
@@ -381,7 +382,7 @@ async fn unpacked_size(client: &Client, desc: &Desc, left: u64) -> Result<u64, S
     }
     if !desc.media_type.ends_with("gzip") {
         return if desc.size > left {
-            Err(SizeError::Over)
+            Err(SizeError::OverBudget)
         } else {
             Ok(desc.size)
         };
@@ -394,14 +395,14 @@ async fn unpacked_size(client: &Client, desc: &Desc, left: u64) -> Result<u64, S
             size: 0,
         }))
         .await
-        .map_err(|s| SizeError::Other(failed(format_args!("content read of {}", desc.digest), s)))?
+        .map_err(|s| SizeError::Failed(failed(format_args!("content read of {}", desc.digest), s)))?
         .into_inner();
     let mut decoder = flate2::write::MultiGzDecoder::new(Budget { used: 0, left });
     let invalid = |e: std::io::Error| {
         if is_over(&e) {
-            SizeError::Over
+            SizeError::OverBudget
         } else {
-            SizeError::Other(
+            SizeError::Failed(
                 BackendError::new(
                     ErrorKind::Image,
                     format!("layer {} is not valid gzip", desc.digest),
@@ -410,11 +411,9 @@ async fn unpacked_size(client: &Client, desc: &Desc, left: u64) -> Result<u64, S
             )
         }
     };
-    while let Some(chunk) = stream
-        .message()
-        .await
-        .map_err(|s| SizeError::Other(failed(format_args!("content read of {}", desc.digest), s)))?
-    {
+    while let Some(chunk) = stream.message().await.map_err(|s| {
+        SizeError::Failed(failed(format_args!("content read of {}", desc.digest), s))
+    })? {
         decoder.write_all(&chunk.data).map_err(invalid)?;
     }
     let budget = decoder.finish().map_err(invalid)?;
@@ -461,14 +460,14 @@ async fn unpack(
         unpacked += unpacked_size(client, desc, max_unpacked.saturating_sub(unpacked))
             .await
             .map_err(|e| match e {
-                SizeError::Over => BackendError::new(
+                SizeError::OverBudget => BackendError::new(
                     ErrorKind::Image,
                     format!(
                         "layer {} unpacks to more than the maximum of {max_unpacked} bytes for an image (max_unpacked_bytes)",
                         desc.digest
                     ),
                 ),
-                SizeError::Other(e) => e,
+                SizeError::Failed(e) => e,
             })?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use oci_client::Reference;
@@ -21,6 +21,30 @@ impl fmt::Debug for RegistryLogins {
             .entries(self.0.iter().map(|(host, (user, _))| (host, user)))
             .finish()
     }
+}
+
+/// An auth file that cannot be used; names the file and, for a bad entry, its key — never a
+/// password.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthFileError {
+    /// The file cannot be read.
+    #[error("reading {}: {cause}", path.display())]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    /// The file is not JSON of the auth file's shape.
+    #[error("{} is not a registry auth file: {cause}", path.display())]
+    Parse {
+        path: PathBuf,
+        cause: serde_json::Error,
+    },
+    /// An entry's `auth` is not base64 of `user:password`.
+    #[error("{}: auths.{key:?}.auth is not base64 of user:password", path.display())]
+    BadAuth { path: PathBuf, key: String },
+    /// An entry has an empty user name.
+    #[error("{}: auths.{key:?} has an empty user name", path.display())]
+    EmptyUser { path: PathBuf, key: String },
 }
 
 #[derive(Deserialize)]
@@ -56,36 +80,43 @@ impl RegistryLogins {
     /// Adds the entries of an auth file, keeping credentials already set for a host (given one
     /// by one, they win). The error names the file and, for a bad entry, its key — never a
     /// password.
-    pub(crate) fn add_auth_file(&mut self, path: &Path) -> Result<(), String> {
-        let shown = path.display();
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {shown}: {e}"))?;
-        let file: AuthFile = serde_json::from_str(&text)
-            .map_err(|e| format!("{shown} is not a registry auth file: {e}"))?;
+    pub(crate) fn add_auth_file(&mut self, path: &Path) -> Result<(), AuthFileError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| AuthFileError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
+        let file: AuthFile = serde_json::from_str(&text).map_err(|cause| AuthFileError::Parse {
+            path: path.to_owned(),
+            cause,
+        })?;
         for (key, entry) in file.auths {
             let (user, password) = match (entry.auth, entry.username, entry.password) {
                 (Some(auth), _, _) => {
                     let decoded = base64::engine::general_purpose::STANDARD
                         .decode(auth.trim())
                         .ok()
-                        .and_then(|b| String::from_utf8(b).ok())
-                        .ok_or_else(|| {
-                            format!("{shown}: auths.{key:?}.auth is not base64 of user:password")
-                        })?;
-                    let (u, p) = decoded.split_once(':').ok_or_else(|| {
-                        format!("{shown}: auths.{key:?}.auth is not base64 of user:password")
-                    })?;
+                        .and_then(|b| String::from_utf8(b).ok());
+                    let Some((u, p)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+                        return Err(AuthFileError::BadAuth {
+                            path: path.to_owned(),
+                            key,
+                        });
+                    };
                     (u.to_owned(), p.to_owned())
                 }
                 (None, Some(u), Some(p)) => (u, p),
                 // Identity tokens and credential helpers are not supported: such an entry is
                 // skipped (the registry is pulled from anonymously and says so if it refuses).
                 _ => {
-                    tracing::warn!(file = %shown, registry = %key, "auth file entry without auth or username/password skipped");
+                    tracing::warn!(file = %path.display(), registry = %key, "auth file entry without auth or username/password skipped");
                     continue;
                 }
             };
             if user.is_empty() {
-                return Err(format!("{shown}: auths.{key:?} has an empty user name"));
+                return Err(AuthFileError::EmptyUser {
+                    path: path.to_owned(),
+                    key,
+                });
             }
             self.0.entry(host_of(&key)).or_insert((user, password));
         }
@@ -160,18 +191,29 @@ mod tests {
         );
 
         std::fs::write(&path, r#"{"auths": {"bad.io": {"auth": "%%%"}}}"#).unwrap();
-        let err = RegistryLogins::default().add_auth_file(&path).unwrap_err();
+        let err = RegistryLogins::default()
+            .add_auth_file(&path)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("\"bad.io\"") && err.contains("not base64"),
             "{err}"
         );
         std::fs::write(&path, "not json").unwrap();
         let err = RegistryLogins::default().add_auth_file(&path).unwrap_err();
-        assert!(err.contains("is not a registry auth file"), "{err}");
+        assert!(matches!(err, AuthFileError::Parse { .. }), "{err}");
+        assert!(
+            err.to_string().contains("is not a registry auth file"),
+            "{err}"
+        );
         let err = RegistryLogins::default()
             .add_auth_file(&dir.join("missing.json"))
             .unwrap_err();
-        assert!(err.contains("missing.json"), "{err}");
+        assert!(matches!(err, AuthFileError::Read { .. }), "{err}");
+        assert!(
+            err.to_string().contains("reading") && err.to_string().contains("missing.json"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

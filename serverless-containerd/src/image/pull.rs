@@ -28,7 +28,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::archive::{host_platform, Desc};
 use super::content::{exists, write_content};
-use super::import::{finish, PreparedImage};
+use super::import::{unpack_and_register, PreparedImage};
 use super::logins::RegistryLogins;
 use crate::client::{failed, Client};
 use crate::gc_lease::GcLease;
@@ -367,7 +367,7 @@ pub(crate) async fn pull_image(
         let image_config: oci_spec::image::ImageConfiguration =
             serde_json::from_slice(&config_bytes)
                 .map_err(|e| image_err(&name, "the image config is not valid").with_source(e))?;
-        finish(
+        unpack_and_register(
             client,
             snapshotter,
             &lease.value,

@@ -80,10 +80,33 @@ fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
     })
 }
 
-fn numeric(s: &str) -> Option<Result<u32, String>> {
+/// Why a `USER` value cannot be used (the image and the value are named by the caller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum UserError {
+    /// Not `user[:group]` with both parts non-empty.
+    #[error("expected user[:group], each a name or a number")]
+    Malformed,
+    /// A number that is not a valid uid or gid.
+    #[error("{0} is out of range (0 to {max})", max = u32::MAX)]
+    OutOfRange(String),
+    /// A user name the image's `/etc/passwd` does not have.
+    #[error("user {0:?} is not in the image's /etc/passwd")]
+    UnknownUser(String),
+    /// A user name in an image without `/etc/passwd`.
+    #[error("user {0:?} needs the image's /etc/passwd, which it lacks")]
+    NoPasswd(String),
+    /// A group name the image's `/etc/group` does not have.
+    #[error("group {0:?} is not in the image's /etc/group")]
+    UnknownGroup(String),
+    /// A group name in an image without `/etc/group`.
+    #[error("group {0:?} needs the image's /etc/group, which it lacks")]
+    NoGroupFile(String),
+}
+
+fn numeric(s: &str) -> Option<Result<u32, UserError>> {
     s.bytes().all(|b| b.is_ascii_digit()).then(|| {
         s.parse::<u32>()
-            .map_err(|_| format!("{s} is out of range (0 to {})", u32::MAX))
+            .map_err(|_| UserError::OutOfRange(s.to_owned()))
     })
 }
 
@@ -92,7 +115,7 @@ pub(crate) fn resolve(
     spec: &str,
     passwd: Option<&str>,
     group: Option<&str>,
-) -> Result<ImageUser, String> {
+) -> Result<ImageUser, UserError> {
     if spec.is_empty() {
         return Ok(ImageUser::default());
     }
@@ -101,7 +124,7 @@ pub(crate) fn resolve(
         None => (spec, None),
     };
     if user.is_empty() || group_spec.is_some_and(str::is_empty) {
-        return Err("expected user[:group], each a name or a number".to_owned());
+        return Err(UserError::Malformed);
     }
     let entries = || passwd_entries(passwd.unwrap_or(""));
     let (uid, name, primary) = match numeric(user) {
@@ -114,8 +137,8 @@ pub(crate) fn resolve(
             let entry = entries()
                 .find(|e| e.name == user)
                 .ok_or_else(|| match passwd {
-                    Some(_) => format!("user {user:?} is not in the image's /etc/passwd"),
-                    None => format!("user {user:?} needs the image's /etc/passwd, which it lacks"),
+                    Some(_) => UserError::UnknownUser(user.to_owned()),
+                    None => UserError::NoPasswd(user.to_owned()),
                 })?;
             (entry.uid, Some(entry.name), Some(entry.gid))
         }
@@ -128,8 +151,8 @@ pub(crate) fn resolve(
                 .find(|e| e.name == g)
                 .map(|e| e.gid)
                 .ok_or_else(|| match group {
-                    Some(_) => format!("group {g:?} is not in the image's /etc/group"),
-                    None => format!("group {g:?} needs the image's /etc/group, which it lacks"),
+                    Some(_) => UserError::UnknownGroup(g.to_owned()),
+                    None => UserError::NoGroupFile(g.to_owned()),
                 })?,
         },
     };
@@ -158,11 +181,12 @@ pub(crate) async fn image_user(
     chain_id: &str,
     spec: &str,
 ) -> Result<ImageUser, BackendError> {
-    let refused = |why: String| {
+    let refused = |why: UserError| {
         BackendError::new(
             ErrorKind::Image,
-            format!("image {image}: USER {spec:?} cannot be used: {why}"),
+            format!("image {image}: USER {spec:?} cannot be used"),
         )
+        .with_source(why)
     };
     if spec.is_empty() {
         return Ok(ImageUser::default());
@@ -358,7 +382,9 @@ mod tests {
 
     #[test]
     fn unknown_or_malformed_users_are_named() {
-        let err = |spec: &str, p: Option<&str>, g: Option<&str>| resolve(spec, p, g).unwrap_err();
+        let err = |spec: &str, p: Option<&str>, g: Option<&str>| {
+            resolve(spec, p, g).unwrap_err().to_string()
+        };
         assert!(err("ghost", Some(PASSWD), Some(GROUP)).contains("\"ghost\" is not in"));
         assert!(err("web", None, None).contains("lacks"));
         assert!(err("web:staff", Some(PASSWD), Some(GROUP)).contains("group \"staff\""));
@@ -366,6 +392,10 @@ mod tests {
         assert!(err("99999999999", None, None).contains("out of range"));
         assert!(err(":", None, None).contains("user[:group]"));
         assert!(err("web:", Some(PASSWD), Some(GROUP)).contains("user[:group]"));
+        assert_eq!(
+            resolve("ghost", Some(PASSWD), Some(GROUP)),
+            Err(UserError::UnknownUser("ghost".into()))
+        );
         // A name never matches a comment or a malformed line.
         assert!(err("broken line", Some(PASSWD), None).contains("is not in"));
         assert!(err("# a comment", Some(PASSWD), None).contains("is not in"));
