@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use serverless_containerd::ContainerdBackend;
 use serverless_core::{ContainerBackend, ErrorKind, ImageRef};
 use serverless_testkit::{busybox_image, can_run, http_get, BackendHarness};
 
@@ -257,13 +256,7 @@ async fn reconcile_removes_leftovers_of_another_run() {
     // with it) once it started an instance. A live engine would delete the instance's task on
     // its exit event while reconcile deletes it too, which can leak the shim (see
     // `ContainerdBackend::reconcile`).
-    let previous = ContainerdBackend::builder(h.dir.path().join("previous"))
-        .socket(h.backend.socket())
-        .namespace(h.backend.namespace())
-        .spare_shim(false)
-        .build()
-        .await
-        .expect("connect");
+    let previous = h.other_backend("previous").await;
     previous.start(&app, &id).await.expect("start");
     drop(previous);
 

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use serverless_containerd::ContainerdBackend;
 use serverless_core::ContainerBackend;
 use serverless_testkit::{
     can_run, eventually, http_get, memory_kib, parent_of, BackendHarness, SPARE_SHIM,
@@ -106,13 +105,7 @@ async fn reconcile_removes_a_previous_runs_spare() {
     })
     .await;
 
-    let other = ContainerdBackend::connect(
-        h.backend.socket(),
-        h.backend.namespace(),
-        h.dir.path().join("other"),
-    )
-    .await
-    .expect("second backend");
+    let other = h.other_backend("other").await;
     assert_eq!(other.reconcile().await.expect("reconcile"), 1);
     eventually("the removed keeper's shim to exit", || {
         spares(&h) == (Vec::new(), Vec::new())

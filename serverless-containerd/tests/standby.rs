@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use serverless_containerd::ContainerdBackend;
 use serverless_core::{AppSpec, ContainerBackend, ErrorKind};
 use serverless_testkit::{
     can_run, children_of, eventually, http_get, memory_kib, shims, BackendHarness,
@@ -205,13 +204,7 @@ async fn reconcile_after_a_crash_removes_standbys() {
     // loop with it) once it made the standby. A live engine would delete the standby's task on
     // its exit event while reconcile deletes it too, which can leak the shim (see
     // `ContainerdBackend::reconcile`).
-    let crashed = ContainerdBackend::builder(h.dir.path().join("crashed"))
-        .socket(h.backend.socket())
-        .namespace(h.backend.namespace())
-        .spare_shim(false)
-        .build()
-        .await
-        .expect("connect");
+    let crashed = h.other_backend("crashed").await;
     crashed.prepare(&app).await.expect("prepare");
     assert_eq!(containers(&h).len(), 1);
     drop(crashed);

@@ -68,6 +68,18 @@ impl BackendHarness {
         InstanceId::new(unique(app))
     }
 
+    /// Another engine on the harness's containerd and namespace, logs under `dir/<name>`,
+    /// without a spare shim: the previous run (or the crashed gateway) of a reconcile test.
+    pub async fn other_backend(&self, name: &str) -> ContainerdBackend {
+        ContainerdBackend::builder(self.dir.path().join(name))
+            .socket(self.backend.socket())
+            .namespace(self.backend.namespace())
+            .spare_shim(false)
+            .build()
+            .await
+            .expect("a second backend on the harness's containerd")
+    }
+
     /// [`ctr`] in the backend's namespace.
     pub fn ctr(&self, args: &[&str]) -> Vec<String> {
         ctr(self.backend.socket(), self.backend.namespace(), args)
