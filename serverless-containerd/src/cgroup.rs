@@ -97,19 +97,18 @@ pub(crate) fn children(namespace: &str) -> Vec<String> {
 ///
 /// Moving a process into a cgroup (runc does it for `runc init`, in its parent, right before it
 /// sends the container's configuration) takes the kernel's global `cgroup_threadgroup_rwsem` for
-/// writing. Unless the host mounts cgroups with `favordynmods`, that lock idles in a mode that
-/// is cheap for readers (every fork and exit) and makes a writer wait for a full RCU grace
-/// period: 5–25 ms on this kind of host (`HZ=250`), a fifth of a cold start. Writers that come
-/// while the lock is still in writer mode, or within a grace period after the last one left,
-/// pass at once.
+/// writing. Unless the host mounts cgroups with `favordynmods`, that lock idles in a mode that is
+/// cheap for readers (every fork and exit) and makes a writer wait for a full RCU grace period
+/// (figures in docs/src/architecture.md, "Cold start"). Writers that come while the lock is still
+/// in writer mode, or within a grace period after the last one left, pass at once.
 ///
-/// So while a task is being created, a helper thread writes its own thread id into its own
-/// cgroup's `tasks` (v1) or `cgroup.threads` (v2) file every few milliseconds: a migration to
-/// where the thread already is, which changes nothing but takes the lock. The first write waits
-/// out the grace period in parallel with the shim spawn and runc's own start-up (≈ 17 ms before
-/// runc attaches); the next ones keep the lock in writer mode until the task exists. When no task
-/// is being created the thread sleeps and the lock goes back to its idle mode. Best effort: a
-/// host where the file cannot be written (a read-only cgroupfs) simply goes without.
+/// So while a task is being created, a helper thread writes its own thread id into its own cgroup's
+/// `tasks` (v1) or `cgroup.threads` (v2) file every few milliseconds: a migration to where the
+/// thread already is, which changes nothing but takes the lock. The first write waits out the grace
+/// period in parallel with the shim spawn and runc's own start-up, which come before runc's attach;
+/// the next ones keep the lock in writer mode until the task exists. When no task is being created
+/// the thread sleeps and the lock goes back to its idle mode. Best effort: a host where the file
+/// cannot be written (a read-only cgroupfs) simply goes without.
 pub(crate) struct AttachPrimer {
     shared: Option<Arc<Shared>>,
 }

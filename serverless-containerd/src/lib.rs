@@ -31,21 +31,21 @@
 //!   containerd's default capabilities, masked and read-only paths, no-new-privileges, an own
 //!   cgroup and a new network namespace with only loopback.
 //! - **standbys** (per app with [`Scale::standby`](serverless_core::Scale::standby), off by
-//!   default): one container whose task is created (`runc create` done) but not started, made
-//!   at `prepare` and again 100 ms after a cold start takes it; that cold start is then only
-//!   `task start` + port discovery. It costs a shim and a waiting `runc init` (≈ 21 MiB PSS per
-//!   app here). [`release`](serverless_core::ContainerBackend::release), a start or `prepare`
-//!   with another spec, [`ContainerdBackend::shutdown`] and reconcile remove it.
+//!   default): one container whose task is created (`runc create` done) but not started, made at
+//!   `prepare` and again 100 ms after a cold start takes it; that cold start is then only `task
+//!   start` + port discovery. It costs a shim and a waiting `runc init` per app (the operations
+//!   guide has the memory figure). [`release`](serverless_core::ContainerBackend::release), a start
+//!   or `prepare` with another spec, [`ContainerdBackend::shutdown`] and reconcile remove it.
 //! - **spare shim** ([`Builder::spare_shim`], on by default): one runc shim spawned ahead, by a
 //!   *keeper* container (`spare-shim.<pid>.<n>`, label `serverless.spare-shim`) whose task is
-//!   created and killed at once; a start that takes no standby puts the keeper's group in its
-//!   spec (`io.containerd.runc.v2.group`), so containerd finds that shim serving instead of
-//!   spawning one (≈ 9 ms less per cold start). The keeper is deleted 100 ms later (the shim
-//!   then serves only the instance and exits with it) and the next spare is made. Cost: one idle
-//!   shim process per backend. Shutdown and reconcile remove keepers.
-//! - **cgroup attach**: while a task is created, a helper thread keeps the kernel's cgroup
-//!   attach lock in writer mode, so `runc create`'s cgroup attach does not wait for an RCU grace
-//!   period (5–25 ms on `HZ=250` kernels); nothing on the host changes.
+//!   created and killed at once; a start that takes no standby puts the keeper's group in its spec
+//!   (`io.containerd.runc.v2.group`), so containerd finds that shim serving instead of spawning one
+//!   (the cold start skips the shim spawn). The keeper is deleted 100 ms later (the shim then
+//!   serves only the instance and exits with it) and the next spare is made. Cost: one idle shim
+//!   process per backend. Shutdown and reconcile remove keepers.
+//! - **cgroup attach**: while a task is created, a helper thread keeps the kernel's cgroup attach
+//!   lock in writer mode, so `runc create`'s cgroup attach does not wait for an RCU grace period;
+//!   nothing on the host changes.
 //! - **port discovery**: the LISTEN sockets of the instance's namespace (a `NETLINK_SOCK_DIAG`
 //!   dump made inside it; `/proc/<pid>/net/tcp` and `tcp6` when the kernel lacks `inet_diag`),
 //!   polled every millisecond at first; `PORT` is preferred when several listen.
@@ -91,7 +91,28 @@
 //!
 //! The process needs root (namespaces, cgroups, mounts), `containerd` and `runc`.
 //!
+//! # What is public, and why
+//!
+//! - [`ContainerdBackend`]: the backend an embedder hands to the engine (it implements
+//!   [`ContainerBackend`](serverless_core::ContainerBackend)), plus what only this backend
+//!   offers: [`reconcile`](ContainerdBackend::reconcile) after a crash,
+//!   [`shutdown`](ContainerdBackend::shutdown), the socket and namespace in use.
+//! - [`Builder`] and [`DEFAULT_MAX_UNPACKED_BYTES`]: its settings (which containerd, namespace,
+//!   snapshotter, registry credentials, unpack limit, spare shim).
+//! - [`PullProgress`] and [`PullProgressFn`]: what [`Builder::pull_progress`] reports, for a
+//!   progress bar.
+//! - [`ImageBuilder`] and [`BuildError`]: writing small OCI archives from files (the CLI's hello
+//!   image, tests, examples), no registry or Docker needed.
+//!
+//! Failures are [`serverless_core::BackendError`]s (a kind and `is_*()` predicates), so an
+//! embedder classifies them the same way for every backend. Everything else — the containerd
+//! client, events, image import and pull, the OCI runtime spec, network namespaces, port
+//! discovery, cgroups, logs — is private: implementation, free to change. No `unsafe`: the
+//! syscalls go through `nix`.
+//!
 //! [containerd]: https://containerd.io
+
+#![forbid(unsafe_code)]
 
 mod backend;
 mod cgroup;

@@ -5,8 +5,8 @@
 //! walks only its listening hash and answers in microseconds. The fallback, for kernels without
 //! `inet_diag`, is `/proc/<pid>/net/tcp` and `tcp6` ([`parse_listeners`]): any process in the
 //! namespace sees its sockets there, but producing that text walks every bucket of the
-//! host-wide established hash, whatever the namespace — about 3 ms per table on a 24 GiB host,
-//! each poll.
+//! host-wide established hash, whatever the namespace, on every poll (slow on a large host;
+//! docs/src/architecture.md, "Network model", has the figure).
 //!
 //! This file is plain `std` code: the fuzz target compiles it in directly.
 
