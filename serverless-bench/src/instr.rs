@@ -55,11 +55,8 @@ pub(crate) async fn run(out: &Path, hello_bin: &Path) -> Res<()> {
         c.arg(program).stderr(Stdio::null());
         c
     })?;
-    let (gw_out, gw_hyper_out, ng_out) = (
-        out_of("gateway"),
-        out_of("gateway-hyper"),
-        out_of("nginx"),
-    );
+    let (gw_out, gw_hyper_out, ng_out) =
+        (out_of("gateway"), out_of("gateway-hyper"), out_of("nginx"));
     let gw_hyper = gateway_hyper.context("the hyper-client gateway's port")?;
     let targets: [(&str, &str, SocketAddr, &Path); 4] = [
         (

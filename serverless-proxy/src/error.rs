@@ -93,7 +93,11 @@ impl fmt::Display for ForwardError {
             Kind::NoResponse => "failed before answering",
             Kind::Body => "failed while sending the response body",
         };
-        write!(f, "instance {} of app {} {what}", self.instance, self.app.name)
+        write!(
+            f,
+            "instance {} of app {} {what}",
+            self.instance, self.app.name
+        )
     }
 }
 

@@ -60,7 +60,11 @@ fn read(bytes: &[u8], step: usize, method: &Method) -> Result<Outcome, std::io::
             None => return Err(std::io::ErrorKind::UnexpectedEof),
         }
     };
-    let length = head.response.headers().get(http::header::CONTENT_LENGTH).cloned();
+    let length = head
+        .response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .cloned();
     let mut decoder = BodyDecoder::new(head.framing, head.keep_alive);
     let mut outcome = Outcome {
         status: head.response.status().as_u16(),
@@ -88,7 +92,10 @@ fn read(bytes: &[u8], step: usize, method: &Method) -> Result<Outcome, std::io::
                 }
             },
         }
-        assert!(outcome.body.len() <= bytes.len(), "more body than bytes sent");
+        assert!(
+            outcome.body.len() <= bytes.len(),
+            "more body than bytes sent"
+        );
     }
     let is_chunked = head
         .response

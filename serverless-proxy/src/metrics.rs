@@ -124,7 +124,11 @@ impl Metrics {
             cold_start.clone(),
         );
         registry.register("instances", "Instances by state", instances.clone());
-        registry.register("queue_depth", "Requests waiting for an instance", queue.clone());
+        registry.register(
+            "queue_depth",
+            "Requests waiting for an instance",
+            queue.clone(),
+        );
         registry.register(
             "boot_failures",
             "Instances that failed to start",

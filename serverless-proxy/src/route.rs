@@ -107,6 +107,9 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(host(&h2).unwrap(), "api.example.com");
-        assert!(matches!(host_of(&req("a.localhost")), Some(Cow::Borrowed(_))));
+        assert!(matches!(
+            host_of(&req("a.localhost")),
+            Some(Cow::Borrowed(_))
+        ));
     }
 }

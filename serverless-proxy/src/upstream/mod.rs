@@ -30,8 +30,8 @@ use serverless_core::{BackendError, Connection, ContainerBackend, InstanceId};
 
 use crate::body::ReqBody;
 use crate::h1;
-pub(crate) use body::UpstreamBody;
 use body::Checkin;
+pub(crate) use body::UpstreamBody;
 use idle::Shared;
 
 /// Why a request got no response from an instance.
@@ -199,8 +199,8 @@ impl Upstreams {
             match sender.try_send_request(req).await {
                 Ok(res) => {
                     // An upgraded connection is the tunnel's now: it is not checked in.
-                    let checkin = (res.status() != http::StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| Checkin {
+                    let checkin =
+                        (res.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| Checkin {
                             sender,
                             instance: instance.clone(),
                             shared: self.shared.clone(),

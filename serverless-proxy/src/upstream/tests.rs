@@ -1,15 +1,13 @@
 use std::net::SocketAddr;
-use std::time::Duration;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use serverless_core::{
-    AppSpec, BackendError, Connection, ErrorKind, Exit, OwnedInstance, Started,
-};
 use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::service::service_fn;
+use serverless_core::{AppSpec, BackendError, Connection, ErrorKind, Exit, OwnedInstance, Started};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
@@ -67,9 +65,10 @@ async fn server(keep_alive: bool) -> (SocketAddr, Arc<AtomicUsize>) {
                         TokioIo::new(stream),
                         service_fn(|req: Request<Incoming>| async move {
                             let body = req.into_body().collect().await?.to_bytes();
-                            Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(
-                                format!("got {} bytes", body.len()),
-                            ))))
+                            Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(format!(
+                                "got {} bytes",
+                                body.len()
+                            )))))
                         }),
                     ),
             );
@@ -232,6 +231,14 @@ async fn with_the_lean_client_off_body_less_requests_go_through_hyper() {
         let res = up.send(&id, false, request("")).await.ok().unwrap();
         assert_eq!(text(res).await, "got 0 bytes");
     }
-    assert_eq!(conns.load(Ordering::SeqCst), 1, "hyper's connection is reused too");
-    assert_eq!(up.shared.lean_idle_count(), 0, "the lean client kept nothing");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "hyper's connection is reused too"
+    );
+    assert_eq!(
+        up.shared.lean_idle_count(),
+        0,
+        "the lean client kept nothing"
+    );
 }
