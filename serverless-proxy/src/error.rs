@@ -183,3 +183,48 @@ pub(crate) fn error_response(app: Option<&str>, err: &BoxError) -> Response<ResB
     };
     failure(StatusCode::BAD_GATEWAY, &reason, None)
 }
+
+#[cfg(test)]
+mod tests {
+    use serverless_core::ImageRef;
+
+    use super::*;
+
+    #[test]
+    fn forward_errors_say_what_failed_and_answer_502() {
+        let app = Arc::new(AppSpec::new(
+            "web",
+            ImageRef::Registry("example/web:1".into()),
+        ));
+        let id = InstanceId::new("i-1");
+        let cause = || -> BoxError { "connection reset".into() };
+        let cases = [
+            (
+                ForwardError::unreachable(app.clone(), id.clone(), cause()),
+                "could not be reached",
+            ),
+            (
+                ForwardError::no_response(app.clone(), id.clone(), cause()),
+                "failed before answering",
+            ),
+            (
+                ForwardError::body(app.clone(), id.clone(), cause()),
+                "failed while sending the response body",
+            ),
+        ];
+        for (err, what) in cases {
+            let kinds = [err.is_unreachable(), err.is_no_response(), err.is_body()];
+            assert_eq!(kinds.iter().filter(|k| **k).count(), 1, "{err}");
+            assert_eq!(err.to_string(), format!("instance i-1 of app web {what}"));
+            assert_eq!((err.app(), err.instance().as_str()), ("web", "i-1"));
+            let source = std::error::Error::source(&err).map(ToString::to_string);
+            assert_eq!(source.as_deref(), Some("connection reset"));
+            let res = error_response(Some("web"), &(Box::new(err) as BoxError));
+            assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+            assert_eq!(
+                res.headers()[ERROR_HEADER],
+                format!("instance i-1 of app web {what}").as_str()
+            );
+        }
+    }
+}

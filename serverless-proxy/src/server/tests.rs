@@ -175,3 +175,24 @@ async fn h2c_prior_knowledge_is_served_next_to_http1() {
     tokio::time::sleep(PARK_AFTER * 2).await;
     assert_eq!(parked.get(), 0, "HTTP/2 connections are not parked");
 }
+
+#[test]
+fn tls_setup_errors_name_the_field_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let err = tls_acceptor(&missing, &empty)
+        .err()
+        .expect("no certificate file");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("server.tls.cert {}: ", missing.display())),
+        "{err}"
+    );
+    let err = tls_acceptor(&empty, &empty).err().expect("no private key");
+    assert_eq!(
+        err.to_string(),
+        format!("server.tls.key {}: no private key found", empty.display())
+    );
+}
