@@ -101,6 +101,16 @@ pub struct Limits {
     /// Time between SIGTERM and SIGKILL when stopping, also the bound on draining (default 10 s).
     #[serde(with = "crate::config::duration_str")]
     pub stop_grace: Duration,
+    /// How long an instance may take to send a response head once the request was sent
+    /// (default 300 s, Cloud Run's request timeout: an app may think that long before its
+    /// first byte). Past it the request is answered `504` and not sent again.
+    #[serde(with = "crate::config::duration_str")]
+    pub response_timeout: Duration,
+    /// The longest gap between two reads of a response body (default 60 s, nginx's
+    /// `proxy_read_timeout`). Past it the response is cut short as an error. Upgraded
+    /// connections (WebSocket) are exempt.
+    #[serde(with = "crate::config::duration_str")]
+    pub body_idle_timeout: Duration,
 }
 
 impl Limits {
@@ -113,6 +123,8 @@ impl Limits {
         queue_timeout: Duration::from_secs(30),
         startup_timeout: Duration::from_secs(10),
         stop_grace: Duration::from_secs(10),
+        response_timeout: Duration::from_secs(300),
+        body_idle_timeout: Duration::from_secs(60),
     };
 }
 
@@ -170,6 +182,8 @@ pub struct AppSpec {
     pub limits: Limits,
     /// Instance count bounds.
     pub scale: Scale,
+    /// How instances are networked (`bridge` or `none`, the default).
+    pub network: crate::config::NetworkMode,
 }
 
 impl AppSpec {
@@ -188,6 +202,7 @@ impl AppSpec {
             h2c: false,
             limits: Limits::DEFAULT,
             scale: Scale::default(),
+            network: crate::config::NetworkMode::default(),
         }
     }
 }
@@ -214,6 +229,8 @@ pub(crate) mod bounds {
     pub(crate) const QUEUE_TIMEOUT: (Duration, Duration) = (ms(100), secs(600));
     pub(crate) const STARTUP_TIMEOUT: (Duration, Duration) = (ms(100), secs(600));
     pub(crate) const STOP_GRACE: (Duration, Duration) = (ms(0), secs(600));
+    pub(crate) const RESPONSE_TIMEOUT: (Duration, Duration) = (ms(100), secs(3_600));
+    pub(crate) const BODY_IDLE_TIMEOUT: (Duration, Duration) = (ms(100), secs(3_600));
 }
 
 impl AppSpec {
@@ -236,7 +253,11 @@ impl AppSpec {
         use bounds::*;
         check_name("name", &self.name)?;
         if self.hosts.is_empty() {
-            return Err(crate::ConfigError::invalid("hosts", "[]", "at least one host name"));
+            return Err(crate::ConfigError::invalid(
+                "hosts",
+                "[]",
+                "at least one host name",
+            ));
         }
         for (j, host) in self.hosts.iter().enumerate() {
             check_host(&format!("hosts[{j}]"), host)?;
@@ -259,6 +280,16 @@ impl AppSpec {
         check_duration("limits.queue_timeout", l.queue_timeout, QUEUE_TIMEOUT)?;
         check_duration("limits.startup_timeout", l.startup_timeout, STARTUP_TIMEOUT)?;
         check_duration("limits.stop_grace", l.stop_grace, STOP_GRACE)?;
+        check_duration(
+            "limits.response_timeout",
+            l.response_timeout,
+            RESPONSE_TIMEOUT,
+        )?;
+        check_duration(
+            "limits.body_idle_timeout",
+            l.body_idle_timeout,
+            BODY_IDLE_TIMEOUT,
+        )?;
         check_int("scale.max", self.scale.max, SCALE_MAX)?;
         check_int("scale.min", self.scale.min, (0, i64::from(self.scale.max)))?;
         Ok(())

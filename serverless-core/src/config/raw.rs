@@ -26,6 +26,7 @@ pub(super) struct RawConfig {
     pub(super) containerd: Option<RawContainerd>,
     pub(super) limits: Option<RawGlobalLimits>,
     pub(super) server: Option<RawServer>,
+    pub(super) network: Option<super::network::RawNetwork>,
     #[serde(default)]
     pub(super) registries: Vec<RawRegistry>,
     pub(super) registry_auth_file: Option<PathBuf>,
@@ -87,6 +88,7 @@ pub(super) struct RawApp {
     pub(super) h2c: Option<bool>,
     pub(super) limits: Option<RawLimits>,
     pub(super) scale: Option<RawScale>,
+    pub(super) network: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +101,8 @@ pub(super) struct RawLimits {
     pub(super) queue_timeout: Option<RawDuration>,
     pub(super) startup_timeout: Option<RawDuration>,
     pub(super) stop_grace: Option<RawDuration>,
+    pub(super) response_timeout: Option<RawDuration>,
+    pub(super) body_idle_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,7 +144,6 @@ pub(super) struct RawNowLimits {
     pub(super) duration: Option<i64>,
     pub(super) timeout: Option<i64>,
 }
-
 
 impl RawRegistry {
     pub(super) fn validate(self, i: usize) -> Result<RegistryCredentials, ConfigError> {
@@ -345,6 +348,7 @@ impl RawConfig {
             server,
             registries,
             registry_auth_file: self.registry_auth_file,
+            network: self.network.unwrap_or_default().validate()?,
             apps,
         })
     }
@@ -354,13 +358,9 @@ impl RawApp {
     pub(super) fn validate(self, prefix: &str) -> Result<AppSpec, ConfigError> {
         use crate::spec::bounds::*;
         let f = |name: &str| format!("{prefix}{name}");
-        let name = self.name.ok_or_else(|| {
-            ConfigError::invalid(
-                f("name"),
-                "(missing)",
-                NAME_FORM,
-            )
-        })?;
+        let name = self
+            .name
+            .ok_or_else(|| ConfigError::invalid(f("name"), "(missing)", NAME_FORM))?;
         check_name(&f("name"), &name)?;
         let image_text = self.image.ok_or_else(|| {
             ConfigError::invalid(
@@ -477,6 +477,20 @@ impl RawApp {
                 STOP_GRACE.0,
                 STOP_GRACE.1,
             )?,
+            response_timeout: duration_in(
+                &f("limits.response_timeout"),
+                rl.response_timeout,
+                dl.response_timeout,
+                RESPONSE_TIMEOUT.0,
+                RESPONSE_TIMEOUT.1,
+            )?,
+            body_idle_timeout: duration_in(
+                &f("limits.body_idle_timeout"),
+                rl.body_idle_timeout,
+                dl.body_idle_timeout,
+                BODY_IDLE_TIMEOUT.0,
+                BODY_IDLE_TIMEOUT.1,
+            )?,
         };
         let rs = self.scale.unwrap_or_default();
         let max = int_in(
@@ -489,7 +503,7 @@ impl RawApp {
         let min = int_in(&f("scale.min"), rs.min, 0, 0, i64::from(max))?;
         let standby = rs.standby.unwrap_or(Scale::default().standby);
         spec.scale = Scale { min, max, standby };
+        spec.network = super::network::parse_mode(&f("network"), self.network)?;
         Ok(spec)
     }
 }
-

@@ -350,3 +350,51 @@ fn the_lean_client_is_on_unless_the_bench_turns_it_off() {
     let off = Config::from_toml(&format!("[server]\nlean_client = false\n{APP}")).unwrap();
     assert!(!off.server.lean_client);
 }
+
+#[test]
+fn upstream_timeouts_parse_default_and_are_bounded() {
+    let l = &Config::from_toml(APP).unwrap().apps[0].limits;
+    assert_eq!(l.response_timeout, Duration::from_secs(300));
+    assert_eq!(l.body_idle_timeout, Duration::from_secs(60));
+    let config = Config::from_toml(&format!(
+        "{APP}[apps.limits]\nresponse_timeout = \"2s\"\nbody_idle_timeout = 500"
+    ))
+    .unwrap();
+    let l = &config.apps[0].limits;
+    assert_eq!(l.response_timeout, Duration::from_secs(2));
+    assert_eq!(l.body_idle_timeout, Duration::from_millis(500));
+    for (extra, field, value) in [
+        (
+            "response_timeout = \"2h\"",
+            "apps[0].limits.response_timeout",
+            "\"2h\"",
+        ),
+        (
+            "response_timeout = 10",
+            "apps[0].limits.response_timeout",
+            "10",
+        ),
+        (
+            "body_idle_timeout = \"0s\"",
+            "apps[0].limits.body_idle_timeout",
+            "\"0s\"",
+        ),
+        (
+            "body_idle_timeout = \"soon\"",
+            "apps[0].limits.body_idle_timeout",
+            "\"soon\"",
+        ),
+    ] {
+        let (f, v, e) = invalid(&format!("{APP}[apps.limits]\n{extra}"));
+        assert_eq!((f.as_str(), v.as_str()), (field, value), "{extra}");
+        assert!(e.contains("100ms..=1h"), "{extra}: {e}");
+    }
+    let mut app = config.apps[0].clone();
+    app.limits.body_idle_timeout = Duration::ZERO;
+    let err = app.validate().unwrap_err().to_string();
+    assert!(err.contains("limits.body_idle_timeout"), "{err}");
+    app.limits.body_idle_timeout = Duration::from_secs(1);
+    app.limits.response_timeout = Duration::from_secs(7200);
+    let err = app.validate().unwrap_err().to_string();
+    assert!(err.contains("limits.response_timeout"), "{err}");
+}
