@@ -182,8 +182,6 @@ pub struct AppSpec {
     pub limits: Limits,
     /// Instance count bounds.
     pub scale: Scale,
-    /// How instances are networked (`bridge` or `none`, the default).
-    pub network: crate::config::NetworkMode,
 }
 
 impl AppSpec {
@@ -202,7 +200,6 @@ impl AppSpec {
             h2c: false,
             limits: Limits::DEFAULT,
             scale: Scale::default(),
-            network: crate::config::NetworkMode::default(),
         }
     }
 }
@@ -253,11 +250,7 @@ impl AppSpec {
         use bounds::*;
         check_name("name", &self.name)?;
         if self.hosts.is_empty() {
-            return Err(crate::ConfigError::invalid(
-                "hosts",
-                "[]",
-                "at least one host name",
-            ));
+            return Err(crate::ConfigError::invalid("hosts", "[]", "at least one host name"));
         }
         for (j, host) in self.hosts.iter().enumerate() {
             check_host(&format!("hosts[{j}]"), host)?;

@@ -26,7 +26,6 @@ pub(super) struct RawConfig {
     pub(super) containerd: Option<RawContainerd>,
     pub(super) limits: Option<RawGlobalLimits>,
     pub(super) server: Option<RawServer>,
-    pub(super) network: Option<super::network::RawNetwork>,
     #[serde(default)]
     pub(super) registries: Vec<RawRegistry>,
     pub(super) registry_auth_file: Option<PathBuf>,
@@ -88,7 +87,6 @@ pub(super) struct RawApp {
     pub(super) h2c: Option<bool>,
     pub(super) limits: Option<RawLimits>,
     pub(super) scale: Option<RawScale>,
-    pub(super) network: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +142,7 @@ pub(super) struct RawNowLimits {
     pub(super) duration: Option<i64>,
     pub(super) timeout: Option<i64>,
 }
+
 
 impl RawRegistry {
     pub(super) fn validate(self, i: usize) -> Result<RegistryCredentials, ConfigError> {
@@ -348,7 +347,6 @@ impl RawConfig {
             server,
             registries,
             registry_auth_file: self.registry_auth_file,
-            network: self.network.unwrap_or_default().validate()?,
             apps,
         })
     }
@@ -358,9 +356,13 @@ impl RawApp {
     pub(super) fn validate(self, prefix: &str) -> Result<AppSpec, ConfigError> {
         use crate::spec::bounds::*;
         let f = |name: &str| format!("{prefix}{name}");
-        let name = self
-            .name
-            .ok_or_else(|| ConfigError::invalid(f("name"), "(missing)", NAME_FORM))?;
+        let name = self.name.ok_or_else(|| {
+            ConfigError::invalid(
+                f("name"),
+                "(missing)",
+                NAME_FORM,
+            )
+        })?;
         check_name(&f("name"), &name)?;
         let image_text = self.image.ok_or_else(|| {
             ConfigError::invalid(
@@ -503,7 +505,7 @@ impl RawApp {
         let min = int_in(&f("scale.min"), rs.min, 0, 0, i64::from(max))?;
         let standby = rs.standby.unwrap_or(Scale::default().standby);
         spec.scale = Scale { min, max, standby };
-        spec.network = super::network::parse_mode(&f("network"), self.network)?;
         Ok(spec)
     }
 }
+
