@@ -91,6 +91,14 @@ pub enum DeployError {
         /// The app that has it.
         app: String,
     },
+    /// The app spec is out of range ([`AppSpec::validate`](serverless_core::AppSpec::validate)).
+    #[error("app {app}: {source}")]
+    Invalid {
+        /// The app.
+        app: String,
+        /// Which field, value and range.
+        source: serverless_core::ConfigError,
+    },
     /// The image could not be prepared.
     #[error("app {app}: {source}")]
     Image {
@@ -192,7 +200,11 @@ impl Engine {
                 metrics: self.inner.metrics.clone(),
                 upstreams: self.inner.upstreams.clone(),
             }))
-            .build();
+            .build()
+            .map_err(|source| DeployError::Invalid {
+                app: spec.name.clone(),
+                source,
+            })?;
         let spec = Arc::new(spec);
         let stack = ServiceBuilder::new()
             .layer(self.inner.global.clone())
