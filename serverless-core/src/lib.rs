@@ -28,6 +28,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod cpu_boost;
 mod error;
 pub mod slot;
 pub mod spec;
@@ -48,4 +49,5 @@ pub use config::{
 };
 pub use error::ConfigError;
 pub use slot::{Slot, SlotError};
+pub use cpu_boost::CpuBoost;
 pub use spec::{AppSpec, ImageRef, ImageRefError, Limits, Scale};

@@ -178,6 +178,9 @@ pub struct AppSpec {
     pub port: u16,
     /// The app speaks HTTP/2 without TLS (h2c, prior knowledge): forward with HTTP/2.
     pub h2c: bool,
+    /// CPU above the slot's while an instance boots, until it listens (default: the engine's
+    /// cap, `[limits] startup_cpu_boost`); see [`CpuBoost`](crate::CpuBoost).
+    pub startup_cpu_boost: crate::CpuBoost,
     /// Request and lifetime limits.
     pub limits: Limits,
     /// Instance count bounds.
@@ -198,6 +201,7 @@ impl AppSpec {
             command: None,
             port: 8080,
             h2c: false,
+            startup_cpu_boost: crate::CpuBoost::Max,
             limits: Limits::DEFAULT,
             scale: Scale::default(),
         }
@@ -257,6 +261,8 @@ impl AppSpec {
         }
         check_int("pids_limit", self.pids_limit, PIDS_LIMIT)?;
         check_int("port", self.port, PORT)?;
+        self.startup_cpu_boost
+            .check("startup_cpu_boost", self.slot)?;
         let l = &self.limits;
         check_int(
             "limits.max_concurrent_requests",

@@ -25,13 +25,23 @@ pub struct GlobalLimits {
     pub max_concurrent_requests: u32,
     /// Instances running across all apps (default 100).
     pub max_instances: u32,
+    /// Instances that may boot with a startup CPU boost at once; more start at their slot
+    /// (default: the host's CPU count, see [`CpuBoost`](crate::CpuBoost); 0 turns the boost
+    /// off).
+    pub max_boosted_instances: u32,
+    /// The most CPU a boosted instance boots with, in thousandths of a vCPU (`[limits]
+    /// startup_cpu_boost`, in vCPU; default: the host's CPUs).
+    pub startup_cpu_boost_millicpu: u32,
 }
 
 impl Default for GlobalLimits {
     fn default() -> Self {
+        let host = crate::cpu_boost::host_millicpu();
         Self {
             max_concurrent_requests: 500,
             max_instances: 100,
+            max_boosted_instances: host / 1000,
+            startup_cpu_boost_millicpu: host,
         }
     }
 }

@@ -54,6 +54,8 @@ pub(super) struct RawContainerd {
 pub(super) struct RawGlobalLimits {
     pub(super) max_concurrent_requests: Option<i64>,
     pub(super) max_instances: Option<i64>,
+    pub(super) max_boosted_instances: Option<i64>,
+    pub(super) startup_cpu_boost: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +87,7 @@ pub(super) struct RawApp {
     pub(super) command: Option<Vec<String>>,
     pub(super) port: Option<i64>,
     pub(super) h2c: Option<bool>,
+    pub(super) startup_cpu_boost: Option<crate::cpu_boost::RawBoost>,
     pub(super) limits: Option<RawLimits>,
     pub(super) scale: Option<RawScale>,
 }
@@ -263,6 +266,18 @@ impl RawConfig {
                 1,
                 10_000,
             )?,
+            max_boosted_instances: int_in(
+                "limits.max_boosted_instances",
+                gl.max_boosted_instances,
+                d.limits.max_boosted_instances,
+                0,
+                10_000,
+            )?,
+            startup_cpu_boost_millicpu: crate::cpu_boost::parse_cap(
+                "limits.startup_cpu_boost",
+                gl.startup_cpu_boost,
+                d.limits.startup_cpu_boost_millicpu,
+            )?,
         };
         let rs = self.server.unwrap_or_default();
         let server = ServerConfig {
@@ -426,6 +441,11 @@ impl RawApp {
         }
         spec.port = int_in(&f("port"), self.port, spec.port, PORT.0, PORT.1)?;
         spec.h2c = self.h2c.unwrap_or(false);
+        spec.startup_cpu_boost = crate::cpu_boost::parse_app(
+            &f("startup_cpu_boost"),
+            self.startup_cpu_boost,
+            spec.slot,
+        )?;
 
         let rl = self.limits.unwrap_or_default();
         let dl = Limits::DEFAULT;

@@ -66,6 +66,100 @@ fn defaults_are_the_seeds() {
 }
 
 #[test]
+fn startup_cpu_boost_is_on_by_default_and_bounded() {
+    use crate::cpu_boost::host_millicpu;
+    use crate::CpuBoost;
+    let host = host_millicpu();
+    let config = Config::from_toml(APP).unwrap();
+    assert_eq!(config.apps[0].startup_cpu_boost, CpuBoost::Max);
+    assert_eq!(config.limits.startup_cpu_boost_millicpu, host);
+    assert_eq!(config.limits.max_boosted_instances, host / 1000);
+
+    let app = |v: &str| Config::from_toml(&format!("{APP}startup_cpu_boost = {v}\n"));
+    assert_eq!(
+        app("false").unwrap().apps[0].startup_cpu_boost,
+        CpuBoost::Off
+    );
+    assert_eq!(
+        app("true").unwrap().apps[0].startup_cpu_boost,
+        CpuBoost::Max
+    );
+    assert_eq!(
+        app("0.5").unwrap().apps[0].startup_cpu_boost,
+        CpuBoost::Millicpu(500)
+    );
+    assert_eq!(
+        app("1").unwrap().apps[0].startup_cpu_boost,
+        CpuBoost::Millicpu(1000)
+    );
+    let cores = host / 1000;
+    let range = format!(
+        "true, false or a vCPU amount above the slot's 0.125 and at most the host's {cores} (up to 3 decimals)"
+    );
+    for (v, shown) in [
+        ("0.125", "0.125"),
+        ("0.1", "0.1"),
+        ("0.1255", "0.1255"),
+        ("-1", "-1"),
+        (&format!("{}", cores + 1), &format!("{}", cores + 1)),
+    ] {
+        let Err(ConfigError::Invalid {
+            field,
+            value,
+            expected,
+        }) = app(v)
+        else {
+            panic!("startup_cpu_boost = {v} was accepted")
+        };
+        assert_eq!(
+            (field.as_str(), value.as_str(), expected.as_str()),
+            ("apps[0].startup_cpu_boost", shown, range.as_str())
+        );
+    }
+    assert!(app("\"fast\"").is_err());
+    // The same range for a spec built in code.
+    let mut spec = app("true").unwrap().apps.remove(0);
+    spec.startup_cpu_boost = CpuBoost::Millicpu(host + 1);
+    assert_eq!(
+        spec.validate().unwrap_err().field(),
+        Some("startup_cpu_boost")
+    );
+    spec.startup_cpu_boost = CpuBoost::Millicpu(host);
+    spec.validate().unwrap();
+
+    let limits =
+        Config::from_toml("[limits]\nmax_boosted_instances = 0\nstartup_cpu_boost = 0.5\n")
+            .unwrap()
+            .limits;
+    assert_eq!(
+        (
+            limits.max_boosted_instances,
+            limits.startup_cpu_boost_millicpu
+        ),
+        (0, 500)
+    );
+    assert_eq!(
+        invalid("[limits]\nmax_boosted_instances = -1\n"),
+        (
+            "limits.max_boosted_instances".into(),
+            "-1".into(),
+            "an integer in 0..=10000".into()
+        )
+    );
+    assert_eq!(
+        invalid(&format!("[limits]\nstartup_cpu_boost = {}\n", cores + 1)),
+        (
+            "limits.startup_cpu_boost".into(),
+            format!("{}", cores + 1),
+            format!("a vCPU amount in 0.001..={cores} (the host's CPUs, up to 3 decimals)")
+        )
+    );
+    // The normalized config writes the boost as written.
+    let json = serde_json::to_value(&app("0.5").unwrap().apps[0]).unwrap();
+    assert_eq!(json["startup_cpu_boost"], serde_json::json!(0.5));
+}
+
+#[test]
 fn errors_name_field_value_and_range() {
     let cases = [
         (
