@@ -92,7 +92,16 @@ impl BodyDecoder {
                     };
                     return Ok(Some(Decoded::Frame(Frame::data(data))));
                 }
+                // A chunk-size line starts with a digit: an empty one is no last chunk.
+                Framing::Chunked(Chunk::Size)
+                    if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) =>
+                {
+                    return Err(invalid("invalid chunk size line"));
+                }
                 Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, _))) if used > MAX_HEAD => {
+                        return Err(invalid("chunk size line over 64 KiB"));
+                    }
                     Ok(httparse::Status::Complete((used, size))) => {
                         buf.advance(used);
                         self.framing = Framing::Chunked(if size == 0 {
@@ -131,6 +140,9 @@ impl BodyDecoder {
                 Framing::Chunked(Chunk::Trailers) => {
                     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(buf, &mut fields).map_err(invalid)? {
+                        httparse::Status::Complete((used, _)) if used > MAX_HEAD => {
+                            return Err(invalid("trailer section over 64 KiB"));
+                        }
                         httparse::Status::Complete((used, fields)) => {
                             let mut trailers = HeaderMap::with_capacity(fields.len());
                             for f in fields.iter() {
@@ -147,7 +159,7 @@ impl BodyDecoder {
                         }
                         httparse::Status::Partial if buf.len() <= MAX_HEAD => return Ok(None),
                         httparse::Status::Partial => {
-                            return Err(invalid("trailer section too large"))
+                            return Err(invalid("trailer section over 64 KiB"))
                         }
                     }
                 }

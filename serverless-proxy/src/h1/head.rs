@@ -11,6 +11,10 @@ use http::{Method, Request, Response, StatusCode, Version};
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Headers per response head (and per trailer section).
 pub(super) const MAX_HEADERS: usize = 128;
+/// Interim (1xx) heads per response; their bytes count towards [`MAX_HEAD`] together.
+pub(crate) const MAX_INTERIM: usize = 16;
+
+const HEAD_TOO_LARGE: &str = "response head over 64 KiB";
 
 /// An error for a response that breaks the protocol.
 pub(super) fn invalid(what: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
@@ -88,6 +92,8 @@ pub(crate) struct HeadScratch {
     /// An instance sends the same names in the same order, so most are matched here (byte
     /// for byte) instead of parsed (and, when not a standard name, allocated).
     names: Vec<(Vec<u8>, HeaderName)>,
+    /// Interim heads skipped so far for the response being read: how many, how many bytes.
+    interim: (usize, usize),
 }
 
 /// Parses one final response head from `buf` (consuming it and any interim 1xx heads before
@@ -97,13 +103,17 @@ pub(crate) fn parse_response(
     scratch: &mut HeadScratch,
     method: &Method,
 ) -> io::Result<Option<Head>> {
-    let HeadScratch { spans, names } = scratch;
+    let HeadScratch {
+        spans,
+        names,
+        interim,
+    } = scratch;
     loop {
         // Where each header's name and value sit in the head, so that the head can be split
         // off the buffer and the values shared with it rather than copied. (The parser's
         // header array is left uninitialised: zeroing it costs more than parsing.)
         spans.clear();
-        let (len, code, minor) = {
+        let (len, code, minor, reason) = {
             let mut uninit = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
             let mut parsed = httparse::Response::new(&mut []);
             let len = match httparse::ParserConfig::default()
@@ -111,15 +121,25 @@ pub(crate) fn parse_response(
                 .map_err(invalid)?
             {
                 httparse::Status::Complete(len) => len,
-                httparse::Status::Partial => return Ok(None),
+                httparse::Status::Partial if interim.1 + buf.len() <= MAX_HEAD => return Ok(None),
+                httparse::Status::Partial => return Err(invalid(HEAD_TOO_LARGE)),
             };
+            // A head that arrived whole is held to the same bound as one still arriving.
+            if interim.1 + len > MAX_HEAD {
+                return Err(invalid(HEAD_TOO_LARGE));
+            }
             let base = buf.as_ptr() as usize;
             spans.extend(parsed.headers.iter().map(|h| {
                 let name = h.name.as_ptr() as usize - base;
                 let value = h.value.as_ptr() as usize - base;
                 [name, name + h.name.len(), value, value + h.value.len()]
             }));
-            (len, parsed.code, parsed.version)
+            // The reason phrase is passed on when it is not the status's usual one.
+            let reason = parsed.reason.filter(|r| !r.is_empty()).map(|r| {
+                let at = r.as_ptr() as usize - base;
+                at..at + r.len()
+            });
+            (len, parsed.code, parsed.version, reason)
         };
         let count = spans.len();
         let status = StatusCode::from_u16(code.unwrap_or(0)).map_err(invalid)?;
@@ -129,9 +149,14 @@ pub(crate) fn parse_response(
                     "101 Switching Protocols to a request without Upgrade",
                 ));
             }
+            *interim = (interim.0 + 1, interim.1 + len);
+            if interim.0 > MAX_INTERIM {
+                return Err(invalid("more than 16 interim (1xx) responses"));
+            }
             buf.advance(len);
             continue;
         }
+        *interim = (0, 0);
         let version = if minor == Some(1) {
             Version::HTTP_11
         } else {
@@ -154,10 +179,12 @@ pub(crate) fn parse_response(
                     .filter(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit))
                     .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u64>().ok())
                     .ok_or_else(|| invalid("invalid content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(invalid("differing content-length values"));
+                match length {
+                    Some(l) if l != n => return Err(invalid("differing content-length values")),
+                    // The same length twice is passed on once (RFC 9112 §6.3).
+                    Some(_) => continue,
+                    None => length = Some(n),
                 }
-                length = Some(n);
             } else if name == http::header::TRANSFER_ENCODING {
                 // The last coding decides.
                 if let Some(last) = raw.rsplit(|&b| b == b',').next() {
@@ -176,6 +203,11 @@ pub(crate) fn parse_response(
                 }
             }
             headers.append(name, value);
+        }
+        if chunked.is_some() {
+            // A transfer coding overrides the length, which an intermediary removes (RFC 9112
+            // §6.3): passed on, it would frame the body the client gets wrong.
+            headers.remove(http::header::CONTENT_LENGTH);
         }
         let framing = if *method == Method::HEAD
             || status == StatusCode::NO_CONTENT
@@ -197,6 +229,14 @@ pub(crate) fn parse_response(
         *response.status_mut() = status;
         *response.version_mut() = version;
         *response.headers_mut() = headers;
+        if let Some(reason) = reason {
+            let reason = &head[reason];
+            if status.canonical_reason().map(str::as_bytes) != Some(reason) {
+                if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason) {
+                    response.extensions_mut().insert(reason);
+                }
+            }
+        }
         return Ok(Some(Head {
             response,
             framing,

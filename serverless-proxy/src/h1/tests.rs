@@ -338,3 +338,126 @@ fn a_body_less_post_says_its_length() {
     encode_request(&Request::get("*").body(()).expect("request"), &mut out);
     assert!(out.starts_with(b"GET * HTTP/1.1\r\n"), "{out:?}");
 }
+
+/// Parses `bytes` as one whole response (head and body arrived at once).
+fn parse_whole(bytes: &[u8]) -> io::Result<(Response<()>, Vec<u8>)> {
+    let mut buf = bytes::BytesMut::from(bytes);
+    let head = head::parse_response(&mut buf, &mut head::HeadScratch::default(), &Method::GET)?
+        .ok_or_else(|| io::Error::other("partial head"))?;
+    let mut decoder = decode::BodyDecoder::new(head.framing, head.keep_alive);
+    let mut data = Vec::new();
+    loop {
+        match decoder.decode(&mut buf)? {
+            Some(decode::Decoded::Frame(frame)) => {
+                if let Ok(d) = frame.into_data() {
+                    data.extend_from_slice(&d);
+                }
+            }
+            Some(decode::Decoded::End { .. }) => return Ok((head.response, data)),
+            None => {
+                decoder.closed()?;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_transfer_coding_removes_the_content_length() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+    ] {
+        let (res, data) = parse_whole(answer).expect("parsed");
+        assert!(
+            res.headers().get("content-length").is_none(),
+            "{}",
+            String::from_utf8_lossy(answer)
+        );
+        assert_eq!(data, b"hello");
+    }
+    let (res, data) = parse_whole(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: gzip\r\n\r\nabcdef",
+    )
+    .expect("parsed");
+    assert!(res.headers().get("content-length").is_none());
+    assert_eq!(data, b"abcdef", "read to close");
+}
+
+#[tokio::test]
+async fn identical_content_lengths_are_passed_on_once() {
+    let (res, data) =
+        parse_whole(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok")
+            .expect("parsed");
+    assert_eq!(res.headers().get_all("content-length").iter().count(), 1);
+    assert_eq!(data, b"ok");
+}
+
+#[tokio::test]
+async fn interim_responses_are_bounded_in_count_and_bytes() {
+    let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let fin = b"HTTP/1.1 204 No Content\r\n\r\n";
+    let mut ok = interim.repeat(head::MAX_INTERIM);
+    ok.extend_from_slice(fin);
+    assert_eq!(parse_whole(&ok).expect("parsed").0.status(), 204);
+    let mut many = interim.repeat(head::MAX_INTERIM + 1);
+    many.extend_from_slice(fin);
+    let err = parse_whole(&many).expect_err("too many interim heads");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    // A few big interim heads: their bytes count together.
+    let big = format!(
+        "HTTP/1.1 103 Early Hints\r\nlink: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let mut bytes = big.repeat(4).into_bytes();
+    bytes.extend_from_slice(fin);
+    let err = parse_whole(&bytes).expect_err("interim heads over the head limit");
+    assert_eq!(err.to_string(), "response head over 64 KiB");
+}
+
+#[tokio::test]
+async fn limits_hold_for_sections_that_arrived_whole() {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let err = parse_whole(head.as_bytes()).expect_err("a 70 KB head");
+    assert_eq!(err.to_string(), "response head over 64 KiB");
+    let chunk_line = format!(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;ext={}\r\nok\r\n0\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let err = parse_whole(chunk_line.as_bytes()).expect_err("a 70 KB chunk line");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    let trailers = format!(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let err = parse_whole(trailers.as_bytes()).expect_err("a 70 KB trailer section");
+    assert_eq!(err.to_string(), "trailer section over 64 KiB");
+}
+
+#[tokio::test]
+async fn an_empty_chunk_size_line_is_an_error() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\r\n\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n\r\n\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n;x\r\n\r\n"[..],
+    ] {
+        let err = parse_whole(answer).expect_err("empty chunk size");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}
+
+#[tokio::test]
+async fn an_unusual_reason_phrase_is_kept() {
+    let (res, _) =
+        parse_whole(b"HTTP/1.1 999 Custom Thing\r\ncontent-length: 0\r\n\r\n").expect("parsed");
+    let reason = res
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .expect("a reason phrase");
+    assert_eq!(reason.as_bytes(), b"Custom Thing");
+    let (res, _) = parse_whole(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").expect("parsed");
+    assert!(res.extensions().get::<hyper::ext::ReasonPhrase>().is_none());
+}
