@@ -144,7 +144,7 @@ impl Engine {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                upstreams: Upstreams::new(backend.clone(), server.lean_client),
+                upstreams: Upstreams::with_lean_client(backend.clone(), server.lean_client),
                 backend,
                 global: GlobalLimitLayer::new(limits.max_concurrent_requests),
                 budget: InstanceBudget::new(limits.max_instances),

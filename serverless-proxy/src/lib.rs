@@ -71,10 +71,11 @@ mod upstream;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use body::{BoxError, ReqBody, ResBody};
+pub use body::{BoxError, ForwardBody, ReqBody, ResBody};
 pub use engine::{App, DeployError, Engine};
 pub use error::{ForwardError, ERROR_HEADER};
-pub use forward::COLD_START_HEADER;
+pub use forward::{Forward, COLD_START_HEADER};
 pub use gateway::{Gateway, GatewayError};
 pub use metrics::Metrics;
 pub use server::{ClientInfo, TlsError};
+pub use upstream::Upstreams;

@@ -46,8 +46,8 @@ pub(crate) async fn handle(
     }
     let mut req = req.map(|body| -> ReqBody {
         match max_body {
-            Some(max) => http_body_util::Limited::new(body, max as usize).boxed(),
-            None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
+            Some(max) => http_body_util::Limited::new(body, max as usize).boxed_unsync(),
+            None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
         }
     });
     req.extensions_mut().insert(info);

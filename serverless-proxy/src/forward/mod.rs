@@ -3,6 +3,9 @@
 //! sends it over the connections kept per instance ([`crate::upstream`]), sends again requests
 //! that were not written (or, idempotent and bodiless, broke before an answer), and tunnels
 //! upgraded connections (WebSocket).
+//!
+//! Public, for embedders: the gateway's stack and an embedder's (axum, hyper) use this one
+//! implementation, generic over the request body so that neither boxes it again.
 
 mod headers;
 
@@ -16,13 +19,12 @@ use std::task::{Context, Poll};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serverless_core::AppSpec;
 use serverless_limits::Lease;
 
-use crate::body::{empty_request_body, BoxError, ReqBody, ResBody};
+use crate::body::{BoxError, ForwardBody, Outgoing, ReqBody, ResBody};
 use crate::error::ForwardError;
 use crate::server::ClientInfo;
 use crate::upstream::{SendError, Upstreams};
@@ -45,20 +47,78 @@ struct NoLease;
 #[error("request body already sent")]
 struct BodyAlreadySent;
 
-/// The innermost service: sends the request to the instance of its [`Lease`].
-#[derive(Debug, Clone)]
-pub(crate) struct Forward {
+/// The innermost service of an app's stack: sends each request to the instance of its
+/// [`Lease`] (put there by [`ConcurrencyLimit`](serverless_limits::ConcurrencyLimit), so it
+/// must be behind one), over the connections kept in its [`Upstreams`].
+///
+/// On the way it removes hop-by-hop headers (both ways), adds `Host` for HTTP/2 clients and
+/// `x-forwarded-for`, `x-forwarded-proto` and `forwarded` when the request carries a
+/// [`ClientInfo`] extension, and tunnels upgrades (WebSocket) — the lease, and so the
+/// instance's place, is held until the tunnel closes. A request that was not written is sent
+/// again (an idempotent one without a body also when its connection broke before an answer),
+/// and an unreachable instance is traded for another ([`Lease::reroute`]), at most 4 attempts
+/// in all; then the error is a [`ForwardError`] (answer it `502`).
+///
+/// `B` is the request body type: anything [`ForwardBody`] (`Send`, not `Sync`), not boxed
+/// again. Responses carry a [`ResBody`]; a failure in the middle of the body ends it with a
+/// [`ForwardError`]. Requests waited for a cold start get [`COLD_START_HEADER`].
+///
+/// ```
+/// # async fn doc(spec: serverless_core::AppSpec, backend: std::sync::Arc<dyn serverless_core::ContainerBackend>) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use serverless_limits::{ConcurrencyLimitLayer, Pool};
+/// use serverless_proxy::{Forward, Upstreams};
+///
+/// let upstreams: Upstreams<hyper::body::Incoming> = Upstreams::new(backend.clone());
+/// // The pool tells the connection pool when an instance goes.
+/// let pool = Pool::builder(spec.clone(), backend).observer(Arc::new(upstreams.clone())).build()?;
+/// let service = tower::ServiceBuilder::new()
+///     .layer(ConcurrencyLimitLayer::new(pool))
+///     .service(Forward::new(Arc::new(spec), upstreams));
+/// # let _ = service; Ok(()) }
+/// ```
+pub struct Forward<B = ReqBody> {
     app: Arc<AppSpec>,
-    upstreams: Upstreams,
+    upstreams: Upstreams<B>,
 }
 
-impl Forward {
-    pub(crate) fn new(app: Arc<AppSpec>, upstreams: Upstreams) -> Self {
-        Self { app, upstreams }
+impl<B> Clone for Forward<B> {
+    fn clone(&self) -> Self {
+        Self {
+            app: self.app.clone(),
+            upstreams: self.upstreams.clone(),
+        }
     }
 }
 
-impl tower::Service<Request<ReqBody>> for Forward {
+impl<B> std::fmt::Debug for Forward<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forward")
+            .field("app", &self.app.name)
+            .field("upstreams", &self.upstreams)
+            .finish()
+    }
+}
+
+impl<B: ForwardBody> Forward<B> {
+    /// Forwards requests for `app` over `upstreams` (share one [`Upstreams`] between all the
+    /// apps of a backend: it keeps connections per instance).
+    pub fn new(app: Arc<AppSpec>, upstreams: Upstreams<B>) -> Self {
+        Self { app, upstreams }
+    }
+
+    /// The app.
+    pub fn app(&self) -> &Arc<AppSpec> {
+        &self.app
+    }
+
+    /// The connections it sends over.
+    pub fn upstreams(&self) -> &Upstreams<B> {
+        &self.upstreams
+    }
+}
+
+impl<B: ForwardBody> tower::Service<Request<B>> for Forward<B> {
     type Response = Response<ResBody>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, BoxError>> + Send>>;
@@ -67,7 +127,7 @@ impl tower::Service<Request<ReqBody>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         // The request is rewritten here, synchronously; the future keeps only what sending it
         // (and sending it again) takes, so each request allocates and moves less.
         match prepare(&self.app, &self.upstreams, req) {
@@ -78,9 +138,9 @@ impl tower::Service<Request<ReqBody>> for Forward {
 }
 
 /// A request rewritten for the instance, with what it takes to send it again.
-struct Prepared {
+struct Prepared<B> {
     lease: Lease,
-    req: Request<ReqBody>,
+    req: Request<Outgoing<B>>,
     /// Idempotent and without a body: may be sent again after it was written.
     may_resend: bool,
     /// Method, target and headers to rebuild it when the client that sends it does not give it
@@ -91,11 +151,11 @@ struct Prepared {
 }
 
 /// Rewrites `req` for the instance its lease names.
-fn prepare(
+fn prepare<B: ForwardBody>(
     app: &AppSpec,
-    upstreams: &Upstreams,
-    mut req: Request<ReqBody>,
-) -> Result<Prepared, BoxError> {
+    upstreams: &Upstreams<B>,
+    mut req: Request<B>,
+) -> Result<Prepared<B>, BoxError> {
     let lease = req.extensions_mut().remove::<Lease>().ok_or(NoLease)?;
     let client_info = req.extensions().get::<ClientInfo>().copied();
     let present = PresentHeaders::scan(req.headers());
@@ -139,7 +199,7 @@ fn prepare(
     // body could only be if it had not been read, which the instance does not tell us, so it
     // gets a 502.
     let may_resend = body.is_end_stream() && parts.method.is_idempotent();
-    let mut next_req = Request::new(body);
+    let mut next_req = Request::new(Outgoing::new(body));
     *next_req.method_mut() = parts.method;
     *next_req.uri_mut() = uri;
     *next_req.version_mut() = version;
@@ -164,10 +224,10 @@ fn prepare(
 /// Sends a prepared request, again where that is safe (at most [`MAX_ATTEMPTS`] in all): when
 /// it was not written, or, idempotent and without a body, its connection broke before an
 /// answer; an unreachable instance is traded for another (`Lease::reroute`).
-async fn forward(
+async fn forward<B: ForwardBody>(
     app: Arc<AppSpec>,
-    upstreams: Upstreams,
-    prepared: Prepared,
+    upstreams: Upstreams<B>,
+    prepared: Prepared<B>,
 ) -> Result<Response<ResBody>, BoxError> {
     let Prepared {
         lease,
@@ -186,7 +246,7 @@ async fn forward(
             Some(req) => req,
             None => match resend.as_deref() {
                 Some((method, uri, headers)) => {
-                    let mut req = Request::new(empty_request_body());
+                    let mut req = Request::new(Outgoing::empty());
                     *req.method_mut() = method.clone();
                     *req.uri_mut() = uri.clone();
                     *req.version_mut() = version;

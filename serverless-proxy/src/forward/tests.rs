@@ -4,7 +4,12 @@ use http::header::HeaderName;
 
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_protocol, PresentHeaders};
 use super::*;
-use crate::body::empty_request_body as empty;
+
+fn empty() -> ReqBody {
+    http_body_util::Empty::new()
+        .map_err(|e| match e {})
+        .boxed_unsync()
+}
 
 #[test]
 fn hop_by_hop_headers_are_removed() {
@@ -121,7 +126,7 @@ async fn engine_with_app() -> (crate::Engine, Upstreams, Arc<crate::engine::App>
     let engine = crate::Engine::new(backend.clone(), config.limits, config.server.clone());
     engine.deploy(config.apps[0].clone()).await.unwrap();
     let app = engine.route("a.localhost").unwrap();
-    (engine, Upstreams::new(backend, true), app)
+    (engine, Upstreams::with_lean_client(backend, true), app)
 }
 
 /// `prepare` on a GET for `uri` with `headers` from client 192.0.2.7 over plain HTTP,
@@ -131,7 +136,7 @@ async fn prepare_get(
     upstreams: &Upstreams,
     uri: &str,
     headers: &[(&str, &str)],
-) -> Prepared {
+) -> Prepared<ReqBody> {
     let mut req = Request::new(empty());
     *req.uri_mut() = uri.parse().unwrap();
     for (name, value) in headers {
@@ -230,7 +235,7 @@ async fn prepare_rewrites_headers_for_the_instance() {
     drop(prepared);
 
     // With the lean client off, a request that may be sent again keeps what rebuilds it.
-    let hyper_only = Upstreams::new(engine.backend().clone(), false);
+    let hyper_only = Upstreams::with_lean_client(engine.backend().clone(), false);
     let prepared = prepare_get(&app, &hyper_only, "/p", &[("host", "a.localhost")]).await;
     assert!(prepared.may_resend && prepared.resend.is_some());
     drop(prepared);
@@ -250,4 +255,28 @@ async fn the_forward_future_stays_small() {
     assert!(size <= 2304, "forward future: {size} bytes");
     drop(future);
     engine.shutdown().await;
+}
+
+/// Embedders' bodies need not be `Sync` (axum's is not): `Forward` serves them, and its future
+/// is `Send`.
+#[test]
+fn forward_takes_bodies_that_are_not_sync() {
+    struct NotSync(
+        http_body_util::Empty<bytes::Bytes>,
+        std::marker::PhantomData<std::cell::Cell<()>>,
+    );
+    impl http_body::Body for NotSync {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            std::pin::Pin::new(&mut self.0).poll_frame(cx)
+        }
+    }
+    fn serves<S: tower::Service<Request<B>, Future: Send> + Clone + Send + Sync, B>() {}
+    serves::<Forward<NotSync>, NotSync>();
+    serves::<Forward<hyper::body::Incoming>, hyper::body::Incoming>();
+    serves::<Forward, ReqBody>();
 }

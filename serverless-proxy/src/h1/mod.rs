@@ -80,11 +80,15 @@ impl Conn {
         )
     }
 
-    /// Writes the request head. An error means the request may be incomplete on the wire,
-    /// never that it was processed.
-    pub(crate) async fn write_request<B>(&mut self, req: &Request<B>) -> io::Result<()> {
+    /// Encodes the request head for [`write_request`](Self::write_request).
+    pub(crate) fn encode_request<B>(&mut self, req: &Request<B>) {
         self.head.clear();
         encode_request(req, &mut self.head);
+    }
+
+    /// Writes the request head [`encode_request`](Self::encode_request) encoded. An error means
+    /// the request may be incomplete on the wire, never that it was processed.
+    pub(crate) async fn write_request(&mut self) -> io::Result<()> {
         self.io.write_all(&self.head).await?;
         self.io.flush().await
     }

@@ -28,7 +28,8 @@ async fn exchange(
     step: usize,
 ) -> io::Result<Option<(Response<()>, Reader)>> {
     let (mut conn, mut theirs) = pair();
-    conn.write_request(&req).await?;
+    conn.encode_request(&req);
+    conn.write_request().await?;
     tokio::spawn(async move {
         let mut head = vec![0u8; 1024];
         let _ = theirs.read(&mut head).await;
@@ -65,7 +66,8 @@ async fn writes_the_head_and_reads_a_sized_body_then_keeps_the_connection() {
         .append("x-multi", HeaderValue::from_static("a"));
     req.headers_mut()
         .append("x-multi", HeaderValue::from_static("b"));
-    conn.write_request(&req).await.expect("write");
+    conn.encode_request(&req);
+    conn.write_request().await.expect("write");
     let mut head = vec![0u8; 256];
     let n = theirs.read(&mut head).await.expect("read");
     assert_eq!(
@@ -114,7 +116,8 @@ async fn header_names_remembered_from_the_last_response_are_checked_not_trusted(
         &[("x-b", "6"), ("content-length", "1")],
     ];
     for (answer, expected) in answers.into_iter().zip(expected) {
-        conn.write_request(&get("/")).await.expect("write");
+        conn.encode_request(&get("/"));
+        conn.write_request().await.expect("write");
         let mut head = vec![0u8; 256];
         let _ = theirs.read(&mut head).await.expect("read");
         theirs.write_all(answer).await.expect("answer");

@@ -12,17 +12,17 @@ use hyper::client::conn::http1;
 use serverless_core::InstanceId;
 
 use super::idle::Shared;
-use crate::body::{BoxError, ReqBody};
+use crate::body::{BoxError, ForwardBody, Outgoing};
 use crate::h1;
 
 /// Checks a hyper HTTP/1.1 connection back in once its response is complete.
-pub(super) struct Checkin {
-    pub(super) sender: http1::SendRequest<ReqBody>,
+pub(super) struct Checkin<B> {
+    pub(super) sender: http1::SendRequest<Outgoing<B>>,
     pub(super) instance: InstanceId,
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared<B>>,
 }
 
-impl Checkin {
+impl<B: ForwardBody> Checkin<B> {
     fn checkin(self) {
         self.shared.checkin_http1(self.instance, self.sender);
     }
@@ -30,23 +30,23 @@ impl Checkin {
 
 /// An instance's response body; its connection is reused once the body has ended (a body
 /// dropped before its end closes the connection, which cannot be reused then).
-pub(crate) struct UpstreamBody {
-    kind: Kind,
+pub(crate) struct UpstreamBody<B> {
+    kind: Kind<B>,
 }
 
-enum Kind {
+enum Kind<B> {
     Hyper {
         inner: Incoming,
-        checkin: Option<Checkin>,
+        checkin: Option<Checkin<B>>,
     },
     Lean {
         reader: h1::Reader,
-        checkin: Option<(InstanceId, Arc<Shared>)>,
+        checkin: Option<(InstanceId, Arc<Shared<B>>)>,
     },
 }
 
-impl UpstreamBody {
-    pub(super) fn hyper(inner: Incoming, checkin: Option<Checkin>) -> Self {
+impl<B: ForwardBody> UpstreamBody<B> {
+    pub(super) fn hyper(inner: Incoming, checkin: Option<Checkin<B>>) -> Self {
         let mut checkin = checkin;
         if inner.is_end_stream() {
             if let Some(checkin) = checkin.take() {
@@ -58,7 +58,7 @@ impl UpstreamBody {
         }
     }
 
-    pub(super) fn lean(reader: h1::Reader, checkin: (InstanceId, Arc<Shared>)) -> Self {
+    pub(super) fn lean(reader: h1::Reader, checkin: (InstanceId, Arc<Shared<B>>)) -> Self {
         let mut body = Self {
             kind: Kind::Lean {
                 reader,
@@ -92,7 +92,7 @@ impl UpstreamBody {
     }
 }
 
-impl Body for UpstreamBody {
+impl<B: ForwardBody> Body for UpstreamBody<B> {
     type Data = Bytes;
     type Error = BoxError;
 

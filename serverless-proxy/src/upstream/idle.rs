@@ -13,7 +13,7 @@ use hyper::client::conn::{http1, http2};
 use serverless_core::{ContainerBackend, InstanceId};
 use tokio::time::Instant;
 
-use crate::body::ReqBody;
+use crate::body::{ForwardBody, Outgoing};
 use crate::h1;
 
 /// Idle HTTP/1.1 connections older than this are closed instead of reused (apps may close
@@ -23,29 +23,29 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_IDLE_PER_INSTANCE: usize = 256;
 
 /// An idle hyper HTTP/1.1 connection and since when it is idle.
-struct IdleHttp1 {
-    sender: http1::SendRequest<ReqBody>,
+struct IdleHttp1<B> {
+    sender: http1::SendRequest<Outgoing<B>>,
     since: Instant,
 }
 
 type LeanLists = HashMap<InstanceId, Vec<(h1::Conn, Instant)>>;
-type Http1Lists = HashMap<InstanceId, VecDeque<IdleHttp1>>;
-type Http2Conns = HashMap<InstanceId, http2::SendRequest<ReqBody>>;
+type Http1Lists<B> = HashMap<InstanceId, VecDeque<IdleHttp1<B>>>;
+type Http2Conns<B> = HashMap<InstanceId, http2::SendRequest<Outgoing<B>>>;
 
 /// What every clone of [`Upstreams`](super::Upstreams) shares: the backend that dials
 /// instances, and the idle connections per instance.
-pub(super) struct Shared {
+pub(super) struct Shared<B> {
     pub(super) backend: Arc<dyn ContainerBackend>,
     /// Whether lean-eligible requests go through the lean client (else through hyper's).
     pub(super) lean: bool,
     lean_idle: Mutex<LeanLists>,
     /// Whether the task that closes stale idle lean connections runs.
     sweeping: AtomicBool,
-    http1_idle: Mutex<Http1Lists>,
-    http2: Mutex<Http2Conns>,
+    http1_idle: Mutex<Http1Lists<B>>,
+    http2: Mutex<Http2Conns<B>>,
 }
 
-impl Shared {
+impl<B: ForwardBody> Shared<B> {
     pub(super) fn new(backend: Arc<dyn ContainerBackend>, lean: bool) -> Self {
         Self {
             backend,
@@ -61,11 +61,11 @@ impl Shared {
         self.lean_idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn http1_idle(&self) -> MutexGuard<'_, Http1Lists> {
+    fn http1_idle(&self) -> MutexGuard<'_, Http1Lists<B>> {
         self.http1_idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn http2(&self) -> MutexGuard<'_, Http2Conns> {
+    pub(super) fn http2(&self) -> MutexGuard<'_, Http2Conns<B>> {
         self.http2.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -136,7 +136,7 @@ impl Shared {
     pub(super) fn checkout_http1(
         &self,
         instance: &InstanceId,
-    ) -> Option<http1::SendRequest<ReqBody>> {
+    ) -> Option<http1::SendRequest<Outgoing<B>>> {
         let mut idle = self.http1_idle();
         let list = idle.get_mut(instance)?;
         let now = Instant::now();
@@ -167,7 +167,11 @@ impl Shared {
     }
 
     /// Keeps a hyper HTTP/1.1 connection whose response is complete for the next request.
-    pub(super) fn checkin_http1(&self, instance: InstanceId, sender: http1::SendRequest<ReqBody>) {
+    pub(super) fn checkin_http1(
+        &self,
+        instance: InstanceId,
+        sender: http1::SendRequest<Outgoing<B>>,
+    ) {
         if sender.is_closed() {
             return;
         }

@@ -27,8 +27,9 @@ use http::{Request, Response};
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serverless_core::{BackendError, Connection, ContainerBackend, InstanceId};
+use serverless_limits::PoolObserver;
 
-use crate::body::ReqBody;
+use crate::body::{ForwardBody, Outgoing, ReqBody};
 use crate::h1;
 use body::Checkin;
 pub(crate) use body::UpstreamBody;
@@ -48,9 +49,9 @@ pub(crate) enum SendError {
 
 /// A failed send, with the request when it was not sent, or when it was but is still at hand
 /// (the lean client's requests: no body, so the request is whole after it was written).
-pub(crate) struct Failed {
+pub(crate) struct Failed<B> {
     pub(crate) error: SendError,
-    pub(crate) request: Option<Request<ReqBody>>,
+    pub(crate) request: Option<Request<Outgoing<B>>>,
     /// Whether the request was written: the instance may have processed it, so it may only go
     /// out again if it is idempotent.
     pub(crate) sent: bool,
@@ -61,10 +62,10 @@ pub(crate) struct Failed {
 /// with the request if it was not sent. (The request travels by value, as in hyper's own
 /// `TrySendError`.)
 #[allow(clippy::result_large_err)]
-fn request_to_retry(
-    mut err: TrySendError<Request<ReqBody>>,
+fn request_to_retry<B>(
+    mut err: TrySendError<Request<Outgoing<B>>>,
     kept: bool,
-) -> Result<Request<ReqBody>, Failed> {
+) -> Result<Request<Outgoing<B>>, Failed<B>> {
     match err.take_message() {
         Some(back) if kept => Ok(back),
         request => Err(Failed {
@@ -75,13 +76,27 @@ fn request_to_retry(
     }
 }
 
-/// The connections to every instance, shared by all requests. Cheap to clone.
-#[derive(Clone)]
-pub(crate) struct Upstreams {
-    shared: Arc<Shared>,
+/// The connections to every instance, shared by all requests: the connection pool of
+/// [`Forward`](crate::Forward), over a backend's dialer. Cheap to clone; one per body type `B`
+/// (the request body type its [`Forward`](crate::Forward)s send).
+///
+/// Connections kept for an instance must go when the instance goes: register it as the pool's
+/// observer ([`PoolBuilder::observer`](serverless_limits::PoolBuilder::observer)) — it is a
+/// [`PoolObserver`] whose [`removed`](PoolObserver::removed) calls [`forget`](Self::forget) —
+/// or call [`forget`](Self::forget) from an observer of one's own.
+pub struct Upstreams<B = ReqBody> {
+    shared: Arc<Shared<B>>,
 }
 
-impl std::fmt::Debug for Upstreams {
+impl<B> Clone for Upstreams<B> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for Upstreams<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstreams")
             .field("lean", &self.shared.lean)
@@ -89,17 +104,28 @@ impl std::fmt::Debug for Upstreams {
     }
 }
 
-impl Upstreams {
-    /// Connections over `backend`'s dialer. `lean`: lean-eligible requests go through the lean
-    /// client (`false` sends them through hyper's, to measure what the lean one saves).
-    pub(crate) fn new(backend: Arc<dyn ContainerBackend>, lean: bool) -> Self {
+impl<B: ForwardBody> Upstreams<B> {
+    /// Connections over `backend`'s dialer ([`ContainerBackend::connect`]).
+    pub fn new(backend: Arc<dyn ContainerBackend>) -> Self {
+        Self::with_lean_client(backend, true)
+    }
+
+    /// Connections over `backend`'s dialer; `lean = false` sends every request through hyper's
+    /// client, none through the lean HTTP/1.1 one (the gateway's `server.lean_client`, to
+    /// measure what the lean one saves).
+    pub fn with_lean_client(backend: Arc<dyn ContainerBackend>, lean: bool) -> Self {
         Self {
             shared: Arc::new(Shared::new(backend, lean)),
         }
     }
 
+    /// Closes every connection kept idle for `instance`: it is gone.
+    pub fn forget(&self, instance: &InstanceId) {
+        self.shared.forget(instance);
+    }
+
     /// Whether [`send`](Self::send) sends `req` through the lean client.
-    pub(crate) fn sends_lean<B: http_body::Body>(&self, h2c: bool, req: &Request<B>) -> bool {
+    pub(crate) fn sends_lean<T: http_body::Body>(&self, h2c: bool, req: &Request<T>) -> bool {
         self.shared.lean && !h2c && h1::can_send(req)
     }
 
@@ -113,16 +139,16 @@ impl Upstreams {
         &'a self,
         instance: &'a InstanceId,
         h2c: bool,
-        req: Request<ReqBody>,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + 'a {
-        type Boxed<'a> =
-            Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + 'a>>;
+        req: Request<Outgoing<B>>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, Failed<B>>> + Send + 'a {
+        type Boxed<'a, B> =
+            Pin<Box<dyn Future<Output = Result<Response<UpstreamBody<B>>, Failed<B>>> + Send + 'a>>;
         if self.sends_lean(h2c, &req) {
             Either::Left(self.send_lean(instance, req))
         } else if h2c {
-            Either::Right(Box::pin(self.send_http2(instance, req)) as Boxed<'a>)
+            Either::Right(Box::pin(self.send_http2(instance, req)) as Boxed<'a, B>)
         } else {
-            Either::Right(Box::pin(self.send_http1(instance, req)) as Boxed<'a>)
+            Either::Right(Box::pin(self.send_http1(instance, req)) as Boxed<'a, B>)
         }
     }
 
@@ -130,8 +156,8 @@ impl Upstreams {
     async fn send_lean(
         &self,
         instance: &InstanceId,
-        req: Request<ReqBody>,
-    ) -> Result<Response<UpstreamBody>, Failed> {
+        req: Request<Outgoing<B>>,
+    ) -> Result<Response<UpstreamBody<B>>, Failed<B>> {
         loop {
             let (mut conn, kept) = match self.shared.checkout_lean(instance) {
                 Some(conn) => (conn, true),
@@ -146,7 +172,10 @@ impl Upstreams {
                     }
                 },
             };
-            if let Err(error) = conn.write_request(&req).await {
+            // The head is encoded before the await: the future holds no reference to the
+            // request, so the body type need not be `Sync`.
+            conn.encode_request(&req);
+            if let Err(error) = conn.write_request().await {
                 // Not (completely) written, so not processed: a kept connection that closed
                 // meanwhile is simply replaced; a new one that failed gives the request back.
                 if kept {
@@ -180,8 +209,8 @@ impl Upstreams {
     async fn send_http1(
         &self,
         instance: &InstanceId,
-        mut req: Request<ReqBody>,
-    ) -> Result<Response<UpstreamBody>, Failed> {
+        mut req: Request<Outgoing<B>>,
+    ) -> Result<Response<UpstreamBody<B>>, Failed<B>> {
         loop {
             let (mut sender, kept) = match self.shared.checkout_http1(instance) {
                 Some(sender) => (sender, true),
@@ -215,8 +244,8 @@ impl Upstreams {
     async fn send_http2(
         &self,
         instance: &InstanceId,
-        mut req: Request<ReqBody>,
-    ) -> Result<Response<UpstreamBody>, Failed> {
+        mut req: Request<Outgoing<B>>,
+    ) -> Result<Response<UpstreamBody<B>>, Failed<B>> {
         let mut kept = self.shared.http2().get(instance).cloned();
         loop {
             let (mut sender, was_kept) = match kept.take() {
@@ -242,7 +271,7 @@ impl Upstreams {
     async fn dial_http1(
         &self,
         instance: &InstanceId,
-    ) -> Result<http1::SendRequest<ReqBody>, SendError> {
+    ) -> Result<http1::SendRequest<Outgoing<B>>, SendError> {
         let (sender, conn) = http1::Builder::new()
             .handshake(self.dial(instance).await?)
             .await
@@ -254,7 +283,7 @@ impl Upstreams {
     async fn dial_http2(
         &self,
         instance: &InstanceId,
-    ) -> Result<http2::SendRequest<ReqBody>, SendError> {
+    ) -> Result<http2::SendRequest<Outgoing<B>>, SendError> {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(self.dial(instance).await?)
@@ -289,9 +318,10 @@ impl Upstreams {
             shared.prune(&id);
         });
     }
+}
 
-    /// Closes every connection kept idle for `instance`: it is gone.
-    pub(crate) fn forget(&self, instance: &InstanceId) {
-        self.shared.forget(instance);
+impl<B: ForwardBody> PoolObserver for Upstreams<B> {
+    fn removed(&self, _app: &str, id: &InstanceId) {
+        self.forget(id);
     }
 }

@@ -79,14 +79,16 @@ async fn server(keep_alive: bool) -> (SocketAddr, Arc<AtomicUsize>) {
 
 /// A POST with `body` (through hyper's client), or a body-less GET when it is empty
 /// (through the lean client): the tests below run both.
-fn request(body: &'static str) -> Request<ReqBody> {
-    let mut req = Request::new(if body.is_empty() {
-        http_body_util::Empty::new().map_err(|e| match e {}).boxed()
+fn request(body: &'static str) -> Request<Outgoing<ReqBody>> {
+    let mut req = Request::new(Outgoing::new(if body.is_empty() {
+        http_body_util::Empty::new()
+            .map_err(|e| match e {})
+            .boxed_unsync()
     } else {
         Full::new(Bytes::from_static(body.as_bytes()))
             .map_err(|e| match e {})
-            .boxed()
-    });
+            .boxed_unsync()
+    }));
     if !body.is_empty() {
         *req.method_mut() = http::Method::POST;
     }
@@ -95,7 +97,7 @@ fn request(body: &'static str) -> Request<ReqBody> {
     req
 }
 
-async fn text(res: Response<UpstreamBody>) -> String {
+async fn text(res: Response<UpstreamBody<ReqBody>>) -> String {
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
@@ -104,7 +106,7 @@ async fn text(res: Response<UpstreamBody>) -> String {
 async fn connections_are_reused_after_the_body_ends() {
     for body in ["hello", ""] {
         let (addr, conns) = server(true).await;
-        let up = Upstreams::new(Arc::new(Local { addr: Some(addr) }), true);
+        let up = Upstreams::with_lean_client(Arc::new(Local { addr: Some(addr) }), true);
         let id = InstanceId::new("i-1");
         for _ in 0..5 {
             let res = up.send(&id, false, request(body)).await.ok().unwrap();
@@ -120,7 +122,7 @@ async fn connections_are_reused_after_the_body_ends() {
 async fn a_connection_the_instance_closed_is_not_reused() {
     for body in ["hi", ""] {
         let (addr, conns) = server(false).await;
-        let up = Upstreams::new(Arc::new(Local { addr: Some(addr) }), true);
+        let up = Upstreams::with_lean_client(Arc::new(Local { addr: Some(addr) }), true);
         let id = InstanceId::new("i-1");
         for i in 1..=3 {
             let res = up.send(&id, false, request(body)).await.ok().unwrap();
@@ -142,7 +144,7 @@ async fn a_connection_the_instance_closed_is_not_reused() {
 async fn a_dropped_body_closes_its_connection() {
     for body in ["x", ""] {
         let (addr, conns) = server(true).await;
-        let up = Upstreams::new(Arc::new(Local { addr: Some(addr) }), true);
+        let up = Upstreams::with_lean_client(Arc::new(Local { addr: Some(addr) }), true);
         let id = InstanceId::new("i-1");
         let res = up.send(&id, false, request(body)).await.ok().unwrap();
         drop(res);
@@ -156,7 +158,7 @@ async fn a_dropped_body_closes_its_connection() {
 #[tokio::test]
 async fn idle_connections_go_with_their_instance_or_when_it_closes_them() {
     let (addr, conns) = server(true).await;
-    let up = Upstreams::new(Arc::new(Local { addr: Some(addr) }), true);
+    let up = Upstreams::with_lean_client(Arc::new(Local { addr: Some(addr) }), true);
     let id = InstanceId::new("i-1");
     let (a, b) = (
         up.send(&id, false, request("")).await.ok().unwrap(),
@@ -187,7 +189,7 @@ async fn idle_connections_go_with_their_instance_or_when_it_closes_them() {
         let _ = closed_tx.send(());
     });
     let other = InstanceId::new("i-2");
-    let closing = Upstreams::new(Arc::new(Local { addr: Some(addr2) }), true);
+    let closing = Upstreams::with_lean_client(Arc::new(Local { addr: Some(addr2) }), true);
     let res = closing.send(&other, false, request("")).await.ok().unwrap();
     assert_eq!(text(res).await, "ok");
     closed.await.unwrap();
@@ -208,7 +210,7 @@ async fn idle_connections_go_with_their_instance_or_when_it_closes_them() {
 
 #[tokio::test]
 async fn an_unreachable_instance_gives_the_request_back() {
-    let up = Upstreams::new(Arc::new(Local { addr: None }), true);
+    let up = Upstreams::with_lean_client(Arc::new(Local { addr: None }), true);
     let failed = up
         .send(&InstanceId::new("gone"), false, request("body"))
         .await
@@ -223,10 +225,13 @@ async fn an_unreachable_instance_gives_the_request_back() {
 #[tokio::test]
 async fn with_the_lean_client_off_body_less_requests_go_through_hyper() {
     let (addr, conns) = server(true).await;
-    let up = Upstreams::new(Arc::new(Local { addr: Some(addr) }), false);
+    let up = Upstreams::with_lean_client(Arc::new(Local { addr: Some(addr) }), false);
     let id = InstanceId::new("i-1");
     assert!(!up.sends_lean(false, &request("")));
-    assert!(Upstreams::new(Arc::new(Local { addr: None }), true).sends_lean(false, &request("")));
+    assert!(
+        Upstreams::<ReqBody>::with_lean_client(Arc::new(Local { addr: None }), true)
+            .sends_lean(false, &request(""))
+    );
     for _ in 0..3 {
         let res = up.send(&id, false, request("")).await.ok().unwrap();
         assert_eq!(text(res).await, "got 0 bytes");
