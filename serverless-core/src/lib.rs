@@ -44,8 +44,8 @@ pub use backend::{
     BackendError, Connection, ContainerBackend, ErrorKind, Exit, InstanceId, OwnedInstance, Started,
 };
 pub use config::{
-    Config, ContainerdConfig, GlobalLimits, RegistryCredentials, SecretError, SecretProblem,
-    SecretSource, ServerConfig, TlsConfig,
+    Config, ContainerdConfig, GlobalLimits, NetworkConfig, NetworkMode, RegistryCredentials,
+    SecretError, SecretProblem, SecretSource, ServerConfig, TlsConfig,
 };
 pub use error::ConfigError;
 pub use slot::{Slot, SlotError};

@@ -185,6 +185,8 @@ pub struct AppSpec {
     pub limits: Limits,
     /// Instance count bounds.
     pub scale: Scale,
+    /// How instances are networked (`bridge` or `none`, the default).
+    pub network: crate::config::NetworkMode,
 }
 
 impl AppSpec {
@@ -204,6 +206,7 @@ impl AppSpec {
             startup_cpu_boost: crate::CpuBoost::Max,
             limits: Limits::DEFAULT,
             scale: Scale::default(),
+            network: crate::config::NetworkMode::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! value and the accepted range in each error.
 
 mod check;
+mod network;
 mod raw;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use self::network::{host_nameservers, Ipv4Subnet, NetworkConfig, NetworkMode};
 pub(crate) use self::check::{check_duration, check_host, check_int, check_name};
 use self::raw::{RawApp, RawConfig, RawDuration, RawLimits, RawNowJson};
 use crate::spec::{AppSpec, ImageRef};
@@ -213,6 +215,8 @@ pub struct Config {
     /// An auth file as `docker login`/`podman login` write it, for registries not listed in
     /// `registries`.
     pub registry_auth_file: Option<PathBuf>,
+    /// Networking of `bridge` instances (`[network]`).
+    pub network: NetworkConfig,
     /// The apps.
     pub apps: Vec<AppSpec>,
 }
@@ -229,6 +233,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             registries: Vec::new(),
             registry_auth_file: None,
+            network: NetworkConfig::default(),
             apps: Vec::new(),
         }
     }

@@ -26,6 +26,7 @@ pub(super) struct RawConfig {
     pub(super) containerd: Option<RawContainerd>,
     pub(super) limits: Option<RawGlobalLimits>,
     pub(super) server: Option<RawServer>,
+    pub(super) network: Option<super::network::RawNetwork>,
     #[serde(default)]
     pub(super) registries: Vec<RawRegistry>,
     pub(super) registry_auth_file: Option<PathBuf>,
@@ -90,6 +91,7 @@ pub(super) struct RawApp {
     pub(super) startup_cpu_boost: Option<crate::cpu_boost::RawBoost>,
     pub(super) limits: Option<RawLimits>,
     pub(super) scale: Option<RawScale>,
+    pub(super) network: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -362,6 +364,7 @@ impl RawConfig {
             server,
             registries,
             registry_auth_file: self.registry_auth_file,
+            network: self.network.unwrap_or_default().validate()?,
             apps,
         })
     }
@@ -525,6 +528,7 @@ impl RawApp {
         let min = int_in(&f("scale.min"), rs.min, 0, 0, i64::from(max))?;
         let standby = rs.standby.unwrap_or(Scale::default().standby);
         spec.scale = Scale { min, max, standby };
+        spec.network = super::network::parse_mode(&f("network"), self.network)?;
         Ok(spec)
     }
 }
