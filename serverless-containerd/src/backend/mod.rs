@@ -11,17 +11,20 @@
 //! | `trait_impl.rs` | `impl ContainerBackend`: the entry points, which path a start takes, cleanup after a failed start |
 //! | `images.rs` | the app's image, imported or pulled once (`prepared`) |
 //! | `start.rs` | the cold start's mechanics: `create` (snapshot, container, task) and `run` (start, port) |
+//! | `boost.rs` | the startup CPU boost: the budget of boosted instances, their permits, and the wait that applies the slot when an instance listens |
 //! | `standby.rs` | standbys: made, taken, refilled, released (state in `standby_state.rs`) |
 //! | `spare_shim.rs` | the spare shim: keepers made, claimed, removed (state in `shim_pool.rs`) |
 //! | `stop.rs` | one container stopped and removed: `teardown`, `terminate`, `delete_objects`, `forget` |
 //! | `reconcile.rs` | `reconcile` (a previous run's leftovers) and `shutdown` |
 //! | `task.rs`, `ids.rs` | the task records (`Created`, `Instance`); id checks and standby ids |
 //!
-//! Dependencies point down this list, never up: `handle` needs only the state modules
-//! (`standby_state`, `shim_pool`, `task`); `stop` only `handle`; `start` uses the spare shim,
-//! `standby` uses `start` and `stop`, `reconcile` uses `stop`, `standby` and `spare_shim`; only
-//! `trait_impl` and `builder` sit on top. This module only re-exports.
+//! No cycles: each file uses only files of the layers before its own, in this order — the
+//! records and state (`task`, `ids`, `standby_state`, `shim_pool`); `handle`; `images` and
+//! `stop`; `spare_shim` (uses `stop`); `start` (uses `images`, `spare_shim`); `standby` (uses
+//! `start`, `stop`); `reconcile` (uses `stop`, `standby`, `spare_shim`); `builder` and
+//! `trait_impl` on top. This module only declares and re-exports.
 
+mod boost;
 mod builder;
 mod handle;
 mod ids;

@@ -5,6 +5,7 @@ mod builder;
 mod content;
 mod executable;
 mod import;
+mod layer_size;
 mod logins;
 mod pull;
 mod users;
