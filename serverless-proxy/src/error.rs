@@ -4,14 +4,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{Response, StatusCode};
 use serverless_core::{AppSpec, InstanceId};
-use serverless_limits::{GlobalOverloaded, PoolError};
+use serverless_limits::Refusal;
+pub use serverless_limits::ERROR_HEADER;
 
 use crate::body::{full_response_body, BoxError, ResBody};
-
-/// The header that carries the one-line reason of a failure.
-pub const ERROR_HEADER: &str = "x-serverless-error";
 
 /// The request could not be forwarded to its instance, or the instance failed while answering.
 /// Answered `502` when it happens before the response head; in a response body it ends the
@@ -107,34 +105,22 @@ impl std::error::Error for ForwardError {
     }
 }
 
-/// A response with a status, the reason in `x-serverless-error` and as the body (followed by
-/// `detail`, if any).
+/// A response with a status, the reason in [`ERROR_HEADER`] and as the body (followed by
+/// `detail`, if any): [`Refusal`]'s answer, for the gateway's own refusals (no host, no app,
+/// body too large).
 pub(crate) fn failure(status: StatusCode, reason: &str, detail: Option<&str>) -> Response<ResBody> {
-    let line: String = reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let mut body = format!("{status}: {line}\n");
-    if let Some(detail) = detail {
-        body.push_str(detail);
-        if !detail.ends_with('\n') {
-            body.push('\n');
-        }
-    }
-    let mut res = Response::new(full_response_body(body));
-    *res.status_mut() = status;
-    let headers = res.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&line) {
-        headers.insert(ERROR_HEADER, v);
-    }
-    res
+    let mut refusal = Refusal::new(status, reason);
+    refusal.detail = detail.map(str::to_owned);
+    answer(refusal)
 }
 
-/// Maps an error from the request path to its response, by walking the cause chain.
+fn answer(refusal: Refusal) -> Response<ResBody> {
+    refusal.into_response::<String>().map(full_response_body)
+}
+
+/// Maps an error from the request path to its response, by walking the cause chain: a request
+/// body over the limit is `413` (the client's fault, not the app's), the layers' errors are
+/// answered as [`Refusal::of`] says, a [`ForwardError`] (or anything else) is `502`.
 pub(crate) fn error_response(app: Option<&str>, err: &BoxError) -> Response<ResBody> {
     let chain = || {
         std::iter::successors(
@@ -142,7 +128,6 @@ pub(crate) fn error_response(app: Option<&str>, err: &BoxError) -> Response<ResB
             |e| e.source(),
         )
     };
-    // A request body over the limit fails the forward; it is the client's fault, not the app's.
     if chain().any(|e| e.is::<http_body_util::LengthLimitError>()) {
         return failure(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -150,32 +135,11 @@ pub(crate) fn error_response(app: Option<&str>, err: &BoxError) -> Response<ResB
             None,
         );
     }
-    for e in chain() {
-        if let Some(pool) = e.downcast_ref::<PoolError>() {
-            let logs = match pool {
-                PoolError::BootFailed {
-                    logs: Some(logs), ..
-                } => Some(format!("last log lines:\n{logs}")),
-                _ => None,
-            };
-            let mut res = failure(pool.status(), &pool.to_string(), logs.as_deref());
-            if let Some(after) = pool.retry_after() {
-                res.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(after.as_secs().max(1)),
-                );
-            }
-            return res;
-        }
-        if let Some(global) = e.downcast_ref::<GlobalOverloaded>() {
-            let mut res = failure(StatusCode::SERVICE_UNAVAILABLE, &global.to_string(), None);
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return res;
-        }
-        if let Some(fwd) = e.downcast_ref::<ForwardError>() {
-            return failure(StatusCode::BAD_GATEWAY, &fwd.to_string(), None);
-        }
+    if let Some(refusal) = Refusal::of(err.as_ref()) {
+        return answer(refusal);
+    }
+    if let Some(fwd) = chain().find_map(|e| e.downcast_ref::<ForwardError>()) {
+        return failure(StatusCode::BAD_GATEWAY, &fwd.to_string(), None);
     }
     let reason = match app {
         Some(app) => format!("app {app}: {err}"),
@@ -226,5 +190,46 @@ mod tests {
                 format!("instance i-1 of app web {what}").as_str()
             );
         }
+    }
+
+    #[test]
+    fn the_layers_errors_are_answered_as_refusal_says_and_a_body_over_the_limit_is_413() {
+        use serverless_limits::{GlobalOverloaded, PoolError};
+        let errors: Vec<BoxError> = vec![
+            Box::new(GlobalOverloaded { max: 2 }),
+            Box::new(PoolError::BootFailed {
+                app: "web".into(),
+                message: "exited with code 3".into(),
+                exit_code: Some(3),
+                logs: Some("boom".into()),
+            }),
+            Box::new(PoolError::Elapsed {
+                app: "web".into(),
+                waited: std::time::Duration::from_secs(30),
+            }),
+        ];
+        for err in errors {
+            let expected: Response<String> = Refusal::of(err.as_ref()).unwrap().into_response();
+            let res = error_response(Some("web"), &err);
+            assert_eq!(res.status(), expected.status(), "{err}");
+            assert_eq!(res.headers(), expected.headers(), "{err}");
+        }
+        let mut limited = http_body_util::Limited::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"xx")),
+            1,
+        );
+        let too_long = std::pin::pin!(&mut limited);
+        let err = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::frame(
+            too_long.get_mut(),
+        ))
+        .flatten()
+        .and_then(Result::err)
+        .expect("a length limit error");
+        let res = error_response(Some("web"), &err);
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            res.headers()[ERROR_HEADER],
+            "request body is over the configured limit"
+        );
     }
 }
