@@ -27,6 +27,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
+mod check;
 pub mod config;
 pub mod cpu_boost;
 mod error;

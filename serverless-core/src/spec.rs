@@ -85,31 +85,31 @@ pub struct Limits {
     /// Requests in flight per instance, 1..=256 (seed default 10).
     pub max_concurrent_requests: u32,
     /// Age after which an instance takes no new requests and is recycled (default 5 min).
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::check::duration_str")]
     pub max_duration: Duration,
     /// Time with nothing in flight after which an instance is stopped (default 60 s).
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::check::duration_str")]
     pub idle_timeout: Duration,
     /// Requests that may wait for a free slot (cold start or all instances full), 0..=100000.
     pub max_queued_requests: u32,
     /// How long a request may wait in that queue before it is answered 504 (default 30 s).
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::check::duration_str")]
     pub queue_timeout: Duration,
     /// How long an instance may take to listen after it starts (default 10 s).
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::check::duration_str")]
     pub startup_timeout: Duration,
     /// Time between SIGTERM and SIGKILL when stopping, also the bound on draining (default 10 s).
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::check::duration_str")]
     pub stop_grace: Duration,
     /// How long an instance may take to send a response head once the request was sent
     /// (default 300 s, Cloud Run's request timeout: an app may think that long before its
     /// first byte). Past it the request is answered `504` and not sent again.
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::check::duration_str")]
     pub response_timeout: Duration,
     /// The longest gap between two reads of a response body (default 60 s, nginx's
     /// `proxy_read_timeout`). Past it the response is cut short as an error. Upgraded
     /// connections (WebSocket) are exempt.
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::check::duration_str")]
     pub body_idle_timeout: Duration,
 }
 
@@ -253,7 +253,7 @@ impl AppSpec {
     /// );
     /// ```
     pub fn validate(&self) -> Result<(), crate::ConfigError> {
-        use crate::config::{check_duration, check_host, check_int, check_name};
+        use crate::check::{check_duration, check_host, check_int, check_name};
         use bounds::*;
         check_name("name", &self.name)?;
         if self.hosts.is_empty() {

@@ -4,7 +4,6 @@
 //! validation checks every value and builds the domain types, naming the field, the
 //! value and the accepted range in each error.
 
-mod check;
 mod network;
 mod raw;
 
@@ -15,8 +14,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use self::network::{host_nameservers, Ipv4Subnet, NetworkConfig, NetworkMode};
-pub(crate) use self::check::{check_duration, check_host, check_int, check_name};
-use self::raw::{RawApp, RawConfig, RawDuration, RawLimits, RawNowJson};
+use self::raw::{RawApp, RawConfig, RawLimits, RawNowJson};
+use crate::check::{duration_str, RawDuration};
 use crate::spec::{AppSpec, ImageRef};
 use crate::ConfigError;
 
@@ -360,15 +359,6 @@ impl AppSpec {
             message: e.to_string(),
         })?;
         raw.validate("")
-    }
-}
-
-/// Serializes durations as humantime strings (`"5m"`), for the normalized config.
-pub(crate) mod duration_str {
-    use std::time::Duration;
-
-    pub(crate) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check::*;
+use crate::check::*;
 use super::{
     Config, ContainerdConfig, GlobalLimits, RegistryCredentials, SecretSource, ServerConfig,
     TlsConfig,
@@ -114,14 +114,6 @@ pub(super) struct RawScale {
     pub(super) min: Option<i64>,
     pub(super) max: Option<i64>,
     pub(super) standby: Option<bool>,
-}
-
-/// A duration written as `"5m"`/`"250ms"` or as an integer number of milliseconds.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(super) enum RawDuration {
-    Millis(i64),
-    Text(String),
 }
 
 #[derive(Debug, Deserialize)]

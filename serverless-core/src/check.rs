@@ -1,10 +1,29 @@
-//! The checks every config value goes through: ranges, durations, names and host names. Each
+//! The checks every config value goes through (a leaf module: the config parser, `AppSpec::validate`
+//! and the spec's serializers use it; it uses only the error type): ranges, durations, names and host names. Each
 //! failure is a [`ConfigError::Invalid`] naming the field, the value and the accepted range.
 
 use std::time::Duration;
 
-use super::raw::RawDuration;
+use serde::Deserialize;
+
 use crate::ConfigError;
+
+/// A duration written as `"5m"`/`"250ms"` or as an integer number of milliseconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawDuration {
+    Millis(i64),
+    Text(String),
+}
+
+/// Serializes durations as humantime strings (`"5m"`), for the normalized config.
+pub(crate) mod duration_str {
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
 
 pub(crate) fn int_in<T: TryFrom<i64>>(
     field: &str,
