@@ -4,6 +4,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+/// The error type the layers return: a [`PoolError`], a [`GlobalOverloaded`] or the inner
+/// service's error. Classify it with `downcast_ref`, or answer it with
+/// [`Refusal::of`](crate::Refusal::of).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Which limit made an app [overloaded](PoolError::Overloaded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -64,7 +64,7 @@ mod refusal;
 pub use body::GuardedBody;
 pub use buffer::{ColdStartBuffer, ColdStartBufferLayer};
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
-pub use error::{GlobalOverloaded, Overload, PoolError};
+pub use error::{BoxError, GlobalOverloaded, Overload, PoolError};
 pub use global::{GlobalLimit, GlobalLimitLayer};
 pub use guard_future::GuardFuture;
 pub use refusal::{Refusal, ERROR_HEADER};
@@ -73,7 +73,3 @@ pub use pool::{
     InstanceBudget, InstanceSnapshot, InstanceState, Lease, Pool, PoolBuilder, PoolObserver,
     PoolSnapshot, StopReason,
 };
-
-/// The error type the layers return: a [`PoolError`], a [`GlobalOverloaded`] or the inner
-/// service's error. Classify it with `downcast_ref`.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
