@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use serverless_containerd::{Builder, ContainerdBackend};
 use serverless_core::{AppSpec, ImageRef, InstanceId};
 
-use crate::containerd::{container_ids, ctr};
+use crate::ctr::{container_ids, ctr};
 use crate::images::busybox_archive;
 use crate::leaks::{leftovers, remove_all, shims, wait_for_no_shims};
-use crate::unique;
+use crate::util::unique;
 
 /// A `ContainerdBackend` in embedded mode (it starts its own private containerd in a temp
 /// dir), in a namespace of its own (tests run in parallel, and the namespace names the cgroup
@@ -94,7 +94,7 @@ impl BackendHarness {
     pub fn shims(&self) -> Vec<u32> {
         self.all_shims()
             .into_iter()
-            .filter(|(_, id)| !id.starts_with(crate::SPARE_SHIM))
+            .filter(|(_, id)| !id.starts_with(crate::leaks::SPARE_SHIM))
             .map(|(pid, _)| pid)
             .collect()
     }

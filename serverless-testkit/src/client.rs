@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::BoxError;
+use crate::util::BoxError;
 
 /// The header in which the gateway gives the one-line reason of an error it answers with.
 pub const ERROR_HEADER: &str = "x-serverless-error";

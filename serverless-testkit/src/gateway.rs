@@ -13,7 +13,7 @@ use serverless_proxy::Gateway;
 use crate::client::{client, send, Answer, HttpClient};
 use crate::containerd::Containerd;
 use crate::leaks::{objects, remove_all, wait_for_no_shims, Objects};
-use crate::unique;
+use crate::util::unique;
 
 /// A [`Containerd`] process of the test's own (which it may kill and restart), a backend in a
 /// namespace of its own on it, and the gateway over that backend.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serverless_containerd::ContainerdBackend;
 
-use crate::containerd::ctr;
+use crate::ctr::ctr;
 use crate::procs::{children_of, processes};
 
 /// Container ids of spare shims' keepers start with this.
