@@ -32,6 +32,8 @@ enum Kind {
     NoResponse,
     /// The connection failed while the response body was being read.
     Body,
+    /// No response head within the app's `limits.response_timeout`.
+    ResponseTimeout,
 }
 
 impl ForwardError {
@@ -45,6 +47,14 @@ impl ForwardError {
 
     pub(crate) fn body(app: Arc<AppSpec>, instance: InstanceId, source: BoxError) -> Self {
         Self::new(app, instance, Kind::Body, source)
+    }
+
+    pub(crate) fn response_timeout(
+        app: Arc<AppSpec>,
+        instance: InstanceId,
+        source: BoxError,
+    ) -> Self {
+        Self::new(app, instance, Kind::ResponseTimeout, source)
     }
 
     fn new(app: Arc<AppSpec>, instance: InstanceId, kind: Kind, source: BoxError) -> Self {
@@ -68,9 +78,25 @@ impl ForwardError {
         self.kind == Kind::NoResponse
     }
 
-    /// The connection failed while the response body was being read.
+    /// The connection failed while the response body was being read (the body's idle limit
+    /// included).
     pub fn is_body(&self) -> bool {
         self.kind == Kind::Body
+    }
+
+    /// The request was sent and no response head came within the app's
+    /// `limits.response_timeout`; it was not sent again.
+    pub fn is_response_timeout(&self) -> bool {
+        self.kind == Kind::ResponseTimeout
+    }
+
+    /// The status a client gets for it before the response head: `504` for a response
+    /// timeout, `502` otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            Kind::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
     }
 
     /// The app the request was for.
@@ -90,12 +116,16 @@ impl fmt::Display for ForwardError {
             Kind::Unreachable => "could not be reached",
             Kind::NoResponse => "failed before answering",
             Kind::Body => "failed while sending the response body",
+            // The cause says it all ("sent no response head within 300s").
+            Kind::ResponseTimeout => "",
         };
-        write!(
-            f,
-            "instance {} of app {} {what}",
-            self.instance, self.app.name
-        )
+        write!(f, "instance {} of app {} ", self.instance, self.app.name)?;
+        if what.is_empty() {
+            write!(f, "{}", self.source)
+        } else {
+            // The cause, named: which framing error, which timeout, a reset.
+            write!(f, "{what}: {}", self.source)
+        }
     }
 }
 
@@ -139,7 +169,7 @@ pub(crate) fn error_response(app: Option<&str>, err: &BoxError) -> Response<ResB
         return answer(refusal);
     }
     if let Some(fwd) = chain().find_map(|e| e.downcast_ref::<ForwardError>()) {
-        return failure(StatusCode::BAD_GATEWAY, &fwd.to_string(), None);
+        return failure(fwd.status(), &fwd.to_string(), None);
     }
     let reason = match app {
         Some(app) => format!("app {app}: {err}"),
@@ -177,8 +207,14 @@ mod tests {
             ),
         ];
         for (err, what) in cases {
-            let kinds = [err.is_unreachable(), err.is_no_response(), err.is_body()];
+            let kinds = [
+                err.is_unreachable(),
+                err.is_no_response(),
+                err.is_body(),
+                err.is_response_timeout(),
+            ];
             assert_eq!(kinds.iter().filter(|k| **k).count(), 1, "{err}");
+            let what = format!("{what}: connection reset");
             assert_eq!(err.to_string(), format!("instance i-1 of app web {what}"));
             assert_eq!((err.app(), err.instance().as_str()), ("web", "i-1"));
             let source = std::error::Error::source(&err).map(ToString::to_string);
@@ -190,6 +226,23 @@ mod tests {
                 format!("instance i-1 of app web {what}").as_str()
             );
         }
+    }
+
+    #[test]
+    fn a_response_timeout_is_504_naming_it() {
+        let app = Arc::new(AppSpec::new(
+            "web",
+            ImageRef::Registry("example/web:1".into()),
+        ));
+        let timeout = crate::upstream::ResponseTimeout(std::time::Duration::from_secs(300));
+        let err = ForwardError::response_timeout(app, InstanceId::new("i-1"), Box::new(timeout));
+        assert!(err.is_response_timeout() && !err.is_no_response());
+        let res = error_response(Some("web"), &(Box::new(err) as BoxError));
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            res.headers()[ERROR_HEADER],
+            "instance i-1 of app web sent no response head within 300s"
+        );
     }
 
     #[test]

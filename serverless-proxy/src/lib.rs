@@ -78,4 +78,4 @@ pub use forward::{Forward, COLD_START_HEADER};
 pub use gateway::{Gateway, GatewayError};
 pub use metrics::Metrics;
 pub use server::{ClientInfo, TlsError};
-pub use upstream::Upstreams;
+pub use upstream::{BodyIdleTimeout, ResponseTimeout, Upstreams};

@@ -27,7 +27,7 @@ use serverless_limits::Lease;
 use crate::body::{BoxError, ForwardBody, Outgoing, ReqBody, ResBody};
 use crate::error::ForwardError;
 use crate::server::ClientInfo;
-use crate::upstream::{SendError, Upstreams};
+use crate::upstream::{SendError, Timeouts, Upstreams};
 use headers::{add_forwarded, strip_hop_by_hop, upgrade_protocol, PresentHeaders};
 
 /// The header that says how long a request waited for a cold start, in milliseconds.
@@ -256,13 +256,16 @@ async fn forward<B: ForwardBody>(
                 None => return Err(BodyAlreadySent.into()),
             },
         };
-        let failed = match upstreams.send(&instance, app.h2c, req).await {
+        let timeouts = Timeouts::of(&app.limits);
+        let failed = match upstreams.send(&instance, app.h2c, timeouts, req).await {
             Ok(res) => break res,
             Err(failed) => failed,
         };
         next = failed.request.filter(|_| !failed.sent || may_resend);
         let unreachable = matches!(failed.error, SendError::Connect(_));
-        if attempt < MAX_ATTEMPTS && (next.is_some() || resend.is_some()) {
+        // A request that timed out is never sent again: the instance may still be on it.
+        let timed_out = matches!(failed.error, SendError::ResponseTimeout(_));
+        if attempt < MAX_ATTEMPTS && !timed_out && (next.is_some() || resend.is_some()) {
             if unreachable {
                 tracing::debug!(app = %app.name, %instance, error = ?failed.error, "instance unreachable, rerouting");
                 lease.reroute().await?;
@@ -280,6 +283,9 @@ async fn forward<B: ForwardBody>(
             SendError::Connect(e) => ForwardError::unreachable(app.clone(), instance, Box::new(e)),
             SendError::Failed(e) => ForwardError::no_response(app.clone(), instance, Box::new(e)),
             SendError::Io(e) => ForwardError::no_response(app.clone(), instance, Box::new(e)),
+            SendError::ResponseTimeout(e) => {
+                ForwardError::response_timeout(app.clone(), instance, Box::new(e))
+            }
         };
         return Err(Box::new(error));
     };

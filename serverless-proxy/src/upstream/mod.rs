@@ -14,6 +14,7 @@
 
 mod body;
 mod idle;
+mod timeout;
 
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,8 @@ use crate::h1;
 use body::Checkin;
 pub(crate) use body::UpstreamBody;
 use idle::Shared;
+pub use timeout::{BodyIdleTimeout, ResponseTimeout};
+pub(crate) use timeout::Timeouts;
 
 /// Why a request got no response from an instance.
 #[derive(Debug)]
@@ -45,6 +48,9 @@ pub(crate) enum SendError {
     /// The connection of the lean HTTP/1.1 client failed; the request comes back if it was
     /// not written.
     Io(std::io::Error),
+    /// The request was sent and no response head came within the app's response timeout.
+    /// Never sent again: the instance may still be working on it.
+    ResponseTimeout(ResponseTimeout),
 }
 
 /// A failed send, with the request when it was not sent, or when it was but is still at hand
@@ -73,6 +79,16 @@ fn request_to_retry<B>(
             request,
             sent: false,
         }),
+    }
+}
+
+/// No response head within the response timeout: the request is not given back (it is
+/// never sent again) and its connection is dropped (closed).
+fn timed_out<B>(timeouts: Timeouts) -> Failed<B> {
+    Failed {
+        error: SendError::ResponseTimeout(ResponseTimeout(timeouts.response)),
+        request: None,
+        sent: true,
     }
 }
 
@@ -139,16 +155,17 @@ impl<B: ForwardBody> Upstreams<B> {
         &'a self,
         instance: &'a InstanceId,
         h2c: bool,
+        timeouts: Timeouts,
         req: Request<Outgoing<B>>,
     ) -> impl Future<Output = Result<Response<UpstreamBody<B>>, Failed<B>>> + Send + 'a {
         type Boxed<'a, B> =
             Pin<Box<dyn Future<Output = Result<Response<UpstreamBody<B>>, Failed<B>>> + Send + 'a>>;
         if self.sends_lean(h2c, &req) {
-            Either::Left(self.send_lean(instance, req))
+            Either::Left(self.send_lean(instance, timeouts, req))
         } else if h2c {
-            Either::Right(Box::pin(self.send_http2(instance, req)) as Boxed<'a, B>)
+            Either::Right(Box::pin(self.send_http2(instance, timeouts, req)) as Boxed<'a, B>)
         } else {
-            Either::Right(Box::pin(self.send_http1(instance, req)) as Boxed<'a, B>)
+            Either::Right(Box::pin(self.send_http1(instance, timeouts, req)) as Boxed<'a, B>)
         }
     }
 
@@ -156,6 +173,7 @@ impl<B: ForwardBody> Upstreams<B> {
     async fn send_lean(
         &self,
         instance: &InstanceId,
+        timeouts: Timeouts,
         req: Request<Outgoing<B>>,
     ) -> Result<Response<UpstreamBody<B>>, Failed<B>> {
         loop {
@@ -187,10 +205,15 @@ impl<B: ForwardBody> Upstreams<B> {
                     sent: false,
                 });
             }
-            let error = match conn.read_response(req.method()).await {
+            let read = tokio::time::timeout(timeouts.response, conn.read_response(req.method()));
+            let Ok(read) = read.await else {
+                return Err(timed_out(timeouts));
+            };
+            let error = match read {
                 Ok(Some((res, reader))) => {
                     let checkin = (instance.clone(), self.shared.clone());
-                    return Ok(res.map(|()| UpstreamBody::lean(reader, checkin)));
+                    let idle = timeouts.body_idle;
+                    return Ok(res.map(|()| UpstreamBody::lean(reader, checkin, idle)));
                 }
                 Ok(None) => std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -209,6 +232,7 @@ impl<B: ForwardBody> Upstreams<B> {
     async fn send_http1(
         &self,
         instance: &InstanceId,
+        timeouts: Timeouts,
         mut req: Request<Outgoing<B>>,
     ) -> Result<Response<UpstreamBody<B>>, Failed<B>> {
         loop {
@@ -225,7 +249,11 @@ impl<B: ForwardBody> Upstreams<B> {
                     }
                 },
             };
-            match sender.try_send_request(req).await {
+            let sent = tokio::time::timeout(timeouts.response, sender.try_send_request(req));
+            let Ok(sent) = sent.await else {
+                return Err(timed_out(timeouts));
+            };
+            match sent {
                 Ok(res) => {
                     // An upgraded connection is the tunnel's now: it is not checked in.
                     let checkin =
@@ -234,7 +262,8 @@ impl<B: ForwardBody> Upstreams<B> {
                             instance: instance.clone(),
                             shared: self.shared.clone(),
                         });
-                    return Ok(res.map(|body| UpstreamBody::hyper(body, checkin)));
+                    let idle = timeouts.body_idle;
+                    return Ok(res.map(|body| UpstreamBody::hyper(body, checkin, idle)));
                 }
                 Err(err) => req = request_to_retry(err, kept)?,
             }
@@ -244,6 +273,7 @@ impl<B: ForwardBody> Upstreams<B> {
     async fn send_http2(
         &self,
         instance: &InstanceId,
+        timeouts: Timeouts,
         mut req: Request<Outgoing<B>>,
     ) -> Result<Response<UpstreamBody<B>>, Failed<B>> {
         let mut kept = self.shared.http2().get(instance).cloned();
@@ -261,8 +291,15 @@ impl<B: ForwardBody> Upstreams<B> {
                     }
                 },
             };
-            match sender.try_send_request(req).await {
-                Ok(res) => return Ok(res.map(|body| UpstreamBody::hyper(body, None))),
+            let sent = tokio::time::timeout(timeouts.response, sender.try_send_request(req));
+            let Ok(sent) = sent.await else {
+                return Err(timed_out(timeouts));
+            };
+            match sent {
+                Ok(res) => {
+                    let idle = timeouts.body_idle;
+                    return Ok(res.map(|body| UpstreamBody::hyper(body, None, idle)));
+                }
                 Err(err) => req = request_to_retry(err, was_kept)?,
             }
         }
