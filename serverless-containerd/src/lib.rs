@@ -124,6 +124,7 @@ mod image;
 mod labels;
 mod logs;
 mod netns;
+mod network;
 mod ports;
 mod sock_diag;
 mod spec;

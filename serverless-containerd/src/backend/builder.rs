@@ -33,6 +33,8 @@ pub struct Builder {
     registry_auth_file: Option<PathBuf>,
     max_unpacked_bytes: u64,
     spare_shim: bool,
+    network: serverless_core::NetworkConfig,
+    network_host_netns: Option<PathBuf>,
 }
 
 /// [`Builder::max_unpacked_bytes`]'s default: 10 GiB.
@@ -54,6 +56,8 @@ impl ContainerdBackend {
             registry_auth_file: None,
             max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
             spare_shim: true,
+            network: serverless_core::NetworkConfig::default(),
+            network_host_netns: None,
         }
     }
 
@@ -152,6 +156,22 @@ impl Builder {
         self
     }
 
+    /// The bridge network of `network = "bridge"` apps: subnet, bridge name, nameservers
+    /// (default [`NetworkConfig::default`](serverless_core::NetworkConfig::default)).
+    pub fn network(mut self, config: serverless_core::NetworkConfig) -> Self {
+        self.network = config;
+        self
+    }
+
+    /// Runs the CNI plugins and installs the bridge's rules inside the network namespace
+    /// bind-mounted at `path` instead of the engine's own, so that the bridge, its NAT and its
+    /// routes live there. For tests that build the outside world in namespaces of their own,
+    /// and for hosts that keep instance traffic in a namespace of its own.
+    pub fn network_host_netns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.network_host_netns = Some(path.into());
+        self
+    }
+
     /// Connects (or starts the embedded containerd and connects) and subscribes to events.
     pub async fn build(mut self) -> Result<ContainerdBackend, BackendError> {
         let io = |what: String, e: std::io::Error| {
@@ -163,6 +183,12 @@ impl Builder {
                     .with_source(e)
             })?;
         }
+        let network = crate::network::Network::new(
+            &self.data_dir,
+            self.network.clone(),
+            self.network_host_netns.clone(),
+        )
+        .map_err(|e| e.into_backend("setting up the bridge network"))?;
         let logs = self.data_dir.join("logs");
         tokio::fs::create_dir_all(&logs)
             .await
@@ -225,6 +251,7 @@ impl Builder {
                 images: AsyncMutex::new(HashMap::new()),
                 daemon: AsyncMutex::new(daemon),
                 events,
+                network,
             }),
         })
     }

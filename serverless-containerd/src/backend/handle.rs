@@ -70,6 +70,8 @@ pub(super) struct Inner {
     pub(super) daemon: AsyncMutex<Option<Daemon>>,
     /// The events loop (see [`crate::events`]).
     pub(super) events: JoinHandle<()>,
+    /// The bridge network of `network = "bridge"` apps (see [`crate::network`]).
+    pub(super) network: crate::network::Network,
 }
 
 impl Drop for Inner {

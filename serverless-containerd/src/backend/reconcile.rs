@@ -96,6 +96,10 @@ impl ContainerdBackend {
                 }))
                 .await;
         }
+        self.inner
+            .network
+            .release_others(|id| self.held(&known, id))
+            .await;
         for cg in cgroup::children(self.namespace()) {
             let id = cg.rsplit('/').next().unwrap_or_default().to_owned();
             if !self.held(&known, &id) {
@@ -126,6 +130,7 @@ impl ContainerdBackend {
             self.teardown(&id, Duration::ZERO).await?;
         }
         let result = self.reconcile_all().await;
+        self.inner.network.uninstall_rules().await;
         self.inner.events.abort();
         if let Some(mut daemon) = self.inner.daemon.lock().await.take() {
             daemon.stop().await;

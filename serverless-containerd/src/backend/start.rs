@@ -13,7 +13,7 @@ use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, StartRequest,
 };
 use containerd_client::types::Mount;
-use serverless_core::{AppSpec, BackendError, ErrorKind, Exit, Started};
+use serverless_core::{AppSpec, BackendError, ErrorKind, Exit, NetworkMode, Started};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -24,7 +24,7 @@ use crate::client::failed;
 use crate::gc_lease::GcLease;
 use crate::logs::LogFifos;
 use crate::netns::Dialer;
-use crate::{labels, ports, spec};
+use crate::{labels, network, ports, spec};
 
 impl ContainerdBackend {
     /// A start without a standby: creates the task and starts it.
@@ -60,6 +60,16 @@ impl ContainerdBackend {
                 user: &image.user,
             },
         )?;
+        if app.network == NetworkMode::Bridge {
+            let hostname: String = id.chars().take(63).collect();
+            let attached = self
+                .inner
+                .network
+                .attach(id, &hostname)
+                .await
+                .map_err(|e| e.into_backend(format_args!("wiring the network of {id}")))?;
+            network::apply(&mut spec, &attached)?;
+        }
         // A standby is made off the request's path: it spawns its own shim.
         let spare_shim = if standby { None } else { self.claim_shim() };
         if let Some(claim) = &spare_shim {

@@ -165,7 +165,11 @@ impl ContainerdBackend {
         }
         self.remove_snapshot(id).await?;
         cgroup::remove(&self.cgroup(id));
-        Ok(())
+        self.inner
+            .network
+            .detach(id)
+            .await
+            .map_err(|e| e.into_backend(format_args!("releasing the network of {id}")))
     }
 
     /// Removes the snapshot `key` (an instance's rootfs) if it exists.
