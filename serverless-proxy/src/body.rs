@@ -75,6 +75,7 @@ impl<B: ForwardBody> Body for Outgoing<B> {
 }
 
 /// A response body of `bytes`, complete at once.
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
 pub(crate) fn full_response_body(bytes: impl Into<Bytes>) -> ResBody {
     Full::new(bytes.into())
         .map_err(|e| match e {})

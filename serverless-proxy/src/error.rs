@@ -138,12 +138,14 @@ impl std::error::Error for ForwardError {
 /// A response with a status, the reason in [`ERROR_HEADER`] and as the body (followed by
 /// `detail`, if any): [`Refusal`]'s answer, for the gateway's own refusals (no host, no app,
 /// body too large).
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
 pub(crate) fn failure(status: StatusCode, reason: &str, detail: Option<&str>) -> Response<ResBody> {
     let mut refusal = Refusal::new(status, reason);
     refusal.detail = detail.map(str::to_owned);
     answer(refusal)
 }
 
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
 fn answer(refusal: Refusal) -> Response<ResBody> {
     refusal.into_response::<String>().map(full_response_body)
 }
@@ -151,6 +153,7 @@ fn answer(refusal: Refusal) -> Response<ResBody> {
 /// Maps an error from the request path to its response, by walking the cause chain: a request
 /// body over the limit is `413` (the client's fault, not the app's), the layers' errors are
 /// answered as [`Refusal::of`] says, a [`ForwardError`] (or anything else) is `502`.
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
 pub(crate) fn error_response(app: Option<&str>, err: &BoxError) -> Response<ResBody> {
     let chain = || {
         std::iter::successors(
@@ -178,7 +181,7 @@ pub(crate) fn error_response(app: Option<&str>, err: &BoxError) -> Response<ResB
     failure(StatusCode::BAD_GATEWAY, &reason, None)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "gateway"))]
 mod tests {
     use serverless_core::ImageRef;
 

@@ -44,10 +44,25 @@
 //!   pools, or serve requests from a server of one's own ([`Engine::serve`], with a
 //!   [`ClientInfo`] extension for the forwarding headers).
 //! - [`Metrics`]: the Prometheus registry behind `/metrics` ([`Engine::encode_metrics`]).
+//! - [`Forward`], [`Upstreams`], [`ForwardBody`]: the forwarder, for embedders who put the
+//!   `serverless-limits` layers in a server of their own (axum, hyper): the gateway's request
+//!   path uses this one implementation — connections kept per instance, hop-by-hop headers,
+//!   `x-forwarded-*` from a [`ClientInfo`] extension, upgrades, sending again what is safe to
+//!   send again, `Lease::reroute` away from an unreachable instance. Generic over the request
+//!   body (`Send`, not `Sync`), so a server's own body type is not boxed again.
 //! - [`ReqBody`], [`ResBody`], [`BoxError`]: the types [`Engine::serve`] takes and returns.
 //! - [`ForwardError`] (a response body's error when the instance fails mid-body; classify it
 //!   with its `is_*` predicates) and [`TlsError`] (inside [`GatewayError`]).
 //! - [`ERROR_HEADER`], [`COLD_START_HEADER`]: the headers clients and tests read.
+//!
+//! # Feature flags
+//!
+//! - `gateway` (default): [`Gateway`], [`Engine`], the listeners (HTTP/1.1, h2c, TLS), the
+//!   admin API and [`Metrics`]. It brings rustls, prometheus-client and serde_json. An embedder
+//!   who only wants the forwarder sets `default-features = false` and compiles none of them: a
+//!   feature rather than a crate of its own because the forwarder is the gateway's own request
+//!   path (one implementation, measured by the bench), and the types it shares with the gateway
+//!   ([`ForwardError`], the body types, the header names) stay in one place.
 //!
 //! The request path inside, in order: `server` (accept, TLS, h2c detection, parking idle
 //! HTTP/1 connections) → `route` (host → app, body limit, metrics) → the app's stack built in
@@ -56,15 +71,23 @@
 //! client; `error` turns failures into responses. `fuzzing` is a hidden entry point for
 //! `fuzz/`, not part of the API.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "gateway")]
 mod admin;
 mod body;
+#[cfg(feature = "gateway")]
 mod engine;
 mod error;
 mod forward;
+#[cfg(feature = "gateway")]
 mod gateway;
 mod h1;
+#[cfg(feature = "gateway")]
 mod metrics;
+#[cfg(feature = "gateway")]
 mod route;
+#[cfg(feature = "gateway")]
 mod server;
 mod upstream;
 
@@ -72,10 +95,18 @@ mod upstream;
 pub mod fuzzing;
 
 pub use body::{BoxError, ForwardBody, ReqBody, ResBody};
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub use engine::{App, DeployError, Engine};
 pub use error::{ForwardError, ERROR_HEADER};
-pub use forward::{Forward, COLD_START_HEADER};
+pub use forward::{ClientInfo, Forward, COLD_START_HEADER};
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub use gateway::{Gateway, GatewayError};
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub use metrics::Metrics;
-pub use server::{ClientInfo, TlsError};
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
+pub use server::TlsError;
 pub use upstream::{BodyIdleTimeout, ResponseTimeout, Upstreams};

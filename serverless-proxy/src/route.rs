@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::body::{BoxError, ReqBody, ResBody};
 use crate::engine::Engine;
 use crate::error::failure;
-use crate::server::ClientInfo;
+use crate::forward::ClientInfo;
 
 /// Routes by host, enforces the body limit, serves through the engine, counts the answer.
 pub(crate) async fn handle(

@@ -114,25 +114,32 @@ fn upgrade_needs_connection_upgrade() {
     );
 }
 
-/// An engine over the fake backend with app `a` deployed, and connections over that backend
-/// (with the lean client on).
-async fn engine_with_app() -> (crate::Engine, Upstreams, Arc<crate::engine::App>) {
+/// App `a` and its pool over the fake backend, and connections over that backend (with the
+/// lean client on).
+struct App {
+    spec: Arc<AppSpec>,
+    pool: serverless_limits::Pool,
+    backend: Arc<dyn serverless_core::ContainerBackend>,
+}
+
+async fn app_over_fake() -> (Upstreams, App) {
     let backend: Arc<dyn serverless_core::ContainerBackend> =
         Arc::new(serverless_core::fake::FakeBackend::new());
-    let config = serverless_core::Config::from_toml(
-        "[[apps]]\nname = \"a\"\nimage = \"x:1\"\nhosts = [\"a.localhost\"]\n",
-    )
-    .unwrap();
-    let engine = crate::Engine::new(backend.clone(), config.limits, config.server.clone());
-    engine.deploy(config.apps[0].clone()).await.unwrap();
-    let app = engine.route("a.localhost").unwrap();
-    (engine, Upstreams::with_lean_client(backend, true), app)
+    let spec = AppSpec::new("a", serverless_core::ImageRef::Registry("x:1".into()));
+    let pool = serverless_limits::Pool::new(spec.clone(), backend.clone()).unwrap();
+    let upstreams = Upstreams::with_lean_client(backend.clone(), true);
+    let app = App {
+        spec: Arc::new(spec),
+        pool,
+        backend,
+    };
+    (upstreams, app)
 }
 
 /// `prepare` on a GET for `uri` with `headers` from client 192.0.2.7 over plain HTTP,
 /// holding a lease on an instance of `app`.
 async fn prepare_get(
-    app: &crate::engine::App,
+    app: &App,
     upstreams: &Upstreams,
     uri: &str,
     headers: &[(&str, &str)],
@@ -156,7 +163,7 @@ async fn prepare_get(
 
 #[tokio::test]
 async fn prepare_rewrites_headers_for_the_instance() {
-    let (engine, upstreams, app) = engine_with_app().await;
+    let (upstreams, app) = app_over_fake().await;
     let names = |headers: &HeaderMap| {
         let mut names: Vec<String> = headers.keys().map(|n| n.to_string()).collect();
         names.sort();
@@ -235,17 +242,17 @@ async fn prepare_rewrites_headers_for_the_instance() {
     drop(prepared);
 
     // With the lean client off, a request that may be sent again keeps what rebuilds it.
-    let hyper_only = Upstreams::with_lean_client(engine.backend().clone(), false);
+    let hyper_only = Upstreams::with_lean_client(app.backend.clone(), false);
     let prepared = prepare_get(&app, &hyper_only, "/p", &[("host", "a.localhost")]).await;
     assert!(prepared.may_resend && prepared.resend.is_some());
     drop(prepared);
-    engine.shutdown().await;
+    app.pool.shutdown().await;
 }
 
 /// Every request allocates its forward future and copies it into place: it stays small.
 #[tokio::test]
 async fn the_forward_future_stays_small() {
-    let (engine, upstreams, app) = engine_with_app().await;
+    let (upstreams, app) = app_over_fake().await;
     let mut req = Request::new(empty());
     req.extensions_mut()
         .insert(app.pool.acquire().await.unwrap());
@@ -254,7 +261,7 @@ async fn the_forward_future_stays_small() {
     let size = std::mem::size_of_val(&future);
     assert!(size <= 2304, "forward future: {size} bytes");
     drop(future);
-    engine.shutdown().await;
+    app.pool.shutdown().await;
 }
 
 /// Embedders' bodies need not be `Sync` (axum's is not): `Forward` serves them, and its future

@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -20,15 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ResBody};
 
-/// Where a request came from, set by the server on each request (as a request extension when
-/// it reaches [`Engine::serve`](crate::Engine::serve)): the forwarding headers name it.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientInfo {
-    /// The peer address.
-    pub addr: SocketAddr,
-    /// Whether the client connection is TLS.
-    pub tls: bool,
-}
+pub(crate) use crate::forward::ClientInfo;
 
 /// The service hyper calls for each request of one connection: `handler`, with each exchange
 /// noted in `state`.

@@ -19,7 +19,8 @@ mod tls;
 mod tests;
 
 pub(crate) use accept::serve;
-pub use conn::ClientInfo;
+#[cfg(test)]
+use conn::ClientInfo;
 pub(crate) use protocols::ConnSettings;
 pub(crate) use tls::tls_acceptor;
 pub use tls::TlsError;
