@@ -32,7 +32,14 @@ use serverless_core::Connection;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use decode::{BodyDecoder, Decoded};
-use head::{encode_request, parse_response, HeadScratch, MAX_HEAD};
+use head::{encode_request, parse_response, HeadScratch};
+
+pub(crate) use head::MAX_HEAD;
+
+/// An error for a response that breaks the protocol (kind `InvalidData`).
+pub(crate) fn invalid_response(what: &'static str) -> io::Error {
+    head::invalid(what)
+}
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 * 1024;

@@ -35,8 +35,8 @@ use crate::h1;
 use body::Checkin;
 pub(crate) use body::UpstreamBody;
 use idle::Shared;
-pub use timeout::{BodyIdleTimeout, ResponseTimeout};
 pub(crate) use timeout::Timeouts;
+pub use timeout::{BodyIdleTimeout, ResponseTimeout};
 
 /// Why a request got no response from an instance.
 #[derive(Debug)]
@@ -79,6 +79,21 @@ fn request_to_retry<B>(
             request,
             sent: false,
         }),
+    }
+}
+
+/// RFC 9112 §6.3 for a response hyper's client parsed: a transfer coding overrides the length,
+/// which an intermediary removes; the same length given twice is passed on once (hyper has
+/// refused differing ones).
+fn normalize_framing(headers: &mut http::HeaderMap) {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    } else if let http::header::Entry::Occupied(mut lengths) = headers.entry(CONTENT_LENGTH) {
+        if lengths.iter().nth(1).is_some() {
+            let first = lengths.get().clone();
+            lengths.insert(first);
+        }
     }
 }
 
@@ -249,12 +264,23 @@ impl<B: ForwardBody> Upstreams<B> {
                     }
                 },
             };
+            let asked_upgrade = req.headers().contains_key(http::header::UPGRADE);
             let sent = tokio::time::timeout(timeouts.response, sender.try_send_request(req));
             let Ok(sent) = sent.await else {
                 return Err(timed_out(timeouts));
             };
             match sent {
-                Ok(res) => {
+                Ok(mut res) => {
+                    if res.status() == http::StatusCode::SWITCHING_PROTOCOLS && !asked_upgrade {
+                        return Err(Failed {
+                            error: SendError::Io(h1::invalid_response(
+                                "101 Switching Protocols to a request without Upgrade",
+                            )),
+                            request: None,
+                            sent: true,
+                        });
+                    }
+                    normalize_framing(res.headers_mut());
                     // An upgraded connection is the tunnel's now: it is not checked in.
                     let checkin =
                         (res.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| Checkin {
@@ -296,7 +322,8 @@ impl<B: ForwardBody> Upstreams<B> {
                 return Err(timed_out(timeouts));
             };
             match sent {
-                Ok(res) => {
+                Ok(mut res) => {
+                    normalize_framing(res.headers_mut());
                     let idle = timeouts.body_idle;
                     return Ok(res.map(|body| UpstreamBody::hyper(body, None, idle)));
                 }
@@ -310,6 +337,7 @@ impl<B: ForwardBody> Upstreams<B> {
         instance: &InstanceId,
     ) -> Result<http1::SendRequest<Outgoing<B>>, SendError> {
         let (sender, conn) = http1::Builder::new()
+            .max_header_size(h1::MAX_HEAD)
             .handshake(self.dial(instance).await?)
             .await
             .map_err(SendError::Failed)?;
