@@ -48,11 +48,19 @@ impl Shim {
     }
 }
 
-/// Every containerd shim on the machine.
+/// Every containerd shim daemon on the machine. containerd also runs the shim binary as a
+/// short-lived command (`… start`, which spawns the daemon or finds one serving the group, and
+/// `… delete`, a cleanup) with the same flags; those are not shims and are left out (a test that
+/// took a `start` command's pid for the spare shim's daemon failed now and then).
 pub fn shims() -> Vec<Shim> {
     processes()
         .into_iter()
-        .filter(|(_, args)| args.first().is_some_and(|a| a.contains("containerd-shim")))
+        .filter(|(_, args)| {
+            args.first().is_some_and(|a| a.contains("containerd-shim"))
+                && !args
+                    .last()
+                    .is_some_and(|a| matches!(a.as_str(), "start" | "delete"))
+        })
         .map(|(pid, args)| {
             let flag = |name: &str| {
                 args.windows(2)
