@@ -15,7 +15,11 @@ pub(crate) async fn backend(
 ) -> Result<ContainerdBackend, BoxError> {
     let mut builder = ContainerdBackend::builder(&config.data_dir)
         .pull_progress(pull_progress())
-        .spare_shim(spare_shim);
+        .spare_shim(spare_shim)
+        .startup_cpu_boost(
+            config.limits.max_boosted_instances,
+            config.limits.startup_cpu_boost_millicpu,
+        );
     if let Some(c) = &config.containerd {
         builder = builder.socket(&c.socket).namespace(&c.namespace);
     }

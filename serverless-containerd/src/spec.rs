@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxResources, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use serverless_core::{AppSpec, BackendError, ErrorKind, Slot};
 
@@ -117,6 +117,47 @@ pub(crate) struct SpecInput<'a> {
     pub(crate) image: Option<&'a oci_spec::image::Config>,
     /// The image's `USER`, resolved when the image was prepared.
     pub(crate) user: &'a ImageUser,
+    /// The CPU quota the task is created with, in thousandths of a vCPU: the slot's, or the
+    /// startup boost's.
+    pub(crate) cpu_millicpu: u32,
+}
+
+/// The instance's cgroup limits: the slot's memory (no swap) and the app's pids limit, always;
+/// a CPU quota of `cpu_millicpu` thousandths of a vCPU per [`Slot::CPU_PERIOD_US`] (the slot's,
+/// or above it while the startup boost lasts); no device access.
+pub(crate) fn resources(app: &AppSpec, cpu_millicpu: u32) -> Result<LinuxResources, BackendError> {
+    let quota_per_millicpu = i64::try_from(Slot::CPU_PERIOD_US / 1000).unwrap_or(i64::MAX);
+    let slot: Slot = app.slot;
+    let memory = i64::try_from(slot.memory_bytes()).unwrap_or(i64::MAX);
+    LinuxResourcesBuilder::default()
+        .devices(vec![LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(spec_error)?])
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(memory)
+                // memory+swap = memory: no swap.
+                .swap(memory)
+                .build()
+                .map_err(spec_error)?,
+        )
+        .cpu(
+            LinuxCpuBuilder::default()
+                .quota(i64::from(cpu_millicpu) * quota_per_millicpu)
+                .period(Slot::CPU_PERIOD_US)
+                .build()
+                .map_err(spec_error)?,
+        )
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::from(app.pids_limit))
+                .build()
+                .map_err(spec_error)?,
+        )
+        .build()
+        .map_err(spec_error)
 }
 
 /// Builds the instance's runtime spec.
@@ -158,37 +199,7 @@ pub(crate) fn build(app: &AppSpec, input: &SpecInput<'_>) -> Result<Spec, Backen
         .build()
         .map_err(spec_error)?;
 
-    let slot: Slot = app.slot;
-    let memory = i64::try_from(slot.memory_bytes()).unwrap_or(i64::MAX);
-    let resources = LinuxResourcesBuilder::default()
-        .devices(vec![LinuxDeviceCgroupBuilder::default()
-            .allow(false)
-            .access("rwm")
-            .build()
-            .map_err(spec_error)?])
-        .memory(
-            LinuxMemoryBuilder::default()
-                .limit(memory)
-                // memory+swap = memory: no swap.
-                .swap(memory)
-                .build()
-                .map_err(spec_error)?,
-        )
-        .cpu(
-            LinuxCpuBuilder::default()
-                .quota(i64::try_from(slot.cpu_quota_us()).unwrap_or(i64::MAX))
-                .period(Slot::CPU_PERIOD_US)
-                .build()
-                .map_err(spec_error)?,
-        )
-        .pids(
-            LinuxPidsBuilder::default()
-                .limit(i64::from(app.pids_limit))
-                .build()
-                .map_err(spec_error)?,
-        )
-        .build()
-        .map_err(spec_error)?;
+    let resources = resources(app, input.cpu_millicpu)?;
 
     let namespaces = [
         LinuxNamespaceType::Pid,
@@ -295,6 +306,7 @@ mod tests {
                     gid: 2345,
                     additional_gids: vec![3456],
                 },
+                cpu_millicpu: app().slot.millicpu(),
             },
         )
         .unwrap();
@@ -305,6 +317,11 @@ mod tests {
         assert_eq!(res["cpu"]["quota"], 50_000);
         assert_eq!(res["cpu"]["period"], 100_000);
         assert_eq!(res["pids"]["limit"], 64);
+        // Boosted: only the CPU quota differs.
+        let boosted = serde_json::to_value(resources(&app(), 2000).unwrap()).unwrap();
+        assert_eq!(boosted["cpu"]["quota"], 200_000);
+        assert_eq!(boosted["memory"], res["memory"]);
+        assert_eq!(boosted["pids"], res["pids"]);
         assert_eq!(json["linux"]["cgroupsPath"], "/serverless/hello-1");
         assert_eq!(
             json["process"]["args"],

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serverless_core::{BackendError, ErrorKind};
 use tokio::sync::{watch, Mutex as AsyncMutex};
 
+use super::boost::BoostBudget;
 use super::handle::{ContainerdBackend, Inner};
 use super::shim_pool::{ShimPool, RUNC_V2};
 use super::standby_state::Standbys;
@@ -30,6 +31,8 @@ pub struct Builder {
     runtime: String,
     pull_progress: ProgressHook,
     registry_logins: RegistryLogins,
+    /// `max_boosted_instances` and the boost's cap in thousandths of a vCPU.
+    boost: (u32, u32),
     registry_auth_file: Option<PathBuf>,
     max_unpacked_bytes: u64,
     spare_shim: bool,
@@ -53,6 +56,10 @@ impl ContainerdBackend {
             runtime: RUNC_V2.to_owned(),
             pull_progress: ProgressHook::default(),
             registry_logins: RegistryLogins::default(),
+            boost: {
+                let d = serverless_core::GlobalLimits::default();
+                (d.max_boosted_instances, d.startup_cpu_boost_millicpu)
+            },
             registry_auth_file: None,
             max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
             spare_shim: true,
@@ -88,6 +95,17 @@ impl Builder {
     /// disk.
     pub fn max_unpacked_bytes(mut self, bytes: u64) -> Self {
         self.max_unpacked_bytes = bytes;
+        self
+    }
+
+    /// The startup CPU boost's bounds: at most `max_instances` instances boot boosted at once
+    /// (more start at their slot; 0 turns the boost off), each with at most `cap_millicpu`
+    /// thousandths of a vCPU (default: [`GlobalLimits`](serverless_core::GlobalLimits)'s, the
+    /// host's CPU count and CPUs). Each app's
+    /// [`startup_cpu_boost`](serverless_core::AppSpec::startup_cpu_boost) says how much of it
+    /// the app takes.
+    pub fn startup_cpu_boost(mut self, max_instances: u32, cap_millicpu: u32) -> Self {
+        self.boost = (max_instances, cap_millicpu);
         self
     }
 
@@ -246,6 +264,7 @@ impl Builder {
                 shims: ShimPool::new(spare_shim_root),
                 exits,
                 primer: cgroup::AttachPrimer::new(),
+                boost: BoostBudget::new(self.boost.0, self.boost.1),
                 instances: Mutex::new(HashMap::new()),
                 log_copies: Mutex::new(HashMap::new()),
                 images: AsyncMutex::new(HashMap::new()),

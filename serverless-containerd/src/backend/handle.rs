@@ -10,6 +10,7 @@ use serverless_core::ImageRef;
 use tokio::sync::{watch, Mutex as AsyncMutex};
 use tokio::task::JoinHandle;
 
+use super::boost::BoostBudget;
 use super::shim_pool::ShimPool;
 use super::standby_state::Standbys;
 use super::task::Instance;
@@ -60,6 +61,8 @@ pub(super) struct Inner {
     pub(super) exits: Arc<Exits>,
     /// Takes the cgroup attach's grace period off task creation (see [`cgroup::AttachPrimer`]).
     pub(super) primer: cgroup::AttachPrimer,
+    /// The startup CPU boost's budget (see `boost.rs`).
+    pub(super) boost: Arc<BoostBudget>,
     /// Started instances by container id.
     pub(super) instances: Mutex<HashMap<String, Arc<Instance>>>,
     /// Per container: resolves once its output is all in its log file (see [`crate::logs`]).

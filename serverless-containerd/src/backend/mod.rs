@@ -11,6 +11,7 @@
 //! | `trait_impl.rs` | `impl ContainerBackend`: the entry points, which path a start takes, cleanup after a failed start |
 //! | `images.rs` | the app's image, imported or pulled once (`prepared`) |
 //! | `start.rs` | the cold start's mechanics: `create` (snapshot, container, task) and `run` (start, port) |
+//! | `boost.rs` | the startup CPU boost: the budget of boosted instances, their permits, and the wait that applies the slot when an instance listens |
 //! | `standby.rs` | standbys: made, taken, refilled, released (state in `standby_state.rs`) |
 //! | `spare_shim.rs` | the spare shim: keepers made, claimed, removed (state in `shim_pool.rs`) |
 //! | `stop.rs` | one container stopped and removed: `teardown`, `terminate`, `delete_objects`, `forget` |
@@ -23,6 +24,7 @@
 //! `start`, `stop`); `reconcile` (uses `stop`, `standby`, `spare_shim`); `builder` and
 //! `trait_impl` on top. This module only declares and re-exports.
 
+mod boost;
 mod builder;
 mod handle;
 mod ids;

@@ -10,13 +10,14 @@ use std::time::Duration;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, StartRequest,
+    Container, CreateContainerRequest, CreateTaskRequest, StartRequest, UpdateTaskRequest,
 };
 use containerd_client::types::Mount;
 use serverless_core::{AppSpec, BackendError, ErrorKind, Exit, NetworkMode, Started};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::boost::{self, Boost};
 use super::handle::{ContainerdBackend, SPEC_TYPE_URL};
 use super::spare_shim::GROUP_ANNOTATION;
 use super::task::{Created, Instance};
@@ -51,6 +52,16 @@ impl ContainerdBackend {
         let client = &self.inner.client;
         let image = self.prepared(app).await?;
         let cgroup_path = self.cgroup(id);
+        // The startup boost: a fresh start takes its permit now (or boots at its slot); a
+        // standby is made boosted and takes its permit when it is started.
+        let budget = &self.inner.boost;
+        let boost = budget.millicpu_for(app).and_then(|millicpu| {
+            let permit = match standby {
+                true => None,
+                false => Some(budget.try_acquire()?),
+            };
+            Some(Boost { millicpu, permit })
+        });
         let mut spec = spec::build(
             app,
             &spec::SpecInput {
@@ -58,6 +69,7 @@ impl ContainerdBackend {
                 cgroup_path: &cgroup_path,
                 image: image.config.as_ref(),
                 user: &image.user,
+                cpu_millicpu: boost.as_ref().map_or(app.slot.millicpu(), |b| b.millicpu),
             },
         )?;
         if app.network == NetworkMode::Bridge {
@@ -202,6 +214,7 @@ impl ContainerdBackend {
             pid,
             dialer,
             exit,
+            boost,
         })
     }
 
@@ -220,8 +233,26 @@ impl ContainerdBackend {
             pid,
             dialer,
             mut exit,
+            boost,
             ..
         } = created;
+        // A standby was made boosted without a permit: it takes one now or boots at its slot.
+        let permit = match boost {
+            Some(Boost {
+                permit: Some(permit),
+                ..
+            }) => Some(permit),
+            Some(Boost { permit: None, .. }) => match self.inner.boost.try_acquire() {
+                Some(permit) => Some(permit),
+                None => {
+                    let t = Instant::now();
+                    self.apply_slot(app, id, name).await?;
+                    phases.push(("slot_applied", t.elapsed()));
+                    None
+                }
+            },
+            None => None,
+        };
         let mut t = Instant::now();
         client
             .tasks()
@@ -235,10 +266,30 @@ impl ContainerdBackend {
         phases.push(("task_start", now - t));
         t = now;
 
-        let listener = self
-            .await_listener(app, name, pid, &dialer, &mut exit)
-            .await?;
-        phases.push(("port_ready", t.elapsed()));
+        let listen = async {
+            let listener = self
+                .await_listener(app, name, pid, &dialer, &mut exit)
+                .await?;
+            Ok((listener, t.elapsed()))
+        };
+        let listener = match permit {
+            None => {
+                let (listener, port_ready) = listen.await?;
+                phases.push(("port_ready", port_ready));
+                listener
+            }
+            // Boosted: the slot is applied the moment it listens (or at the startup timeout).
+            Some(permit) => {
+                let deadline = t + app.limits.startup_timeout;
+                let apply = self.apply_slot(app, id, name);
+                let ((listener, port_ready), boosted) =
+                    boost::until_listening(permit, deadline, listen, apply).await?;
+                phases.push(("port_ready", port_ready));
+                phases.push(("boosted", boosted.boosted));
+                phases.push(("slot_applied", boosted.slot_applied));
+                listener
+            }
+        };
 
         let addr = SocketAddr::new(listener.dial_addr(), listener.port);
         self.instances().insert(
@@ -253,6 +304,31 @@ impl ContainerdBackend {
             port: listener.port,
             phases: std::mem::take(phases),
         })
+    }
+
+    /// Sets the CPU quota of container `id` (instance `name`) to its slot's, through
+    /// containerd's task update (`runc update`); the memory and pids limits are written again
+    /// with the values they have.
+    async fn apply_slot(&self, app: &AppSpec, id: &str, name: &str) -> Result<(), BackendError> {
+        let client = &self.inner.client;
+        let resources = spec::resources(app, app.slot.millicpu())?;
+        let value = serde_json::to_vec(&resources).map_err(|e| {
+            BackendError::new(ErrorKind::Image, "serializing the slot's resources failed")
+                .with_source(e)
+        })?;
+        client
+            .tasks()
+            .update(client.req(UpdateTaskRequest {
+                container_id: id.to_owned(),
+                resources: Some(prost_types::Any {
+                    type_url: RESOURCES_TYPE_URL.to_owned(),
+                    value,
+                }),
+                annotations: HashMap::new(),
+            }))
+            .await
+            .map_err(|s| failed(format_args!("applying the slot's CPU quota to {name}"), s))?;
+        Ok(())
     }
 
     /// Polls the instance's TCP tables until something listens, the process exits, or the
@@ -316,6 +392,9 @@ impl ContainerdBackend {
         }
     }
 }
+
+/// The type URL of the OCI runtime spec's Linux resources in a task update.
+const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 
 fn humanize(d: Duration) -> String {
     if d.subsec_millis() == 0 {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serverless_core::Exit;
 use tokio::sync::watch;
 
+use super::boost::Boost;
 use crate::image::PreparedImage;
 use crate::netns::Dialer;
 
@@ -17,6 +18,8 @@ pub(super) struct Created {
     pub(super) pid: u32,
     pub(super) dialer: Dialer,
     pub(super) exit: watch::Receiver<Option<Exit>>,
+    /// Made with a CPU quota above its slot's: the startup boost (see `boost.rs`).
+    pub(super) boost: Option<Boost>,
 }
 
 /// A started instance: where it listens and how to reach it.
