@@ -8,6 +8,7 @@
 //! implementation, generic over the request body so that neither boxes it again.
 
 mod headers;
+mod warn;
 
 #[cfg(test)]
 mod tests;
@@ -298,6 +299,7 @@ async fn forward<B: ForwardBody>(
                 ForwardError::response_timeout(app.clone(), instance, Box::new(e))
             }
         };
+        warn::upstream_failed(&error);
         return Err(Box::new(error));
     };
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -327,7 +329,9 @@ async fn forward<B: ForwardBody>(
     let instance = lease.instance();
     Ok(res.map(move |b| {
         b.map_err(move |e| -> BoxError {
-            Box::new(ForwardError::body(app.clone(), instance.clone(), e))
+            let error = ForwardError::body(app.clone(), instance.clone(), e);
+            warn::upstream_failed(&error);
+            Box::new(error)
         })
         .boxed_unsync()
     }))
