@@ -179,9 +179,16 @@ impl Lab {
         c
     }
 
-    async fn backend(&self) -> BackendHarness {
+    /// A backend whose bridge lives in this lab's engine namespace, keeping `pool`
+    /// namespaces wired ahead.
+    async fn backend(&self, pool: usize) -> BackendHarness {
         let (network, netns) = (self.network(), self.engine_netns());
-        BackendHarness::start_with(move |b| b.network(network).network_host_netns(netns)).await
+        BackendHarness::start_with(move |b| {
+            b.network(network)
+                .network_host_netns(netns)
+                .network_pool(pool)
+        })
+        .await
     }
 
     /// What the engine namespace holds that an instance could leak: links and rules.
@@ -286,7 +293,7 @@ async fn bridge_reaches_the_outside_by_ip_and_name_and_none_does_not() {
         return;
     }
     let lab = Lab::new(11);
-    let h = lab.backend().await;
+    let h = lab.backend(0).await;
 
     let app = fetching_app(&h, &lab, "egress", NetworkMode::Bridge);
     let id = h.id("egress");
@@ -325,14 +332,17 @@ async fn bridge_reaches_the_outside_by_ip_and_name_and_none_does_not() {
     h.shutdown().await;
 }
 
-/// The instance's address, from the CNI result the backend keeps.
+/// The instance's address, from the CNI result the backend keeps with the namespace it took.
 fn instance_ip(h: &BackendHarness, id: &serverless_core::InstanceId) -> String {
-    let path = h
-        .dir
-        .path()
-        .join(format!("data/network/instances/{id}/result.json"));
+    let wired = h.dir.path().join("data/network/wired");
+    let dir = std::fs::read_dir(&wired)
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .find(|d| std::fs::read_to_string(d.join("instance")).is_ok_and(|o| o == id.as_str()))
+        .unwrap_or_else(|| panic!("no namespace of {id} under {}", wired.display()));
     let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("result.json")).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("result.json")).expect("result.json"))
+            .unwrap();
     v["ips"][0]["address"]
         .as_str()
         .unwrap()
@@ -351,7 +361,7 @@ async fn an_instance_reaches_neither_another_instance_nor_the_host() {
         return;
     }
     let lab = Lab::new(12);
-    let h = lab.backend().await;
+    let h = lab.backend(0).await;
     let mut app = h.app("iso");
     app.network = NetworkMode::Bridge;
     let (a, b) = (h.id("iso"), h.id("other"));
@@ -415,7 +425,7 @@ async fn cycles_leave_leases_links_and_rules_at_baseline() {
         return;
     }
     let lab = Lab::new(13);
-    let h = lab.backend().await;
+    let h = lab.backend(0).await;
     let mut app = h.app("cycle");
     app.network = NetworkMode::Bridge;
     // One cycle first: the bridge and the engine's chains exist from then on.
@@ -435,17 +445,82 @@ async fn cycles_leave_leases_links_and_rules_at_baseline() {
     };
     for _ in 0..5 {
         let id = h.id("cycle");
-        h.backend.start(&app, &id).await.expect("start");
+        let started = h.backend.start(&app, &id).await.expect("start");
         assert_eq!(leases().len(), 1);
         assert!(get(&h, &id, "/").await.contains("hello from busybox"));
+        let t = tokio::time::Instant::now();
         h.backend.stop(&id, Duration::ZERO).await.expect("stop");
+        eprintln!(
+            "cycle: {:?}, stop {:?}",
+            started.phases.first(),
+            t.elapsed()
+        );
     }
     assert_eq!(lab.state(), baseline);
     assert!(leases().is_empty(), "{:?}", leases());
-    assert_eq!(
-        std::fs::read_dir(data.join("instances")).unwrap().count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(data.join("wired")).unwrap().count(), 0);
 
     h.shutdown().await;
+}
+
+/// Figures for the architecture doc: a cold start's phases with `none`, with a namespace wired
+/// on the start (pool 0) and with one from the pool.
+async fn start_phases(
+    h: &BackendHarness,
+    app: &serverless_core::AppSpec,
+) -> (Duration, Vec<(&'static str, Duration)>) {
+    let id = h.id(&app.name);
+    let t = tokio::time::Instant::now();
+    let started = h.backend.start(app, &id).await.expect("start");
+    let total = t.elapsed();
+    let stop = tokio::time::Instant::now();
+    h.backend.stop(&id, Duration::ZERO).await.expect("stop");
+    eprintln!(
+        "{}: start {total:?} stop {:?} {:?}",
+        app.name,
+        stop.elapsed(),
+        started.phases
+    );
+    (total, started.phases)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_namespace_keeps_cni_off_the_start_and_shutdown_releases_the_pool() {
+    if !can_run_with(
+        "a_pooled_namespace_keeps_cni_off_the_start_and_shutdown_releases_the_pool",
+        PROGRAMS,
+    ) {
+        return;
+    }
+    let lab = Lab::new(14);
+    let h = lab.backend(2).await;
+    let mut bridge = h.app("pooled");
+    bridge.network = NetworkMode::Bridge;
+    let none = h.app("sealed");
+    let data = h.dir.path().join("data/network");
+    let wired = || std::fs::read_dir(data.join("wired")).unwrap().count();
+    // The first bridge start wires its own namespace and starts the pool's fill.
+    let (_, phases) = start_phases(&h, &bridge).await;
+    assert!(
+        phases.iter().any(|(p, _)| *p == "network_wired"),
+        "{phases:?}"
+    );
+    serverless_testkit::eventually("the pool is full", || wired() == 2).await;
+    for _ in 0..5 {
+        let (_, phases) = start_phases(&h, &bridge).await;
+        assert!(
+            phases.iter().any(|(p, _)| *p == "network_pooled"),
+            "{phases:?}"
+        );
+        start_phases(&h, &none).await;
+        serverless_testkit::eventually("the pool is refilled", || wired() == 2).await;
+    }
+    let data = data.display().to_string();
+    h.shutdown().await;
+    // The data dir is gone with the harness: what shutdown must have released is the kernel's.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&data), "a namespace file is still mounted");
+    let (links, rules) = lab.state();
+    assert!(!links.iter().any(|l| l.starts_with("veth")), "{links:?}");
+    assert!(!rules.iter().any(|r| r.contains("SLS-IN")), "{rules:?}");
 }

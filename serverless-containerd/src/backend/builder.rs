@@ -38,6 +38,7 @@ pub struct Builder {
     spare_shim: bool,
     network: serverless_core::NetworkConfig,
     network_host_netns: Option<PathBuf>,
+    network_pool: usize,
 }
 
 /// [`Builder::max_unpacked_bytes`]'s default: 10 GiB.
@@ -65,6 +66,7 @@ impl ContainerdBackend {
             spare_shim: true,
             network: serverless_core::NetworkConfig::default(),
             network_host_netns: None,
+            network_pool: crate::network::DEFAULT_POOL,
         }
     }
 
@@ -190,6 +192,14 @@ impl Builder {
         self
     }
 
+    /// How many namespaces are kept wired ahead for `bridge` instances, so that CNI ADD is not
+    /// on a cold start's path (default 2; 0 wires each on its start). The pool is filled once
+    /// the first `bridge` instance starts and refilled in the background.
+    pub fn network_pool(mut self, size: usize) -> Self {
+        self.network_pool = size;
+        self
+    }
+
     /// Connects (or starts the embedded containerd and connects) and subscribes to events.
     pub async fn build(mut self) -> Result<ContainerdBackend, BackendError> {
         let io = |what: String, e: std::io::Error| {
@@ -205,6 +215,7 @@ impl Builder {
             &self.data_dir,
             self.network.clone(),
             self.network_host_netns.clone(),
+            self.network_pool,
         )
         .map_err(|e| e.into_backend("setting up the bridge network"))?;
         let logs = self.data_dir.join("logs");
@@ -270,7 +281,7 @@ impl Builder {
                 images: AsyncMutex::new(HashMap::new()),
                 daemon: AsyncMutex::new(daemon),
                 events,
-                network,
+                network: Arc::new(network),
             }),
         })
     }

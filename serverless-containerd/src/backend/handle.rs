@@ -74,7 +74,7 @@ pub(super) struct Inner {
     /// The events loop (see [`crate::events`]).
     pub(super) events: JoinHandle<()>,
     /// The bridge network of `network = "bridge"` apps (see [`crate::network`]).
-    pub(super) network: crate::network::Network,
+    pub(super) network: Arc<crate::network::Network>,
 }
 
 impl Drop for Inner {

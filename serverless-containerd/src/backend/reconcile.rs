@@ -130,7 +130,7 @@ impl ContainerdBackend {
             self.teardown(&id, Duration::ZERO).await?;
         }
         let result = self.reconcile_all().await;
-        self.inner.network.uninstall_rules().await;
+        self.inner.network.shutdown().await;
         self.inner.events.abort();
         if let Some(mut daemon) = self.inner.daemon.lock().await.take() {
             daemon.stop().await;

@@ -74,6 +74,7 @@ impl ContainerdBackend {
         )?;
         if app.network == NetworkMode::Bridge {
             let hostname: String = id.chars().take(63).collect();
+            let t = Instant::now();
             let attached = self
                 .inner
                 .network
@@ -81,6 +82,8 @@ impl ContainerdBackend {
                 .await
                 .map_err(|e| e.into_backend(format_args!("wiring the network of {id}")))?;
             network::apply(&mut spec, &attached)?;
+            let phase = if attached.pooled { "network_pooled" } else { "network_wired" };
+            phases.push((phase, t.elapsed()));
         }
         // A standby is made off the request's path: it spawns its own shim.
         let spare_shim = if standby { None } else { self.claim_shim() };

@@ -1,8 +1,12 @@
 //! Networking of `bridge` instances (see `network = "bridge"` in the config): each instance's
 //! network namespace is made here (a bind-mounted namespace file under the data dir) and wired
 //! with the CNI reference plugins before its task is created; runc then joins it. The instance
-//! gets `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` bind-mounted from its state
+//! gets `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` bind-mounted from its namespace's
 //! directory. `none` instances do not come here: runc makes them a loopback-only namespace.
+//!
+//! Wiring (CNI ADD) is kept off the cold start's path: a small pool of namespaces is wired
+//! ahead and refilled in the background after one is taken (see [`Network::attach`]), like
+//! the spare shim.
 //!
 //! Layout under `<data_dir>/network/`:
 //!
@@ -11,25 +15,29 @@
 //! | `serverless.conflist` | the CNI config the engine writes at each start |
 //! | `cni.conflist` | an operator's replacement: used instead when present |
 //! | `ipam/` | host-local's address leases |
-//! | `instances/<id>/` | per instance: `netns` (the namespace file), `result.json` (ADD's result, for DEL), `resolv.conf`, `hosts`, `hostname` |
+//! | `wired/<cni id>/` | per namespace: `netns` (the namespace file), `result.json` (ADD's result, for DEL), `instance` (the instance that took it), `resolv.conf`, `hosts`, `hostname` |
 //!
-//! An instance's directory exists from before its namespace is made until after it is released,
-//! so `reconcile` finds every leftover of a previous run there.
+//! A namespace's directory exists from before it is made until after it is released, so
+//! `reconcile` finds every leftover of a previous run there.
 
 mod cni;
 mod firewall;
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, Spec};
 use serde_json::Value;
 use serverless_core::{BackendError, ErrorKind, NetworkConfig};
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex as AsyncMutex, OnceCell};
 
 /// What went wrong wiring or releasing a namespace.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +48,8 @@ pub(crate) enum NetworkError {
     Cni(String),
     #[error("{0} failed: {1}")]
     Command(String, String),
+    #[error("the network is shut down")]
+    Closed,
 }
 
 impl NetworkError {
@@ -48,6 +58,13 @@ impl NetworkError {
     }
 }
 
+/// How many namespaces are kept wired ahead.
+pub(crate) const DEFAULT_POOL: usize = 2;
+
+/// How long after a namespace is taken its replacement starts being wired: keeps the
+/// plugins off the CPU while the instance that took it boots.
+const REFILL_DELAY: Duration = Duration::from_millis(100);
+
 /// The engine's bridge network.
 pub(crate) struct Network {
     config: NetworkConfig,
@@ -55,8 +72,19 @@ pub(crate) struct Network {
     dir: PathBuf,
     conflist: Value,
     host_netns: Option<PathBuf>,
-    /// The isolation rules, installed before the first instance is wired.
+    /// The isolation rules, installed before the first namespace is wired.
     rules: OnceCell<()>,
+    /// Namespaces wired ahead (CNI ids), and how many to keep.
+    pool: Mutex<Vec<String>>,
+    pool_size: usize,
+    /// Instance id → CNI id of the namespace it took.
+    taken: Mutex<HashMap<String, String>>,
+    /// Namespaces being wired, not yet in the pool or taken: reconcile leaves them alone.
+    wiring: Mutex<HashSet<String>>,
+    /// Held by a refill while it wires; shutdown takes it after setting `closed`.
+    refilling: AsyncMutex<()>,
+    closed: AtomicBool,
+    next: AtomicU64,
 }
 
 /// A wired namespace.
@@ -65,23 +93,27 @@ pub(crate) struct Attached {
     pub(crate) netns: PathBuf,
     /// Holds `resolv.conf`, `hosts`, `hostname`.
     pub(crate) etc: PathBuf,
+    /// Whether it came from the pool (CNI ADD was not on this start's path).
+    pub(crate) pooled: bool,
 }
 
 impl Network {
     /// Writes the engine's conflist under `data_dir/network` and reads the nameservers
     /// (configured, else the host's non-loopback ones). `host_netns`: the namespace the
-    /// bridge, NAT and rules live in (default: the engine's own).
+    /// bridge, NAT and rules live in (default: the engine's own). `pool_size`: namespaces
+    /// wired ahead once the first `bridge` instance starts.
     pub(crate) fn new(
         data_dir: &Path,
         config: NetworkConfig,
         host_netns: Option<PathBuf>,
+        pool_size: usize,
     ) -> Result<Self, NetworkError> {
         let dir = data_dir.join("network");
         let io = |what: &str, p: &Path| {
             let what = format!("{what} {}", p.display());
             move |e| NetworkError::Io(what, e)
         };
-        std::fs::create_dir_all(dir.join("instances")).map_err(io("creating", &dir))?;
+        std::fs::create_dir_all(dir.join("wired")).map_err(io("creating", &dir))?;
         let ours = dir.join("serverless.conflist");
         let generated = cni::default_conflist(
             &config.bridge,
@@ -107,6 +139,9 @@ impl Network {
             Some(list) => list.clone(),
             None => host_resolvers(),
         };
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         Ok(Self {
             config,
             nameservers,
@@ -114,37 +149,124 @@ impl Network {
             conflist,
             host_netns,
             rules: OnceCell::new(),
+            pool: Mutex::new(Vec::new()),
+            pool_size,
+            taken: Mutex::new(HashMap::new()),
+            wiring: Mutex::new(HashSet::new()),
+            refilling: AsyncMutex::new(()),
+            closed: AtomicBool::new(false),
+            next: AtomicU64::new(started << 16),
         })
     }
 
-    fn instance_dir(&self, id: &str) -> PathBuf {
-        self.dir.join("instances").join(id)
+    fn wired_dir(&self, cni_id: &str) -> PathBuf {
+        self.dir.join("wired").join(cni_id)
     }
 
-    fn invocation<'a>(&'a self, id: &'a str, netns: &'a Path) -> cni::Invocation<'a> {
+    fn invocation<'a>(&'a self, cni_id: &'a str, netns: &'a Path) -> cni::Invocation<'a> {
         cni::Invocation {
-            container_id: id,
+            container_id: cni_id,
             netns,
             host_netns: self.host_netns.as_deref(),
         }
     }
 
-    /// Makes instance `id`'s namespace, wires it (CNI ADD) and writes its `/etc` files.
-    /// On failure, what was made is released.
-    pub(crate) async fn attach(&self, id: &str, hostname: &str) -> Result<Attached, NetworkError> {
-        self.rules
-            .get_or_try_init(|| firewall::install(&self.config.bridge, self.host_netns.as_deref()))
-            .await?;
-        let result = self.attach_inner(id, hostname).await;
+    /// A wired namespace for instance `id`, with its `/etc` files naming `hostname`: one from
+    /// the pool when there is one (then a refill is started), else wired now. On failure,
+    /// what was made is released.
+    pub(crate) async fn attach(
+        self: &Arc<Self>,
+        id: &str,
+        hostname: &str,
+    ) -> Result<Attached, NetworkError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(NetworkError::Closed);
+        }
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let (cni_id, from_pool) = match pooled {
+            Some(cni_id) => (cni_id, true),
+            None => (self.wire().await?, false),
+        };
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), cni_id.clone());
+        self.done_wiring(&cni_id);
+        let result = self.name(&cni_id, id, hostname).await;
         if result.is_err() {
             let _ = self.detach(id).await;
         }
-        result
+        self.refill();
+        result.map(|(netns, etc)| Attached {
+            netns,
+            etc,
+            pooled: from_pool,
+        })
     }
 
-    async fn attach_inner(&self, id: &str, hostname: &str) -> Result<Attached, NetworkError> {
-        let dir = self.instance_dir(id);
-        let io = |what: &'static str| move |e| NetworkError::Io(format!("{what} for {id}"), e);
+    /// Starts wiring namespaces in the background until the pool is full.
+    fn refill(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(REFILL_DELAY).await;
+            let Ok(_refilling) = this.refilling.try_lock() else {
+                return;
+            };
+            loop {
+                if this.closed.load(Ordering::Acquire)
+                    || this.pool.lock().unwrap_or_else(|e| e.into_inner()).len() >= this.pool_size
+                {
+                    return;
+                }
+                match this.wire().await {
+                    Ok(cni_id) => {
+                        this.pool
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(cni_id.clone());
+                        this.done_wiring(&cni_id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "wiring a namespace ahead failed");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Makes a namespace and wires it (CNI ADD); returns its CNI id.
+    async fn wire(&self) -> Result<String, NetworkError> {
+        self.rules
+            .get_or_try_init(|| firewall::install(&self.config.bridge, self.host_netns.as_deref()))
+            .await?;
+        let cni_id = format!("sls-{:x}", self.next.fetch_add(1, Ordering::Relaxed));
+        self.wiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cni_id.clone());
+        let t = tokio::time::Instant::now();
+        let result = self.wire_inner(&cni_id).await;
+        match &result {
+            Ok(()) => tracing::debug!(cni_id, elapsed = ?t.elapsed(), "namespace wired (CNI ADD)"),
+            Err(_) => {
+                let _ = self.release(&cni_id).await;
+                self.done_wiring(&cni_id);
+            }
+        }
+        result.map(|()| cni_id)
+    }
+
+    fn done_wiring(&self, cni_id: &str) {
+        self.wiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(cni_id);
+    }
+
+    async fn wire_inner(&self, cni_id: &str) -> Result<(), NetworkError> {
+        let dir = self.wired_dir(cni_id);
+        let io = |what: &'static str| move |e| NetworkError::Io(format!("{what} for {cni_id}"), e);
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(io("creating the state directory"))?;
@@ -157,18 +279,36 @@ impl Network {
         // The loopback plugin brings `lo` up (runc does so only for namespaces it makes).
         cni::add(
             &serde_json::json!({"cniVersion": "1.0.0", "name": "lo", "plugins": [{"type": "loopback"}]}),
-            &cni::Invocation { host_netns: None, ..self.invocation(id, &netns) },
+            &cni::Invocation {
+                host_netns: None,
+                ..self.invocation(cni_id, &netns)
+            },
         )
         .await?;
-        let result = cni::add(&self.conflist, &self.invocation(id, &netns)).await?;
+        let result = cni::add(&self.conflist, &self.invocation(cni_id, &netns)).await?;
         tokio::fs::write(dir.join("result.json"), result.to_string())
             .await
             .map_err(io("saving the CNI result"))?;
-        let (ip, host_veth) = cni::parse_result(&result);
-        if let Some(veth) = host_veth {
+        if let (_, Some(veth)) = cni::parse_result(&result) {
             firewall::isolate_port(&veth, self.host_netns.as_deref()).await?;
         }
-        let etc = dir.clone();
+        Ok(())
+    }
+
+    /// Marks the namespace `cni_id` as instance `id`'s and writes its `/etc` files.
+    async fn name(
+        &self,
+        cni_id: &str,
+        id: &str,
+        hostname: &str,
+    ) -> Result<(PathBuf, PathBuf), NetworkError> {
+        let dir = self.wired_dir(cni_id);
+        let io = |e| NetworkError::Io(format!("writing the /etc files of {id}"), e);
+        let result: Option<Value> = tokio::fs::read(dir.join("result.json"))
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let ip = result.as_ref().and_then(|r| cni::parse_result(r).0);
         let mut resolv = String::new();
         for ns in &self.nameservers {
             let _ = writeln!(resolv, "nameserver {ns}");
@@ -181,25 +321,60 @@ impl Network {
             ip.as_deref().unwrap_or("127.0.1.1")
         );
         for (name, text) in [
+            ("instance", id.to_owned()),
             ("resolv.conf", resolv),
             ("hosts", hosts),
             ("hostname", format!("{hostname}\n")),
         ] {
-            tokio::fs::write(etc.join(name), text)
-                .await
-                .map_err(io("writing /etc files"))?;
+            tokio::fs::write(dir.join(name), text).await.map_err(io)?;
         }
-        Ok(Attached { netns, etc })
+        Ok((dir.join("netns"), dir))
     }
 
-    /// Releases instance `id`'s network: CNI DEL (address lease, veth, NAT and firewall
-    /// entries), the namespace and the state directory. Idempotent: nothing to do when the
-    /// directory is gone.
+    /// Releases instance `id`'s namespace. Idempotent: nothing to do when it has none.
     pub(crate) async fn detach(&self, id: &str) -> Result<(), NetworkError> {
-        let dir = self.instance_dir(id);
+        let known = self
+            .taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        let cni_id = match known {
+            Some(c) => Some(c),
+            // Taken by a previous run: find it by its `instance` file.
+            None => self
+                .on_disk()
+                .into_iter()
+                .find(|(_, owner)| owner.as_deref() == Some(id))
+                .map(|(c, _)| c),
+        };
+        match cni_id {
+            Some(c) => self.release(&c).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The namespaces on disk: CNI id and the instance that took it, if any.
+    fn on_disk(&self) -> Vec<(String, Option<String>)> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("wired")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .map(|c| {
+                let owner = std::fs::read_to_string(self.wired_dir(&c).join("instance")).ok();
+                (c, owner)
+            })
+            .collect()
+    }
+
+    /// CNI DEL (address lease, veth, NAT and firewall entries), the namespace and its
+    /// directory. Idempotent.
+    async fn release(&self, cni_id: &str) -> Result<(), NetworkError> {
+        let dir = self.wired_dir(cni_id);
         if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
             return Ok(());
         }
+        let t = tokio::time::Instant::now();
         let netns = dir.join("netns");
         let prev: Option<Value> = tokio::fs::read(dir.join("result.json"))
             .await
@@ -209,45 +384,74 @@ impl Network {
         let mounted = is_mounted(&netns);
         let empty = PathBuf::new();
         let ns_arg = if mounted { &netns } else { &empty };
-        let del = cni::del(&self.conflist, prev.as_ref(), &self.invocation(id, ns_arg)).await;
+        let del = cni::del(
+            &self.conflist,
+            prev.as_ref(),
+            &self.invocation(cni_id, ns_arg),
+        )
+        .await;
         if mounted {
             let _ = umount2(&netns, MntFlags::MNT_DETACH);
         }
         del?;
         tokio::fs::remove_dir_all(&dir)
             .await
-            .map_err(|e| NetworkError::Io(format!("removing {}", dir.display()), e))
+            .map_err(|e| NetworkError::Io(format!("removing {}", dir.display()), e))?;
+        tracing::debug!(cni_id, elapsed = ?t.elapsed(), "namespace released (CNI DEL)");
+        Ok(())
     }
 
-    /// Releases every instance directory whose id `keep` rejects (a previous run's
-    /// leftovers); returns how many.
-    pub(crate) async fn release_others(&self, keep: impl Fn(&str) -> bool) -> usize {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("instances")) else {
-            return 0;
-        };
-        let ids: Vec<String> = entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|id| !keep(id))
-            .collect();
+    /// Releases every namespace on disk that is neither in the pool nor taken by an instance
+    /// `held` accepts (a previous run's leftovers); returns how many.
+    pub(crate) async fn release_others(&self, held: impl Fn(&str) -> bool) -> usize {
+        let mut keep_all: Vec<String> = self.pool.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        keep_all.extend(
+            self.wiring
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
         let mut n = 0;
-        for id in ids {
-            match self.detach(&id).await {
+        for (cni_id, owner) in self.on_disk() {
+            let keep = match &owner {
+                Some(id) => held(id),
+                None => keep_all.contains(&cni_id),
+            };
+            if keep {
+                continue;
+            }
+            if let Some(id) = &owner {
+                self.taken
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
+            }
+            match self.release(&cni_id).await {
                 Ok(()) => n += 1,
                 Err(e) => {
-                    tracing::warn!(instance = %id, error = %e, "releasing a leftover network failed")
+                    tracing::warn!(cni_id, error = %e, "releasing a leftover namespace failed")
                 }
             }
         }
         n
     }
 
-    /// Removes the isolation rules if this engine installed them (after the last instance is
-    /// gone).
-    pub(crate) async fn uninstall_rules(&self) {
-        if self.rules.get().is_none() {
-            return;
+    /// Stops refills, releases the pool and removes the isolation rules if this engine
+    /// installed them (call after the last instance is gone).
+    pub(crate) async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _refills = self.refilling.lock().await;
+        let pool: Vec<String> =
+            std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
+        for cni_id in pool {
+            if let Err(e) = self.release(&cni_id).await {
+                tracing::warn!(cni_id, error = %e, "releasing a pooled namespace failed");
+            }
         }
-        firewall::uninstall(&self.config.bridge, self.host_netns.as_deref()).await;
+        if self.rules.get().is_some() {
+            firewall::uninstall(&self.config.bridge, self.host_netns.as_deref()).await;
+        }
     }
 }
 
