@@ -16,6 +16,7 @@ pub(crate) async fn backend(
     let mut builder = ContainerdBackend::builder(&config.data_dir)
         .pull_progress(pull_progress())
         .spare_shim(spare_shim)
+        .network(config.network.clone())
         .startup_cpu_boost(
             config.limits.max_boosted_instances,
             config.limits.startup_cpu_boost_millicpu,

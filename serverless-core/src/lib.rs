@@ -46,9 +46,9 @@ pub use backend::{
 };
 pub use config::{
     Config, ContainerdConfig, GlobalLimits, NetworkConfig, NetworkMode, RegistryCredentials,
-    SecretError, SecretProblem, SecretSource, ServerConfig, TlsConfig,
+    Seccomp, SecretError, SecretProblem, SecretSource, Security, ServerConfig, TlsConfig,
 };
+pub use cpu_boost::CpuBoost;
 pub use error::ConfigError;
 pub use slot::{Slot, SlotError};
-pub use cpu_boost::CpuBoost;
 pub use spec::{AppSpec, ImageRef, ImageRefError, Limits, Scale};

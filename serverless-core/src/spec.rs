@@ -187,6 +187,8 @@ pub struct AppSpec {
     pub scale: Scale,
     /// How instances are networked (`bridge` or `none`, the default).
     pub network: crate::config::NetworkMode,
+    /// The sandbox: seccomp, init, capabilities (`[apps.security]`).
+    pub security: crate::config::Security,
 }
 
 impl AppSpec {
@@ -207,6 +209,7 @@ impl AppSpec {
             limits: Limits::DEFAULT,
             scale: Scale::default(),
             network: crate::config::NetworkMode::default(),
+            security: crate::config::Security::default(),
         }
     }
 }
@@ -297,3 +300,4 @@ impl AppSpec {
         Ok(())
     }
 }
+        self.security.check("security.")?;

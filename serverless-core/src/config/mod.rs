@@ -6,6 +6,7 @@
 
 mod network;
 mod raw;
+mod security;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 pub use self::network::{host_nameservers, Ipv4Subnet, NetworkConfig, NetworkMode};
 use self::raw::{RawApp, RawConfig, RawLimits, RawNowJson};
+pub use self::security::{Seccomp, Security, CAPABILITIES};
 use crate::check::{duration_str, RawDuration};
 use crate::spec::{AppSpec, ImageRef};
 use crate::ConfigError;

@@ -92,6 +92,7 @@ pub(super) struct RawApp {
     pub(super) limits: Option<RawLimits>,
     pub(super) scale: Option<RawScale>,
     pub(super) network: Option<String>,
+    pub(super) security: Option<super::security::RawSecurity>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -516,6 +517,7 @@ impl RawApp {
             Scale::default().max,
             SCALE_MAX.0,
             SCALE_MAX.1,
+        spec.security = self.security.unwrap_or_default().validate(prefix)?;
         )?;
         let min = int_in(&f("scale.min"), rs.min, 0, 0, i64::from(max))?;
         let standby = rs.standby.unwrap_or(Scale::default().standby);
