@@ -1,5 +1,5 @@
 //! The gateway over the in-process fake backend: real sockets, real hyper clients, fast.
-//! (The same paths against real containerd instances are in `e2e.rs`.)
+//! (The same paths against real containerd instances are in `serverless-cli/tests/e2e.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serverless_core::fake::{Behavior, FakeBackend};
 use serverless_core::Config;
-use serverless_proxy::{Gateway, COLD_START_HEADER, ERROR_HEADER};
+use serverless_proxy::{Gateway, GatewayError, COLD_START_HEADER, ERROR_HEADER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -457,7 +457,49 @@ async fn non_loopback_admin_without_token_is_refused() {
         Err(err) => err,
         Ok(_) => panic!("started without a token"),
     };
+    assert!(
+        matches!(err, GatewayError::AdminTokenRequired { admin } if admin.port() == 0),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("admin_token"), "{err}");
+}
+
+/// A listener that cannot be bound fails the start naming the config key and the address, and
+/// the apps already deployed (one instance each, `scale.min = 1`) are stopped again.
+#[tokio::test]
+async fn taken_admin_port_fails_the_start_and_stops_the_deployed_apps() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = Config::from_toml(&format!(
+        "listen = \"127.0.0.1:0\"\nadmin = \"{addr}\"\n\
+         [[apps]]\nname = \"api\"\nimage = \"example/api:1\"\n[apps.scale]\nmin = 1\n"
+    ))
+    .unwrap();
+    let backend = FakeBackend::new();
+    let err = match Gateway::start(config, Arc::new(backend.clone())).await {
+        Err(err) => err,
+        Ok(_) => panic!("started on a taken port"),
+    };
+    match &err {
+        GatewayError::Bind {
+            field, addr: at, ..
+        } => {
+            assert_eq!((*field, *at), ("admin", addr), "{err}");
+        }
+        other => panic!("expected a bind error, got {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot listen on {addr} (admin): ")),
+        "{err}"
+    );
+    // The instance did start (so the test is not vacuous), and is stopped again.
+    assert_eq!(backend.started(), 1);
+    assert!(
+        backend.running("api").is_empty(),
+        "{:?}",
+        backend.running("api")
+    );
 }
 
 #[tokio::test]
