@@ -4,10 +4,13 @@
 //!
 //! Composes the layers in your own hyper server instead of using the `serverless` gateway: a
 //! [`Pool`] of instances of one app on an embedded containerd, and per request
-//! `GlobalLimit → ColdStartBuffer → ConcurrencyLimit → forwarder`, where the forwarder takes the
-//! [`Lease`] the layers put in the request's extensions, dials that instance through the
-//! backend and sends the request over a fresh HTTP/1.1 connection (no pooling). Pool errors
-//! become `503`/`504` answers.
+//! `GlobalLimit → ColdStartBuffer → ConcurrencyLimit → Forward`. [`Forward`] is the gateway's
+//! own forwarder: it sends the request to the instance of the [`Lease`](serverless_limits::Lease)
+//! the layers put in its extensions over connections kept per instance, rewrites hop-by-hop and
+//! `x-forwarded-*` headers, tunnels upgrades, and trades an unreachable instance for another.
+//! Its [`Upstreams`] are the pool's observer, so an instance's kept connections go with it.
+//! Errors become answers through [`Refusal`] (503/504 with `x-serverless-error` and
+//! `Retry-After`) or a 502.
 //!
 //! Stop it with Ctrl-C: the instances are stopped, then the embedded containerd (which runs in its
 //! own process group, so the terminal's signal does not reach it first).
@@ -17,22 +20,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serverless_containerd::ContainerdBackend;
 use serverless_core::{AppSpec, ContainerBackend, ImageRef};
 use serverless_limits::{
-    BoxError, ColdStartBufferLayer, ConcurrencyLimitLayer, GlobalLimitLayer, GlobalOverloaded,
-    Lease, Pool, PoolError,
+    BoxError, ColdStartBufferLayer, ConcurrencyLimitLayer, GlobalLimitLayer, Pool, Refusal,
 };
+use serverless_proxy::{ClientInfo, Forward, ForwardError, ResBody, Upstreams};
 use tokio::net::TcpListener;
-use tower::{service_fn, ServiceBuilder, ServiceExt};
-
-type Body = UnsyncBoxBody<Bytes, BoxError>;
+use tower::{ServiceBuilder, ServiceExt};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -49,51 +49,37 @@ async fn main() -> Result<(), BoxError> {
     let backend = Arc::new(ContainerdBackend::embedded(&data_dir).await?);
     let app = AppSpec::new("hello", ImageRef::OciArchive(image));
     backend.prepare(&app).await?;
-    let pool = Pool::new(app, backend.clone())?;
-
-    // The forwarder: the instance comes from the Lease the layers inserted.
-    let forward = service_fn({
-        let backend = backend.clone();
-        move |req: Request<Incoming>| {
-            let backend = backend.clone();
-            async move {
-                let lease = req
-                    .extensions()
-                    .get::<Lease>()
-                    .cloned()
-                    .ok_or("no lease in the request")?;
-                let conn = backend.connect(&lease.instance()).await?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(conn)).await?;
-                tokio::spawn(conn);
-                let res = sender.send_request(req).await?;
-                Ok::<_, BoxError>(res)
-            }
-        }
-    });
+    // Connections kept per instance, dropped when the pool removes an instance.
+    let upstreams: Upstreams<Incoming> = Upstreams::new(backend.clone());
+    let pool = Pool::builder(app.clone(), backend.clone())
+        .observer(Arc::new(upstreams.clone()))
+        .build()?;
+    // Built once; each request clones it.
     let svc = ServiceBuilder::new()
         .layer(GlobalLimitLayer::new(100))
         .layer(ColdStartBufferLayer::new(pool.clone()))
         .layer(ConcurrencyLimitLayer::new(pool.clone()))
-        .service(forward);
+        .service(Forward::new(Arc::new(app), upstreams));
 
     let listener = TcpListener::bind("127.0.0.1:3000").await?;
     println!("serving the app from a private containerd under {data_dir}");
     println!("try: curl http://127.0.0.1:3000/   (Ctrl-C to stop)");
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => accepted?.0,
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => accepted?,
             _ = tokio::signal::ctrl_c() => break,
         };
         let svc = svc.clone();
-        let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let handler = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let svc = svc.clone();
+            // The forwarder names the client in `x-forwarded-for` and `forwarded`.
+            req.extensions_mut().insert(ClientInfo { addr, tls: false });
             async move {
                 // Boxed: sidesteps a higher-ranked inference limit when this future is spawned.
                 let fut: Pin<Box<dyn Future<Output = Result<_, BoxError>> + Send>> =
                     Box::pin(svc.oneshot(req));
                 let res = match fut.await {
-                    Ok(res) => res.map(|body| body.map_err(box_error).boxed_unsync()),
+                    Ok(res) => res.map(ResBody::new),
                     Err(err) => error_response(&err),
                 };
                 Ok::<_, Infallible>(res)
@@ -111,30 +97,16 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-fn box_error(e: hyper::Error) -> BoxError {
-    Box::new(e)
-}
-
-/// Errors are answered, never dropped: pool errors carry their status, the rest is a 502.
-fn error_response(err: &BoxError) -> Response<Body> {
-    let (status, retry_after) = if let Some(e) = err.downcast_ref::<PoolError>() {
-        (e.status(), e.retry_after())
-    } else if err.downcast_ref::<GlobalOverloaded>().is_some() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(std::time::Duration::from_secs(1)),
-        )
-    } else {
-        (StatusCode::BAD_GATEWAY, None)
-    };
-    let body = Full::new(Bytes::from(format!("{err}\n")))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut res = Response::new(body);
-    *res.status_mut() = status;
-    if let Some(after) = retry_after {
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, after.as_secs().max(1).into());
-    }
-    res
+/// Errors are answered, never dropped: the layers' through [`Refusal`], the forwarder's as
+/// [`ForwardError::status`] says (502, or 504 for a response timeout), anything else 500.
+fn error_response(err: &BoxError) -> Response<ResBody> {
+    let refusal = Refusal::of(err.as_ref()).unwrap_or_else(|| {
+        let status = err
+            .downcast_ref::<ForwardError>()
+            .map_or(StatusCode::INTERNAL_SERVER_ERROR, ForwardError::status);
+        Refusal::new(status, &err.to_string())
+    });
+    refusal
+        .into_response::<String>()
+        .map(|body| ResBody::new(http_body_util::Full::from(body).map_err(|e| match e {})))
 }
