@@ -210,7 +210,10 @@ impl Engine {
             .layer(self.inner.global.clone())
             .layer(ColdStartBufferLayer::new(pool.clone()))
             .layer(ConcurrencyLimitLayer::new(pool.clone()))
-            .service(Forward::new(spec.clone(), self.inner.upstreams.clone()));
+            .service(
+                Forward::new(spec.clone(), self.inner.upstreams.clone())
+                    .observer(self.inner.metrics.clone()),
+            );
         let app = Arc::new(App { spec, pool, stack });
         let old = {
             let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());

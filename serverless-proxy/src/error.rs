@@ -90,6 +90,47 @@ impl ForwardError {
         self.kind == Kind::ResponseTimeout
     }
 
+    /// What went wrong, by walking the cause chain: for counting failures by cause.
+    pub fn cause(&self) -> FailureCause {
+        if self.kind == Kind::Unreachable {
+            return FailureCause::Refused;
+        }
+        if self.kind == Kind::ResponseTimeout {
+            return FailureCause::ResponseTimeout;
+        }
+        let chain = std::iter::successors(
+            Some(&*self.source as &(dyn std::error::Error + 'static)),
+            |e| e.source(),
+        );
+        for e in chain {
+            if e.is::<crate::upstream::BodyIdleTimeout>() {
+                return FailureCause::BodyIdleTimeout;
+            }
+            if e.is::<crate::upstream::ResponseTimeout>() {
+                return FailureCause::ResponseTimeout;
+            }
+            if let Some(e) = e.downcast_ref::<hyper::Error>() {
+                if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+                    return FailureCause::Framing;
+                }
+                if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+                    return FailureCause::Reset;
+                }
+            }
+            if let Some(e) = e.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::*;
+                match e.kind() {
+                    InvalidData => return FailureCause::Framing,
+                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                        return FailureCause::Reset
+                    }
+                    _ => {}
+                }
+            }
+        }
+        FailureCause::Other
+    }
+
     /// The status a client gets for it before the response head: `504` for a response
     /// timeout, `502` otherwise.
     pub fn status(&self) -> StatusCode {
@@ -107,6 +148,41 @@ impl ForwardError {
     /// The instance the request was sent to.
     pub fn instance(&self) -> &InstanceId {
         &self.instance
+    }
+}
+
+/// Why an instance failed a request, as [`ForwardError::cause`] tells it (the `cause` label of
+/// `serverless_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureCause {
+    /// No connection could be opened.
+    Refused,
+    /// No response head within `limits.response_timeout`.
+    ResponseTimeout,
+    /// A gap in the response body longer than `limits.body_idle_timeout`.
+    BodyIdleTimeout,
+    /// The response broke HTTP/1.1 framing (a bad head, length or chunk; too many or too
+    /// large interim responses; an unasked `101`).
+    Framing,
+    /// The connection was reset or closed before the response was complete.
+    Reset,
+    /// Anything else.
+    Other,
+}
+
+impl FailureCause {
+    /// The label: `refused`, `response_timeout`, `body_idle_timeout`, `framing`, `reset`,
+    /// `other`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::ResponseTimeout => "response_timeout",
+            Self::BodyIdleTimeout => "body_idle_timeout",
+            Self::Framing => "framing",
+            Self::Reset => "reset",
+            Self::Other => "other",
+        }
     }
 }
 
@@ -228,6 +304,50 @@ mod tests {
                 res.headers()[ERROR_HEADER],
                 format!("instance i-1 of app web {what}").as_str()
             );
+        }
+    }
+
+    #[test]
+    fn the_cause_is_found_in_the_chain() {
+        let app = Arc::new(AppSpec::new(
+            "web",
+            ImageRef::Registry("example/web:1".into()),
+        ));
+        let id = InstanceId::new("i-1");
+        let io = |kind| -> BoxError { Box::new(std::io::Error::new(kind, "x")) };
+        let idle = crate::upstream::BodyIdleTimeout(std::time::Duration::from_secs(1));
+        let cases = [
+            (
+                ForwardError::unreachable(app.clone(), id.clone(), "refused".into()),
+                FailureCause::Refused,
+            ),
+            (
+                ForwardError::no_response(
+                    app.clone(),
+                    id.clone(),
+                    io(std::io::ErrorKind::InvalidData),
+                ),
+                FailureCause::Framing,
+            ),
+            (
+                ForwardError::no_response(
+                    app.clone(),
+                    id.clone(),
+                    io(std::io::ErrorKind::ConnectionReset),
+                ),
+                FailureCause::Reset,
+            ),
+            (
+                ForwardError::body(app.clone(), id.clone(), Box::new(idle)),
+                FailureCause::BodyIdleTimeout,
+            ),
+            (
+                ForwardError::body(app.clone(), id.clone(), "what".into()),
+                FailureCause::Other,
+            ),
+        ];
+        for (err, cause) in cases {
+            assert_eq!(err.cause(), cause, "{err}");
         }
     }
 

@@ -98,8 +98,8 @@ pub use body::{BoxError, ForwardBody, ReqBody, ResBody};
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub use engine::{App, DeployError, Engine};
-pub use error::{ForwardError, ERROR_HEADER};
-pub use forward::{ClientInfo, Forward, COLD_START_HEADER};
+pub use error::{FailureCause, ForwardError, ERROR_HEADER};
+pub use forward::{ClientInfo, Forward, ForwardObserver, COLD_START_HEADER};
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub use gateway::{Gateway, GatewayError};

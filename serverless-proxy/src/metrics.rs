@@ -37,6 +37,12 @@ struct AppState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppCause {
+    app: String,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppReason {
     app: String,
     reason: String,
@@ -82,6 +88,8 @@ pub struct Metrics {
     boot_failures: Family<AppLabel, Counter>,
     crashes: Family<AppLabel, Counter>,
     stops: Family<AppReason, Counter>,
+    upstream_errors: Family<AppCause, Counter>,
+    body_failures: Family<AppLabel, Counter>,
     parked: Counter,
 }
 
@@ -106,6 +114,8 @@ impl Metrics {
         let boot_failures = Family::<AppLabel, Counter>::default();
         let crashes = Family::<AppLabel, Counter>::default();
         let stops = Family::<AppReason, Counter>::default();
+        let upstream_errors = Family::<AppCause, Counter>::default();
+        let body_failures = Family::<AppLabel, Counter>::default();
         let parked = Counter::default();
         let mut registry = Registry::with_prefix("serverless");
         registry.register(
@@ -141,6 +151,17 @@ impl Metrics {
             stops.clone(),
         );
         registry.register(
+            "upstream_errors",
+            "Requests an instance failed (no answer, a bad answer, a body cut short), by cause",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "response_body_failures",
+            "Requests that failed after their response head (counted in requests by their \
+             status too): the body was cut short",
+            body_failures.clone(),
+        );
+        registry.register(
             "connections_parked",
             "Idle HTTP/1 client connections parked (their buffers given back)",
             parked.clone(),
@@ -156,6 +177,8 @@ impl Metrics {
             boot_failures,
             crashes,
             stops,
+            upstream_errors,
+            body_failures,
             parked,
         }
     }
@@ -266,5 +289,24 @@ impl PoolObserver for Metrics {
                 reason: reason.as_str().to_owned(),
             })
             .inc();
+    }
+}
+
+impl crate::ForwardObserver for Metrics {
+    fn upstream_failed(&self, error: &crate::ForwardError) {
+        // Failures only: the label allocation is not on the path of a request that succeeds.
+        self.upstream_errors
+            .get_or_create(&AppCause {
+                app: error.app().to_owned(),
+                cause: error.cause().as_str(),
+            })
+            .inc();
+        if error.is_body() {
+            self.body_failures
+                .get_or_create(&AppLabel {
+                    app: error.app().to_owned(),
+                })
+                .inc();
+        }
     }
 }

@@ -186,6 +186,14 @@ impl Harness {
         Self { gateway, upstream }
     }
 
+    /// The value of one sample in the gateway's `/metrics` (0 when it is not there yet).
+    fn metric(&self, sample: &str) -> u64 {
+        let text = self.gateway.engine().encode_metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Sends `method path` (a POST carries a 4-byte body: hyper's path) on a new client
     /// connection and reads everything until the gateway closes it or goes quiet.
     async fn raw(&self, method: &str, path: &str) -> Answer {
@@ -363,6 +371,8 @@ async fn no_head_within_the_response_timeout_is_a_504_and_is_not_sent_again() {
             "{method}: sent once"
         );
     }
+    let timeouts = r#"serverless_upstream_errors_total{app="web",cause="response_timeout"}"#;
+    assert_eq!(h.metric(timeouts), 2, "one per request");
     h.gateway.shutdown().await;
 }
 
@@ -389,6 +399,10 @@ async fn a_stalled_body_ends_the_response_cut_short() {
         assert_eq!(a.header("content-length"), ["10"], "{method}: {a:?}");
         assert_eq!(a.body, b"abc", "{method}");
     }
+    let stalls = r#"serverless_upstream_errors_total{app="web",cause="body_idle_timeout"}"#;
+    assert_eq!(h.metric(stalls), 2, "one per request");
+    let failed = r#"serverless_response_body_failures_total{app="web"}"#;
+    assert_eq!(h.metric(failed), 2, "a stalled body is a failed request");
     h.gateway.shutdown().await;
 }
 

@@ -48,6 +48,15 @@ pub const COLD_START_HEADER: &str = "x-serverless-cold-start";
 /// Attempts per request: the first, and sending it again (see [`forward`]).
 const MAX_ATTEMPTS: usize = 4;
 
+/// Told of each upstream failure [`Forward`] answers or ends a response body with, every one
+/// (the `warn` line is rate-limited, this is not): the gateway's `Metrics` count them by app
+/// and [`cause`](ForwardError::cause). Set with [`Forward::observer`].
+pub trait ForwardObserver: Send + Sync + 'static {
+    /// The instance failed the request: before the head (the client gets
+    /// [`status`](ForwardError::status)) or in the body ([`is_body`](ForwardError::is_body)).
+    fn upstream_failed(&self, error: &ForwardError);
+}
+
 /// The request reached [`Forward`] without a [`Lease`]: the service was used without
 /// `ConcurrencyLimit` in front of it.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +101,7 @@ struct BodyAlreadySent;
 pub struct Forward<B = ReqBody> {
     app: Arc<AppSpec>,
     upstreams: Upstreams<B>,
+    observer: Option<Arc<dyn ForwardObserver>>,
 }
 
 impl<B> Clone for Forward<B> {
@@ -99,6 +109,7 @@ impl<B> Clone for Forward<B> {
         Self {
             app: self.app.clone(),
             upstreams: self.upstreams.clone(),
+            observer: self.observer.clone(),
         }
     }
 }
@@ -116,7 +127,17 @@ impl<B: ForwardBody> Forward<B> {
     /// Forwards requests for `app` over `upstreams` (share one [`Upstreams`] between all the
     /// apps of a backend: it keeps connections per instance).
     pub fn new(app: Arc<AppSpec>, upstreams: Upstreams<B>) -> Self {
-        Self { app, upstreams }
+        Self {
+            app,
+            upstreams,
+            observer: None,
+        }
+    }
+
+    /// Tells `observer` of each upstream failure (e.g. to count them).
+    pub fn observer(mut self, observer: Arc<dyn ForwardObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The app.
@@ -143,7 +164,12 @@ impl<B: ForwardBody> tower::Service<Request<B>> for Forward<B> {
         // The request is rewritten here, synchronously; the future keeps only what sending it
         // (and sending it again) takes, so each request allocates and moves less.
         match prepare(&self.app, &self.upstreams, req) {
-            Ok(prepared) => Box::pin(forward(self.app.clone(), self.upstreams.clone(), prepared)),
+            Ok(prepared) => Box::pin(forward(
+                self.app.clone(),
+                self.upstreams.clone(),
+                self.observer.clone(),
+                prepared,
+            )),
             Err(err) => Box::pin(std::future::ready(Err(err))),
         }
     }
@@ -239,6 +265,7 @@ fn prepare<B: ForwardBody>(
 async fn forward<B: ForwardBody>(
     app: Arc<AppSpec>,
     upstreams: Upstreams<B>,
+    observer: Option<Arc<dyn ForwardObserver>>,
     prepared: Prepared<B>,
 ) -> Result<Response<ResBody>, BoxError> {
     let Prepared {
@@ -300,6 +327,9 @@ async fn forward<B: ForwardBody>(
             }
         };
         warn::upstream_failed(&error);
+        if let Some(observer) = &observer {
+            observer.upstream_failed(&error);
+        }
         return Err(Box::new(error));
     };
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -331,6 +361,9 @@ async fn forward<B: ForwardBody>(
         b.map_err(move |e| -> BoxError {
             let error = ForwardError::body(app.clone(), instance.clone(), e);
             warn::upstream_failed(&error);
+            if let Some(observer) = &observer {
+                observer.upstream_failed(&error);
+            }
             Box::new(error)
         })
         .boxed_unsync()
