@@ -280,3 +280,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     gateway.shutdown().await;
     Ok(())
 }
+
+/// The process backend keeps the backend contract: `serverless_core::conformance` passes.
+#[cfg(test)]
+mod tests {
+    use serverless_core::conformance::{self, Apps};
+    use serverless_core::ImageRef;
+
+    use super::*;
+
+    fn app(name: &str, script: &str) -> AppSpec {
+        let mut app = AppSpec::new(name, ImageRef::Registry("local/process:1".into()));
+        app.command = Some(["sh", "-c", script].map(String::from).to_vec());
+        app
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_process_backend_passes_the_conformance_suite() {
+        // A static HTTP server on $PORT: busybox's when the host has it, else Python's.
+        let serves = if std::path::Path::new("/usr/bin/busybox").exists()
+            || std::path::Path::new("/bin/busybox").exists()
+        {
+            "exec busybox httpd -f -p 127.0.0.1:$PORT -h /"
+        } else {
+            "exec python3 -m http.server --bind 127.0.0.1 $PORT"
+        };
+        let mut never_listens = app("never-listens", "exec sleep 1000");
+        never_listens.limits.startup_timeout = Duration::from_secs(1);
+        let apps = Apps {
+            serves: app("serves", serves),
+            boot_failure: Some(app("boot-failure", "echo boom >&2; exit 3")),
+            never_listens: Some(never_listens),
+        };
+        let backend = ProcessBackend::default();
+        conformance::run(&backend, &apps).await.unwrap();
+        assert!(lock(&backend.procs).is_empty(), "every process was removed");
+    }
+}
