@@ -126,6 +126,7 @@ mod logs;
 mod netns;
 mod network;
 mod ports;
+mod seccomp;
 mod sock_diag;
 mod spec;
 

@@ -11,29 +11,48 @@ use oci_spec::runtime::{
     LinuxResources, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
     PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
-use serverless_core::{AppSpec, BackendError, ErrorKind, Slot};
+use serverless_core::{AppSpec, BackendError, ErrorKind, Seccomp, Slot};
 
 use crate::image::ImageUser;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// containerd's (and Docker's) default capability set.
-const DEFAULT_CAPS: [Capability; 14] = [
+/// containerd's (and Docker's) default capability set without what no web app needs:
+/// `NET_RAW` (raw sockets, ping), `MKNOD` (device nodes), `AUDIT_WRITE` and `SETFCAP` (file
+/// capabilities). An app adds any back with `security.capabilities.add`.
+const DEFAULT_CAPS: [Capability; 10] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
-    Capability::Setfcap,
     Capability::Setpcap,
     Capability::NetBindService,
     Capability::SysChroot,
     Capability::Kill,
-    Capability::AuditWrite,
 ];
+
+/// The default set plus the app's `security.capabilities.add`.
+fn capabilities(app: &AppSpec) -> Result<HashSet<Capability>, BackendError> {
+    let mut caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
+    for name in &app.security.capabilities_add {
+        let cap: Capability = serde_json::from_value(serde_json::Value::String(format!(
+            "CAP_{name}"
+        )))
+        .map_err(|e| {
+            BackendError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "security.capabilities.add: {name:?} is not a capability this runtime knows"
+                ),
+            )
+            .with_source(e)
+        })?;
+        caps.insert(cap);
+    }
+    Ok(caps)
+}
 
 /// The command line: the app's `command` if set, else the image's ENTRYPOINT + CMD.
 pub(crate) fn args(
@@ -162,7 +181,12 @@ pub(crate) fn resources(app: &AppSpec, cpu_millicpu: u32) -> Result<LinuxResourc
 
 /// Builds the instance's runtime spec.
 pub(crate) fn build(app: &AppSpec, input: &SpecInput<'_>) -> Result<Spec, BackendError> {
-    let caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
+    let caps = capabilities(app)?;
+    let seccomp = match &app.security.seccomp {
+        Seccomp::Default => Some(crate::seccomp::default_profile(&caps)?),
+        Seccomp::Unconfined => None,
+        Seccomp::Profile(path) => Some(crate::seccomp::load_profile(path)?),
+    };
     let cwd = input
         .image
         .and_then(|c| c.working_dir().clone())
@@ -214,7 +238,11 @@ pub(crate) fn build(app: &AppSpec, input: &SpecInput<'_>) -> Result<Spec, Backen
     .collect::<Result<Vec<_>, _>>()
     .map_err(spec_error)?;
 
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(seccomp) = seccomp {
+        linux = linux.seccomp(seccomp);
+    }
+    let linux = linux
         .resources(resources)
         .cgroups_path(PathBuf::from(input.cgroup_path))
         .namespaces(namespaces)
@@ -339,8 +367,18 @@ mod tests {
         let caps = json["process"]["capabilities"]["bounding"]
             .as_array()
             .unwrap();
-        assert_eq!(caps.len(), 14);
-        assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        assert_eq!(caps.len(), 10);
+        for dropped in [
+            "CAP_SYS_ADMIN",
+            "CAP_NET_RAW",
+            "CAP_MKNOD",
+            "CAP_AUDIT_WRITE",
+            "CAP_SETFCAP",
+        ] {
+            assert!(!caps.iter().any(|c| c == dropped), "{dropped}");
+        }
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(json["linux"]["seccomp"]["defaultErrnoRet"], 1);
         let ns: Vec<&str> = json["linux"]["namespaces"]
             .as_array()
             .unwrap()
@@ -353,6 +391,33 @@ mod tests {
             .unwrap()
             .iter()
             .any(|p| p == "/proc/kcore"));
+    }
+
+    #[test]
+    fn security_unconfined_and_added_capabilities() {
+        let mut app = app();
+        app.command = Some(vec!["/bin/true".into()]);
+        app.security.seccomp = Seccomp::Unconfined;
+        app.security.capabilities_add = vec!["NET_RAW".into(), "SYS_ADMIN".into()];
+        let input = SpecInput {
+            id: "hello-1",
+            cgroup_path: "/serverless/hello-1",
+            image: None,
+            user: &ImageUser {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+            },
+            cpu_millicpu: 500,
+        };
+        let json = serde_json::to_value(build(&app, &input).unwrap()).unwrap();
+        assert!(json["linux"].get("seccomp").is_none());
+        let caps = json["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap();
+        assert!(caps.iter().any(|c| c == "CAP_NET_RAW"));
+        assert!(caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        assert_eq!(caps.len(), 12);
     }
 
     #[test]
