@@ -14,6 +14,7 @@
 
 mod body;
 mod idle;
+mod interim;
 mod timeout;
 
 #[cfg(test)]
@@ -35,6 +36,7 @@ use crate::h1;
 use body::Checkin;
 pub(crate) use body::UpstreamBody;
 use idle::Shared;
+use interim::Interim;
 pub(crate) use timeout::Timeouts;
 pub use timeout::{BodyIdleTimeout, ResponseTimeout};
 
@@ -265,9 +267,18 @@ impl<B: ForwardBody> Upstreams<B> {
                 },
             };
             let asked_upgrade = req.headers().contains_key(http::header::UPGRADE);
-            let sent = tokio::time::timeout(timeouts.response, sender.try_send_request(req));
-            let Ok(sent) = sent.await else {
+            let interim = Interim::watch(&mut req);
+            let sent = interim.bound(sender.try_send_request(req));
+            let Ok(sent) = tokio::time::timeout(timeouts.response, sent).await else {
                 return Err(timed_out(timeouts));
+            };
+            // Past the interim bound: the request is dropped, and its connection with it.
+            let Some(sent) = sent else {
+                return Err(Failed {
+                    error: SendError::Io(h1::invalid_response(interim::TOO_MANY)),
+                    request: None,
+                    sent: true,
+                });
             };
             match sent {
                 Ok(mut res) => {
