@@ -18,9 +18,11 @@ use crate::image::ImageUser;
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// containerd's (and Docker's) default capability set without what no web app needs:
-/// `NET_RAW` (raw sockets, ping), `MKNOD` (device nodes), `AUDIT_WRITE` and `SETFCAP` (file
-/// capabilities). An app adds any back with `security.capabilities.add`.
-const DEFAULT_CAPS: [Capability; 10] = [
+/// `NET_RAW` (raw sockets, ping), `MKNOD` (device nodes) and `SETFCAP` (file capabilities).
+/// An app adds any back with `security.capabilities.add`. `AUDIT_WRITE` stays: without it
+/// runc 1.1.5 fails the start on this project's hosts ("unable to apply caps: operation not
+/// permitted"); see docs/src/operations.md, "Security model".
+const DEFAULT_CAPS: [Capability; 11] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
@@ -31,6 +33,7 @@ const DEFAULT_CAPS: [Capability; 10] = [
     Capability::NetBindService,
     Capability::SysChroot,
     Capability::Kill,
+    Capability::AuditWrite,
 ];
 
 /// The default set plus the app's `security.capabilities.add`.
@@ -367,14 +370,8 @@ mod tests {
         let caps = json["process"]["capabilities"]["bounding"]
             .as_array()
             .unwrap();
-        assert_eq!(caps.len(), 10);
-        for dropped in [
-            "CAP_SYS_ADMIN",
-            "CAP_NET_RAW",
-            "CAP_MKNOD",
-            "CAP_AUDIT_WRITE",
-            "CAP_SETFCAP",
-        ] {
+        assert_eq!(caps.len(), 11);
+        for dropped in ["CAP_SYS_ADMIN", "CAP_NET_RAW", "CAP_MKNOD", "CAP_SETFCAP"] {
             assert!(!caps.iter().any(|c| c == dropped), "{dropped}");
         }
         assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
@@ -417,7 +414,7 @@ mod tests {
             .unwrap();
         assert!(caps.iter().any(|c| c == "CAP_NET_RAW"));
         assert!(caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
-        assert_eq!(caps.len(), 12);
+        assert_eq!(caps.len(), 13);
     }
 
     #[test]
