@@ -257,7 +257,7 @@ async fn the_forward_future_stays_small() {
     req.extensions_mut()
         .insert(app.pool.acquire().await.unwrap());
     let prepared = prepare(&app.spec, &upstreams, req).unwrap();
-    let future = forward(app.spec.clone(), upstreams, prepared);
+    let future = forward(app.spec.clone(), upstreams, None, prepared);
     let size = std::mem::size_of_val(&future);
     assert!(size <= 2304, "forward future: {size} bytes");
     drop(future);
