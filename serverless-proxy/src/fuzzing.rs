@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use http::Method;
 
 use crate::h1::decode::{BodyDecoder, Decoded};
-use crate::h1::head::{parse_response, HeadScratch, MAX_HEAD};
+use crate::h1::head::{parse_response, HeadScratch, MAX_HEAD, MAX_INTERIM};
 
 /// What the lean HTTP/1.1 client made of a response: the status, the headers and the body
 /// (data and trailers), or the kind of error.
@@ -20,7 +20,8 @@ struct Outcome {
 /// instance sent it: the first byte chooses the request's method (`HEAD` or `GET`) and the
 /// size of the pieces the rest arrives in. Panics when the client misbehaves: a panic in the
 /// parser or decoder, more body bytes than were sent, a `Content-Length` body of another
-/// length, or an outcome that depends on how the bytes were split.
+/// length, a `Content-Length` passed on next to a transfer coding or twice, more than 16
+/// interim (1xx) heads skipped, or an outcome that depends on how the bytes were split.
 pub fn h1_response(data: &[u8]) {
     let Some((&control, bytes)) = data.split_first() else {
         return;
@@ -37,6 +38,33 @@ pub fn h1_response(data: &[u8]) {
         in_pieces, at_once,
         "the outcome depends on how the response was split ({step}-byte pieces)"
     );
+    if interim_heads(bytes) > MAX_INTERIM {
+        assert_eq!(
+            at_once,
+            Err(std::io::ErrorKind::InvalidData),
+            "more than {MAX_INTERIM} interim heads skipped"
+        );
+    }
+}
+
+/// How many interim (1xx, not 101) heads `bytes` start with, as httparse reads them (up to one
+/// more than the client allows).
+fn interim_heads(mut bytes: &[u8]) -> usize {
+    let mut count = 0;
+    while count <= MAX_INTERIM {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut res = httparse::Response::new(&mut headers);
+        match res.parse(bytes) {
+            Ok(httparse::Status::Complete(len))
+                if matches!(res.code, Some(100..=199)) && res.code != Some(101) =>
+            {
+                count += 1;
+                bytes = &bytes[len..];
+            }
+            _ => break,
+        }
+    }
+    count
 }
 
 /// The outcome of reading `bytes` arriving in `step`-byte pieces, then the connection closed;
@@ -60,11 +88,14 @@ fn read(bytes: &[u8], step: usize, method: &Method) -> Result<Outcome, std::io::
             None => return Err(std::io::ErrorKind::UnexpectedEof),
         }
     };
-    let length = head
-        .response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .cloned();
+    let headers = head.response.headers();
+    let lengths = headers.get_all(http::header::CONTENT_LENGTH).iter().count();
+    assert!(lengths <= 1, "Content-Length passed on {lengths} times");
+    assert!(
+        lengths == 0 || !headers.contains_key(http::header::TRANSFER_ENCODING),
+        "Content-Length passed on next to a transfer coding"
+    );
+    let length = headers.get(http::header::CONTENT_LENGTH).cloned();
     let mut decoder = BodyDecoder::new(head.framing, head.keep_alive);
     let mut outcome = Outcome {
         status: head.response.status().as_u16(),
@@ -142,6 +173,8 @@ mod tests {
             b"HTTP/1.1 204 No Content\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\ncut",
             b"garbage",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
         ] {
             for control in [0u8, 1, 2, 7, 255] {
                 let mut data = vec![control];
@@ -157,5 +190,11 @@ mod tests {
             read(&data[1..], 3, &Method::GET).map(|o| o.body),
             Ok(b"hello".to_vec())
         );
+        let flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM + 1);
+        assert_eq!(interim_heads(&flood), MAX_INTERIM + 1);
+        let mut data = vec![0u8];
+        data.extend_from_slice(&flood);
+        data.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        h1_response(&data);
     }
 }
