@@ -34,9 +34,9 @@ impl Interim {
     }
 
     fn count(&self, headers: &http::HeaderMap) {
-        // The head's size as sent, near enough: `HTTP/1.1 100 Continue\r\n`, then
-        // `name: value\r\n` per header, then `\r\n`.
-        let size = 2 + 24
+        // The head's size as sent, near enough: `HTTP/1.1 100 Continue\r\n` and the blank
+        // line, then `name: value\r\n` per header.
+        let size = 26
             + headers
                 .iter()
                 .map(|(n, v)| n.as_str().len() + v.len() + 4)
