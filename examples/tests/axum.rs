@@ -26,7 +26,7 @@ fn get(path: &str) -> Request<Body> {
         .uri(path)
         .header("host", "hello.localhost")
         .body(Body::empty())
-        .unwrap()
+        .expect("a request")
 }
 
 #[tokio::test]
