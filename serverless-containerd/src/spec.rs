@@ -36,6 +36,48 @@ const DEFAULT_CAPS: [Capability; 11] = [
     Capability::AuditWrite,
 ];
 
+/// The init run as PID 1 in front of the app (Debian's `tini`, static build).
+pub(crate) const INIT_HOST_PATH: &str = "/usr/bin/tini-static";
+/// Where the init is bind-mounted read-only: on the instance's own `/dev` tmpfs, so nothing is
+/// written into the image's root filesystem.
+const INIT_PATH: &str = "/dev/init";
+
+/// The process's command line: the app's, behind the init unless `security.init = false`.
+/// `-g` sends signals to the app's whole process group (a shell wrapper's children too).
+fn process_args(
+    app: &AppSpec,
+    image: Option<&oci_spec::image::Config>,
+) -> Result<Vec<String>, BackendError> {
+    let app_args = args(app, image)?;
+    if !app.security.init {
+        return Ok(app_args);
+    }
+    let mut out = vec![INIT_PATH.to_owned(), "-g".to_owned(), "--".to_owned()];
+    out.extend(app_args);
+    Ok(out)
+}
+
+/// The read-only bind mount of the init, or an error naming what is missing.
+fn init_mount() -> Result<Mount, BackendError> {
+    if !std::path::Path::new(INIT_HOST_PATH).is_file() {
+        return Err(BackendError::new(
+            ErrorKind::Unsupported,
+            format!("security.init: {INIT_HOST_PATH} is missing (install Debian's tini package, or set security.init = false)"),
+        ));
+    }
+    MountBuilder::default()
+        .destination(INIT_PATH)
+        .typ("bind")
+        .source(INIT_HOST_PATH)
+        .options(
+            ["rbind", "ro", "nosuid", "nodev"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .build()
+        .map_err(spec_error)
+}
+
 /// The default set plus the app's `security.capabilities.add`.
 fn capabilities(app: &AppSpec) -> Result<HashSet<Capability>, BackendError> {
     let mut caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
@@ -205,7 +247,7 @@ pub(crate) fn build(app: &AppSpec, input: &SpecInput<'_>) -> Result<Spec, Backen
                 .build()
                 .map_err(spec_error)?,
         )
-        .args(args(app, input.image)?)
+        .args(process_args(app, input.image)?)
         .env(env(app, input.image))
         .cwd(PathBuf::from(cwd))
         .capabilities(
@@ -254,7 +296,7 @@ pub(crate) fn build(app: &AppSpec, input: &SpecInput<'_>) -> Result<Spec, Backen
         .build()
         .map_err(spec_error)?;
 
-    let mounts = vec![
+    let mut mounts = vec![
         mount("/proc", "proc", &[])?,
         tmpfs(
             "/dev",
@@ -286,6 +328,10 @@ pub(crate) fn build(app: &AppSpec, input: &SpecInput<'_>) -> Result<Spec, Backen
             &["nosuid", "strictatime", "mode=755", "size=65536k"],
         )?,
     ];
+
+    if app.security.init {
+        mounts.push(init_mount()?);
+    }
 
     let hostname: String = input.id.chars().take(63).collect();
     SpecBuilder::default()
@@ -356,8 +402,13 @@ mod tests {
         assert_eq!(json["linux"]["cgroupsPath"], "/serverless/hello-1");
         assert_eq!(
             json["process"]["args"],
-            serde_json::json!(["/bin/busybox", "httpd", "-f"])
+            serde_json::json!(["/dev/init", "-g", "--", "/bin/busybox", "httpd", "-f"])
         );
+        assert!(json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/dev/init" && m["source"] == INIT_HOST_PATH));
         assert_eq!(
             json["process"]["env"],
             serde_json::json!(["PATH=/bin", "PORT=8080"])
@@ -395,6 +446,7 @@ mod tests {
         let mut app = app();
         app.command = Some(vec!["/bin/true".into()]);
         app.security.seccomp = Seccomp::Unconfined;
+        app.security.init = false;
         app.security.capabilities_add = vec!["NET_RAW".into(), "SYS_ADMIN".into()];
         let input = SpecInput {
             id: "hello-1",
@@ -409,6 +461,7 @@ mod tests {
         };
         let json = serde_json::to_value(build(&app, &input).unwrap()).unwrap();
         assert!(json["linux"].get("seccomp").is_none());
+        assert_eq!(json["process"]["args"], serde_json::json!(["/bin/true"]));
         let caps = json["process"]["capabilities"]["effective"]
             .as_array()
             .unwrap();

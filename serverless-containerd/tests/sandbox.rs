@@ -111,3 +111,31 @@ async fn defaults_deny_what_relaxing_allows() {
     assert!(h.leftovers().is_empty(), "{:?}", h.leftovers());
     h.shutdown().await;
 }
+
+/// With the init as PID 1, SIGTERM reaches busybox httpd (which ignores it as PID 1), so a stop
+/// takes milliseconds; without it, the stop waits for the grace period's SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_lets_sigterm_stop_the_app() {
+    if !can_run("init_lets_sigterm_stop_the_app") {
+        return;
+    }
+    let h = BackendHarness::start().await;
+    let grace = Duration::from_secs(2);
+    let mut took = Vec::new();
+    for init in [true, false] {
+        let mut app = h.app(if init { "withinit" } else { "noinit" });
+        app.security.init = init;
+        let id = h.id(&app.name);
+        h.backend.start(&app, &id).await.expect("start");
+        let response = http_get(h.backend.connect(&id).await.expect("connect")).await;
+        assert!(response.contains("hello"), "{response}");
+        let t = tokio::time::Instant::now();
+        h.backend.stop(&id, grace).await.expect("stop");
+        took.push(t.elapsed());
+    }
+    assert!(took[0] < Duration::from_secs(1), "with init: {:?}", took[0]);
+    assert!(took[1] >= grace, "without init: {:?}", took[1]);
+    eprintln!("stop with init {:?}, without {:?}", took[0], took[1]);
+    assert!(h.leftovers().is_empty(), "{:?}", h.leftovers());
+    h.shutdown().await;
+}
