@@ -297,7 +297,7 @@ impl AppSpec {
         )?;
         check_int("scale.max", self.scale.max, SCALE_MAX)?;
         check_int("scale.min", self.scale.min, (0, i64::from(self.scale.max)))?;
+        self.security.check("security.")?;
         Ok(())
     }
 }
-        self.security.check("security.")?;

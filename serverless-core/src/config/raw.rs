@@ -517,12 +517,12 @@ impl RawApp {
             Scale::default().max,
             SCALE_MAX.0,
             SCALE_MAX.1,
-        spec.security = self.security.unwrap_or_default().validate(prefix)?;
         )?;
         let min = int_in(&f("scale.min"), rs.min, 0, 0, i64::from(max))?;
         let standby = rs.standby.unwrap_or(Scale::default().standby);
         spec.scale = Scale { min, max, standby };
         spec.network = super::network::parse_mode(&f("network"), self.network)?;
+        spec.security = self.security.unwrap_or_default().validate(prefix)?;
         Ok(spec)
     }
 }
