@@ -72,7 +72,15 @@ impl ContainerdBackend {
         {
             Ok(_) => Ok(true),
             Err(s) if is_not_found(&s) => Ok(false),
-            Err(s) => Err(failed(format_args!("kill of {id}"), s)),
+            // A task whose `start` was dropped mid-create may have lost its shim ("ttrpc:
+            // closed"): nothing of it runs, so there is nothing to signal; deleting follows.
+            Err(s) => match self.task_status(id).await {
+                Some((
+                    ProcessStatus::Running | ProcessStatus::Paused | ProcessStatus::Pausing,
+                    _,
+                )) => Err(failed(format_args!("kill of {id}"), s)),
+                _ => Ok(false),
+            },
         }
     }
 
