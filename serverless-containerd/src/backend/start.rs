@@ -82,7 +82,11 @@ impl ContainerdBackend {
                 .await
                 .map_err(|e| e.into_backend(format_args!("wiring the network of {id}")))?;
             network::apply(&mut spec, &attached)?;
-            let phase = if attached.pooled { "network_pooled" } else { "network_wired" };
+            let phase = if attached.pooled {
+                "network_pooled"
+            } else {
+                "network_wired"
+            };
             phases.push((phase, t.elapsed()));
         }
         // A standby is made off the request's path: it spawns its own shim.
