@@ -524,3 +524,52 @@ async fn a_pooled_namespace_keeps_cni_off_the_start_and_shutdown_releases_the_po
     assert!(!links.iter().any(|l| l.starts_with("veth")), "{links:?}");
     assert!(!rules.iter().any(|r| r.contains("SLS-IN")), "{rules:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_releases_a_previous_runs_namespaces() {
+    if !can_run_with("reconcile_releases_a_previous_runs_namespaces", PROGRAMS) {
+        return;
+    }
+    let lab = Lab::new(15);
+    let h = lab.backend(1).await;
+    let data = h.dir.path().join("data");
+    let wired = || {
+        std::fs::read_dir(data.join("network/wired"))
+            .unwrap()
+            .count()
+    };
+    // A previous run on the same data dir and namespace, gone (as after a SIGKILL of the
+    // gateway) once it started an instance and filled its pool.
+    let previous = serverless_containerd::ContainerdBackend::builder(&data)
+        .socket(h.backend.socket())
+        .namespace(h.backend.namespace())
+        .spare_shim(false)
+        .network(lab.network())
+        .network_host_netns(lab.engine_netns())
+        .network_pool(1)
+        .build()
+        .await
+        .expect("the previous run's backend");
+    let mut app = h.app("crashed");
+    app.network = NetworkMode::Bridge;
+    let id = h.id("crashed");
+    previous.start(&app, &id).await.expect("start");
+    serverless_testkit::eventually("the pool is full", || wired() == 2).await;
+    drop(previous);
+
+    assert_eq!(h.backend.reconcile().await.expect("reconcile"), 1);
+    assert_eq!(
+        wired(),
+        0,
+        "the instance's and the pool's namespaces are released"
+    );
+    let leases: Vec<_> = std::fs::read_dir(data.join("network/ipam/serverless"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("10."))
+        .collect();
+    assert!(leases.is_empty(), "{leases:?}");
+    let (links, _) = lab.state();
+    assert!(!links.iter().any(|l| l.starts_with("veth")), "{links:?}");
+    h.shutdown().await;
+}
