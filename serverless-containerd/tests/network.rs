@@ -117,7 +117,8 @@ impl Lab {
             "-qw",
             "net.ipv4.ip_forward=1",
         ]);
-        std::fs::write(lab._www.path().join("index.html"), "hello from outside\n").unwrap();
+        std::fs::write(lab._www.path().join("index.html"), "hello from outside\n")
+            .expect("a network test step");
         let www = lab._www.path().display().to_string();
         let httpd = format!("{}:80", lab.outside_ip());
         lab.spawn(&o, &[BUSYBOX, "httpd", "-f", "-p", &httpd, "-h", &www]);
@@ -140,6 +141,8 @@ impl Lab {
         // A service on the engine's host side, standing for the gateway, admin and anything
         // bound on the host: instances must not reach it.
         lab.spawn(&e, &[BUSYBOX, "httpd", "-f", "-p", "7777", "-h", &www]);
+        // The lab is built before any async work: give the servers a moment to bind.
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(300));
         lab
     }
@@ -170,13 +173,17 @@ impl Lab {
     }
 
     fn network(&self) -> NetworkConfig {
-        let mut c = NetworkConfig::default();
-        c.subnet = serverless_core::config::Ipv4Subnet {
-            addr: [10, 252, self.n, 0].into(),
-            prefix: 24,
-        };
-        c.nameservers = Some(vec![self.outside_ip().parse().unwrap()]);
-        c
+        NetworkConfig {
+            subnet: serverless_core::config::Ipv4Subnet {
+                addr: [10, 252, self.n, 0].into(),
+                prefix: 24,
+            },
+            nameservers: Some(vec![self
+                .outside_ip()
+                .parse()
+                .expect("the outside server's address")]),
+            ..NetworkConfig::default()
+        }
     }
 
     /// A backend whose bridge lives in this lab's engine namespace, keeping `pool`
@@ -278,9 +285,11 @@ async fn get(h: &BackendHarness, id: &serverless_core::InstanceId, path: &str) -
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
-        .unwrap();
+        .expect("a network test step");
     let mut out = String::new();
-    conn.read_to_string(&mut out).await.unwrap();
+    conn.read_to_string(&mut out)
+        .await
+        .expect("a network test step");
     out
 }
 
@@ -336,19 +345,19 @@ async fn bridge_reaches_the_outside_by_ip_and_name_and_none_does_not() {
 fn instance_ip(h: &BackendHarness, id: &serverless_core::InstanceId) -> String {
     let wired = h.dir.path().join("data/network/wired");
     let dir = std::fs::read_dir(&wired)
-        .unwrap()
+        .expect("a network test step")
         .filter_map(|e| Some(e.ok()?.path()))
         .find(|d| std::fs::read_to_string(d.join("instance")).is_ok_and(|o| o == id.as_str()))
         .unwrap_or_else(|| panic!("no namespace of {id} under {}", wired.display()));
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("result.json")).expect("result.json"))
-            .unwrap();
+            .expect("a network test step");
     v["ips"][0]["address"]
         .as_str()
-        .unwrap()
+        .expect("a network test step")
         .split('/')
         .next()
-        .unwrap()
+        .expect("a network test step")
         .to_owned()
 }
 
@@ -389,7 +398,7 @@ async fn an_instance_reaches_neither_another_instance_nor_the_host() {
         ])
         .stdin(Stdio::null())
         .output()
-        .unwrap();
+        .expect("a network test step");
     assert!(
         out.status.success(),
         "the host service answers from outside"
@@ -458,7 +467,12 @@ async fn cycles_leave_leases_links_and_rules_at_baseline() {
     }
     assert_eq!(lab.state(), baseline);
     assert!(leases().is_empty(), "{:?}", leases());
-    assert_eq!(std::fs::read_dir(data.join("wired")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(data.join("wired"))
+            .expect("a network test step")
+            .count(),
+        0
+    );
 
     h.shutdown().await;
 }
@@ -498,7 +512,11 @@ async fn a_pooled_namespace_keeps_cni_off_the_start_and_shutdown_releases_the_po
     bridge.network = NetworkMode::Bridge;
     let none = h.app("sealed");
     let data = h.dir.path().join("data/network");
-    let wired = || std::fs::read_dir(data.join("wired")).unwrap().count();
+    let wired = || {
+        std::fs::read_dir(data.join("wired"))
+            .expect("a network test step")
+            .count()
+    };
     // The first bridge start wires its own namespace and starts the pool's fill.
     let (_, phases) = start_phases(&h, &bridge).await;
     assert!(
@@ -518,7 +536,7 @@ async fn a_pooled_namespace_keeps_cni_off_the_start_and_shutdown_releases_the_po
     let data = data.display().to_string();
     h.shutdown().await;
     // The data dir is gone with the harness: what shutdown must have released is the kernel's.
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("a network test step");
     assert!(!mounts.contains(&data), "a namespace file is still mounted");
     let (links, rules) = lab.state();
     assert!(!links.iter().any(|l| l.starts_with("veth")), "{links:?}");
@@ -535,7 +553,7 @@ async fn reconcile_releases_a_previous_runs_namespaces() {
     let data = h.dir.path().join("data");
     let wired = || {
         std::fs::read_dir(data.join("network/wired"))
-            .unwrap()
+            .expect("a network test step")
             .count()
     };
     // A previous run on the same data dir and namespace, gone (as after a SIGKILL of the
@@ -564,7 +582,7 @@ async fn reconcile_releases_a_previous_runs_namespaces() {
         "the instance's and the pool's namespaces are released"
     );
     let leases: Vec<_> = std::fs::read_dir(data.join("network/ipam/serverless"))
-        .unwrap()
+        .expect("a network test step")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.starts_with("10."))
         .collect();
