@@ -53,7 +53,8 @@ pub(crate) fn duration_range_text(lo: Duration, hi: Duration) -> String {
     )
 }
 
-pub(crate) const NAME_FORM: &str = "a DNS label: lowercase letters, digits and '-', 1..=63 characters";
+pub(crate) const NAME_FORM: &str =
+    "a DNS label: lowercase letters, digits and '-', 1..=63 characters";
 
 /// A typed integer field against its range (for specs built in code).
 pub(crate) fn check_int(
@@ -165,8 +166,6 @@ pub(crate) fn is_registry_host(s: &str) -> bool {
     port_ok && host_ok
 }
 
-
 pub(crate) fn is_host_name(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
-

@@ -103,7 +103,10 @@ fn id(tag: &str) -> InstanceId {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    InstanceId::new(format!("conformance-{tag}-{:x}", nanos ^ std::process::id()))
+    InstanceId::new(format!(
+        "conformance-{tag}-{:x}",
+        nanos ^ std::process::id()
+    ))
 }
 
 /// Runs every check against `backend`; the first broken rule is returned.
@@ -198,7 +201,10 @@ async fn eventually_not_running<B: ContainerBackend + ?Sized>(
             _ => return Ok(()),
         }
     }
-    Err(broken(rule, format!("{id} is still listed running 10 s later")))
+    Err(broken(
+        rule,
+        format!("{id} is still listed running 10 s later"),
+    ))
 }
 
 fn is_gone(e: &BackendError) -> bool {
@@ -211,9 +217,13 @@ async fn lifecycle<B: ContainerBackend + ?Sized>(
 ) -> Result<(), Violation> {
     let id = id("life");
     const START: &str = "start returns once the app listens";
-    let started = bounded(START, app.limits.startup_timeout + CALL, backend.start(app, &id))
-        .await?
-        .map_err(|e| broken(START, e))?;
+    let started = bounded(
+        START,
+        app.limits.startup_timeout + CALL,
+        backend.start(app, &id),
+    )
+    .await?
+    .map_err(|e| broken(START, e))?;
     if started.port == 0 {
         return Err(broken(START, "Started.port is 0"));
     }
@@ -236,14 +246,11 @@ async fn lifecycle<B: ContainerBackend + ?Sized>(
 
     const WAIT: &str = "wait resolves with the exit when stop ends the instance";
     let grace = Duration::from_secs(2);
-    let (exit, stopped) = tokio::join!(
-        bounded(WAIT, grace + CALL, backend.wait(&id)),
-        async {
-            // Let `wait` subscribe first, as the pool does.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            bounded("stop succeeds", grace + CALL, backend.stop(&id, grace)).await
-        }
-    );
+    let (exit, stopped) = tokio::join!(bounded(WAIT, grace + CALL, backend.wait(&id)), async {
+        // Let `wait` subscribe first, as the pool does.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bounded("stop succeeds", grace + CALL, backend.stop(&id, grace)).await
+    });
     stopped?.map_err(|e| broken("stop succeeds", e))?;
     match exit? {
         Ok(Exit { .. }) => {}
@@ -266,7 +273,12 @@ async fn lifecycle<B: ContainerBackend + ?Sized>(
         Err(e) if e.is_not_found() || e.is_unsupported() => {}
         Err(e) => return Err(broken(WAIT_AGAIN, e)),
     }
-    eventually_not_running(backend, &id, "list no longer shows a stopped instance running").await
+    eventually_not_running(
+        backend,
+        &id,
+        "list no longer shows a stopped instance running",
+    )
+    .await
 }
 
 async fn unknown_ids<B: ContainerBackend + ?Sized>(backend: &B) -> Result<(), Violation> {
@@ -335,9 +347,15 @@ async fn boot_failure<B: ContainerBackend + ?Sized>(
     backend: &B,
     app: &AppSpec,
 ) -> Result<(), Violation> {
-    const RULE: &str = "an app that exits before listening fails start with BootFailed and its exit";
+    const RULE: &str =
+        "an app that exits before listening fails start with BootFailed and its exit";
     let id = id("boot-failure");
-    let result = bounded(RULE, app.limits.startup_timeout + CALL, backend.start(app, &id)).await?;
+    let result = bounded(
+        RULE,
+        app.limits.startup_timeout + CALL,
+        backend.start(app, &id),
+    )
+    .await?;
     match result {
         Err(e) if e.kind() == ErrorKind::BootFailed && e.exit().is_some() => {}
         Err(e) => return Err(broken(RULE, format!("{:?}: {e}", e.kind()))),

@@ -260,7 +260,11 @@ impl AppSpec {
         use bounds::*;
         check_name("name", &self.name)?;
         if self.hosts.is_empty() {
-            return Err(crate::ConfigError::invalid("hosts", "[]", "at least one host name"));
+            return Err(crate::ConfigError::invalid(
+                "hosts",
+                "[]",
+                "at least one host name",
+            ));
         }
         for (j, host) in self.hosts.iter().enumerate() {
             check_host(&format!("hosts[{j}]"), host)?;

@@ -67,9 +67,9 @@ pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use error::{BoxError, GlobalOverloaded, Overload, PoolError};
 pub use global::{GlobalLimit, GlobalLimitLayer};
 pub use guard_future::GuardFuture;
-pub use refusal::{Refusal, ERROR_HEADER};
 pub use idle::{IdleHandle, IdleTracking, IdleTrackingLayer};
 pub use pool::{
     InstanceBudget, InstanceSnapshot, InstanceState, Lease, Pool, PoolBuilder, PoolObserver,
     PoolSnapshot, StopReason,
 };
+pub use refusal::{Refusal, ERROR_HEADER};

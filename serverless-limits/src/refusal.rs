@@ -96,7 +96,10 @@ impl Refusal {
             headers.insert(ERROR_HEADER, v);
         }
         if let Some(after) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
         }
         res
     }
@@ -148,18 +151,16 @@ mod tests {
                 504,
                 None,
             ),
-            (
-                Box::new(PoolError::Closed { app: "a".into() }),
-                503,
-                None,
-            ),
+            (Box::new(PoolError::Closed { app: "a".into() }), 503, None),
             (Box::new(GlobalOverloaded { max: 2 }), 503, Some("1")),
         ];
         for (err, status, retry) in cases {
             let res: Response<String> = Refusal::of(err.as_ref()).unwrap().into_response();
             assert_eq!(res.status(), status, "{err}");
             assert_eq!(
-                res.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+                res.headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap()),
                 retry,
                 "{err}"
             );
@@ -180,9 +181,17 @@ mod tests {
         });
         let refusal = Refusal::of(&err).unwrap();
         assert_eq!(refusal.status, 503);
-        assert!(!refusal.reason.contains('\n'), "one line: {}", refusal.reason);
+        assert!(
+            !refusal.reason.contains('\n'),
+            "one line: {}",
+            refusal.reason
+        );
         let res: Response<String> = refusal.into_response();
-        assert!(res.body().ends_with("last log lines:\nboom\n"), "{}", res.body());
+        assert!(
+            res.body().ends_with("last log lines:\nboom\n"),
+            "{}",
+            res.body()
+        );
         assert!(Refusal::of(&std::io::Error::other("x")).is_none());
     }
 }

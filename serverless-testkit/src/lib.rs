@@ -42,7 +42,6 @@ mod procs;
 mod require;
 mod util;
 
-
 pub use backend::BackendHarness;
 pub use client::{
     client, connect, free_port, get, http_get, send, wait_http, Answer, HttpClient, Sender,

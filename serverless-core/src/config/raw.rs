@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::check::*;
 use super::{
     Config, ContainerdConfig, GlobalLimits, RegistryCredentials, SecretSource, ServerConfig,
     TlsConfig,
 };
+use crate::check::*;
 use crate::spec::{AppSpec, ImageRef, Limits, Scale};
 use crate::{ConfigError, Slot};
 
@@ -140,7 +140,6 @@ pub(super) struct RawNowLimits {
     pub(super) duration: Option<i64>,
     pub(super) timeout: Option<i64>,
 }
-
 
 impl RawRegistry {
     pub(super) fn validate(self, i: usize) -> Result<RegistryCredentials, ConfigError> {
@@ -367,13 +366,9 @@ impl RawApp {
     pub(super) fn validate(self, prefix: &str) -> Result<AppSpec, ConfigError> {
         use crate::spec::bounds::*;
         let f = |name: &str| format!("{prefix}{name}");
-        let name = self.name.ok_or_else(|| {
-            ConfigError::invalid(
-                f("name"),
-                "(missing)",
-                NAME_FORM,
-            )
-        })?;
+        let name = self
+            .name
+            .ok_or_else(|| ConfigError::invalid(f("name"), "(missing)", NAME_FORM))?;
         check_name(&f("name"), &name)?;
         let image_text = self.image.ok_or_else(|| {
             ConfigError::invalid(
@@ -526,4 +521,3 @@ impl RawApp {
         Ok(spec)
     }
 }
-

@@ -40,6 +40,6 @@ mod activity;
 mod layer;
 mod service;
 
-pub use self::layer::{IdleHandle, IdleTrackingLayer};
 pub use self::activity::ActivityGuard;
+pub use self::layer::{IdleHandle, IdleTrackingLayer};
 pub use self::service::{IdleTracking, ResponseFuture};

@@ -3,7 +3,6 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-
 /// A count of instances shared by several pools: the host-wide `max_instances`.
 #[derive(Clone, Debug)]
 pub struct InstanceBudget {

@@ -81,7 +81,6 @@ pub struct PoolSnapshot {
     pub queued: usize,
 }
 
-
 /// The per-app instance pool. Cheap to clone; clones share everything.
 ///
 /// Dropping every clone does not stop the instances; call [`Pool::shutdown`].

@@ -43,7 +43,6 @@ impl fmt::Display for StopReason {
     }
 }
 
-
 /// Hooks for metrics and logs; every method has a no-op default.
 pub trait PoolObserver: Send + Sync + 'static {
     /// An instance became ready after `total`, with the backend's phase breakdown.

@@ -136,7 +136,8 @@ async fn hundred_requests_at_ten_per_instance_start_exactly_ten() {
             a.limits.max_queued_requests = 100;
         }),
         Arc::new(backend.clone()),
-    ).unwrap();
+    )
+    .unwrap();
     let svc = stack(&pool, Duration::from_millis(500), Duration::ZERO);
     let tasks: Vec<_> = (0..100).map(|_| tokio::spawn(call(svc.clone()))).collect();
     let mut per_instance: HashMap<InstanceId, usize> = HashMap::new();
@@ -160,7 +161,8 @@ async fn full_queue_rejects_the_next_request_at_once() {
             a.limits.max_queued_requests = 3;
         }),
         Arc::new(backend.clone()),
-    ).unwrap();
+    )
+    .unwrap();
     let svc = stack(&pool, Duration::from_secs(10), Duration::ZERO);
     // Two requests start the two instances and occupy them; three more wait.
     let mut tasks: Vec<_> = (0..2).map(|_| tokio::spawn(call(svc.clone()))).collect();
@@ -175,7 +177,13 @@ async fn full_queue_rejects_the_next_request_at_once() {
     let err = call(svc.clone()).await.unwrap_err();
     assert_eq!(before.elapsed(), Duration::ZERO, "overflow must not wait");
     assert!(
-        matches!(pool_error(&err), PoolError::Overloaded { reason: Overload::QueueFull, .. }),
+        matches!(
+            pool_error(&err),
+            PoolError::Overloaded {
+                reason: Overload::QueueFull,
+                ..
+            }
+        ),
         "{err}"
     );
     assert_eq!(
@@ -202,7 +210,8 @@ async fn queue_wait_expires_with_elapsed() {
     let pool = Pool::new(
         app("a", |a| a.limits.queue_timeout = Duration::from_secs(2)),
         Arc::new(backend.clone()),
-    ).unwrap();
+    )
+    .unwrap();
     let before = Instant::now();
     let err = call(stack(&pool, Duration::ZERO, Duration::ZERO))
         .await
@@ -223,7 +232,8 @@ async fn idle_stop_racing_new_requests_never_fails() {
     let pool = Pool::new(
         app("a", |a| a.limits.idle_timeout = idle),
         Arc::new(backend.clone()),
-    ).unwrap();
+    )
+    .unwrap();
     let svc = stack(&pool, Duration::ZERO, Duration::ZERO);
     let mut reused = 0;
     let mut restarted = 0;
@@ -355,7 +365,10 @@ async fn recycle_under_continuous_load_loses_nothing() {
     assert_eq!(failed, 0);
     assert!(ok > 100, "{ok}");
     let stopped = recorder.stopped.lock().unwrap().clone();
-    let recycled: Vec<_> = stopped.iter().filter(|s| s.1 == StopReason::Recycled).collect();
+    let recycled: Vec<_> = stopped
+        .iter()
+        .filter(|s| s.1 == StopReason::Recycled)
+        .collect();
     assert!(recycled.len() >= 5, "{stopped:?}");
     let removed = recorder.removed.lock().unwrap().clone();
     for (id, _, _) in &stopped {
@@ -380,7 +393,8 @@ async fn a_stream_longer_than_idle_timeout_keeps_its_instance() {
     let pool = Pool::new(
         app("a", |a| a.limits.idle_timeout = Duration::from_secs(1)),
         Arc::new(backend.clone()),
-    ).unwrap();
+    )
+    .unwrap();
     let svc = stack(&pool, Duration::ZERO, Duration::from_secs(5));
     let res = svc.oneshot(Request::new(())).await.unwrap();
     let body = tokio::spawn(res.into_body().collect());
@@ -475,11 +489,11 @@ async fn host_instance_budget_is_shared_between_pools() {
     let a = Pool::builder(app("a", |_| {}), Arc::new(backend.clone()))
         .budget(budget.clone())
         .build()
-    .unwrap();
+        .unwrap();
     let b = Pool::builder(app("b", |_| {}), Arc::new(backend.clone()))
         .budget(budget.clone())
         .build()
-    .unwrap();
+        .unwrap();
     let a_res = stack(&a, Duration::ZERO, Duration::from_secs(1))
         .oneshot(Request::new(()))
         .await
@@ -488,7 +502,13 @@ async fn host_instance_budget_is_shared_between_pools() {
         .await
         .unwrap_err();
     assert!(
-        matches!(pool_error(&err), PoolError::Overloaded { reason: Overload::HostMaxInstances, .. }),
+        matches!(
+            pool_error(&err),
+            PoolError::Overloaded {
+                reason: Overload::HostMaxInstances,
+                ..
+            }
+        ),
         "{err}"
     );
     drop(a_res);
@@ -549,7 +569,8 @@ async fn requests_not_yet_sent_to_a_crashed_instance_are_retried_elsewhere() {
             a.limits.max_concurrent_requests = 50;
         }),
         Arc::new(backend.clone()),
-    ).unwrap();
+    )
+    .unwrap();
     while pool
         .snapshot()
         .instances
@@ -716,10 +737,17 @@ async fn an_abandoned_start_is_stopped() {
         async move { pool.acquire().await.map(|l| l.instance()) }
     });
     sleep(startup + Duration::from_secs(29)).await;
-    assert!(backend.stops.lock().unwrap().is_empty(), "not before the bound");
+    assert!(
+        backend.stops.lock().unwrap().is_empty(),
+        "not before the bound"
+    );
     sleep(Duration::from_secs(2)).await;
     let stops = backend.stops.lock().unwrap().clone();
-    assert_eq!(stops.len(), 1, "the hung start's instance is stopped: {stops:?}");
+    assert_eq!(
+        stops.len(),
+        1,
+        "the hung start's instance is stopped: {stops:?}"
+    );
     assert!(pool.snapshot().instances.iter().all(|i| i.id != stops[0]));
     waiting.abort();
     pool.shutdown().await;

@@ -109,7 +109,11 @@ async fn connections_are_reused_after_the_body_ends() {
         let up = Upstreams::with_lean_client(Arc::new(Local { addr: Some(addr) }), true);
         let id = InstanceId::new("i-1");
         for _ in 0..5 {
-            let res = up.send(&id, false, Timeouts::default(), request(body)).await.ok().unwrap();
+            let res = up
+                .send(&id, false, Timeouts::default(), request(body))
+                .await
+                .ok()
+                .unwrap();
             assert_eq!(up.shared.idle(&id), 0, "busy until the body ends");
             assert_eq!(text(res).await, format!("got {} bytes", body.len()));
             assert_eq!(up.shared.idle(&id), 1);
@@ -125,7 +129,11 @@ async fn a_connection_the_instance_closed_is_not_reused() {
         let up = Upstreams::with_lean_client(Arc::new(Local { addr: Some(addr) }), true);
         let id = InstanceId::new("i-1");
         for i in 1..=3 {
-            let res = up.send(&id, false, Timeouts::default(), request(body)).await.ok().unwrap();
+            let res = up
+                .send(&id, false, Timeouts::default(), request(body))
+                .await
+                .ok()
+                .unwrap();
             // The server closes after answering; the next request must not fail on it.
             assert_eq!(text(res).await, format!("got {} bytes", body.len()));
             assert_eq!(conns.load(Ordering::SeqCst), i);
@@ -146,10 +154,18 @@ async fn a_dropped_body_closes_its_connection() {
         let (addr, conns) = server(true).await;
         let up = Upstreams::with_lean_client(Arc::new(Local { addr: Some(addr) }), true);
         let id = InstanceId::new("i-1");
-        let res = up.send(&id, false, Timeouts::default(), request(body)).await.ok().unwrap();
+        let res = up
+            .send(&id, false, Timeouts::default(), request(body))
+            .await
+            .ok()
+            .unwrap();
         drop(res);
         assert_eq!(up.shared.idle(&id), 0);
-        let res = up.send(&id, false, Timeouts::default(), request(body)).await.ok().unwrap();
+        let res = up
+            .send(&id, false, Timeouts::default(), request(body))
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(text(res).await, format!("got {} bytes", body.len()));
         assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
@@ -161,8 +177,14 @@ async fn idle_connections_go_with_their_instance_or_when_it_closes_them() {
     let up = Upstreams::with_lean_client(Arc::new(Local { addr: Some(addr) }), true);
     let id = InstanceId::new("i-1");
     let (a, b) = (
-        up.send(&id, false, Timeouts::default(), request("")).await.ok().unwrap(),
-        up.send(&id, false, Timeouts::default(), request("")).await.ok().unwrap(),
+        up.send(&id, false, Timeouts::default(), request(""))
+            .await
+            .ok()
+            .unwrap(),
+        up.send(&id, false, Timeouts::default(), request(""))
+            .await
+            .ok()
+            .unwrap(),
     );
     assert_eq!(text(a).await, "got 0 bytes");
     assert_eq!(text(b).await, "got 0 bytes");
@@ -171,7 +193,11 @@ async fn idle_connections_go_with_their_instance_or_when_it_closes_them() {
     assert_eq!(up.shared.idle(&id), 0, "the instance is gone");
 
     // An idle connection the instance closes later is swept; a live one stays.
-    let res = up.send(&id, false, Timeouts::default(), request("")).await.ok().unwrap();
+    let res = up
+        .send(&id, false, Timeouts::default(), request(""))
+        .await
+        .ok()
+        .unwrap();
     assert_eq!(text(res).await, "got 0 bytes");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (closed_tx, closed) = tokio::sync::oneshot::channel();
@@ -190,7 +216,11 @@ async fn idle_connections_go_with_their_instance_or_when_it_closes_them() {
     });
     let other = InstanceId::new("i-2");
     let closing = Upstreams::with_lean_client(Arc::new(Local { addr: Some(addr2) }), true);
-    let res = closing.send(&other, false, Timeouts::default(), request("")).await.ok().unwrap();
+    let res = closing
+        .send(&other, false, Timeouts::default(), request(""))
+        .await
+        .ok()
+        .unwrap();
     assert_eq!(text(res).await, "ok");
     closed.await.unwrap();
     assert_eq!(closing.shared.idle(&other), 1, "kept: it looked reusable");
@@ -212,7 +242,12 @@ async fn idle_connections_go_with_their_instance_or_when_it_closes_them() {
 async fn an_unreachable_instance_gives_the_request_back() {
     let up = Upstreams::with_lean_client(Arc::new(Local { addr: None }), true);
     let failed = up
-        .send(&InstanceId::new("gone"), false, Timeouts::default(), request("body"))
+        .send(
+            &InstanceId::new("gone"),
+            false,
+            Timeouts::default(),
+            request("body"),
+        )
         .await
         .err()
         .unwrap();
@@ -233,7 +268,11 @@ async fn with_the_lean_client_off_body_less_requests_go_through_hyper() {
             .sends_lean(false, &request(""))
     );
     for _ in 0..3 {
-        let res = up.send(&id, false, Timeouts::default(), request("")).await.ok().unwrap();
+        let res = up
+            .send(&id, false, Timeouts::default(), request(""))
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(text(res).await, "got 0 bytes");
     }
     assert_eq!(
