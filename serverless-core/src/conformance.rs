@@ -347,47 +347,49 @@ async fn boot_failure<B: ContainerBackend + ?Sized>(
     backend: &B,
     app: &AppSpec,
 ) -> Result<(), Violation> {
-    const RULE: &str =
-        "an app that exits before listening fails start with BootFailed and its exit";
-    let id = id("boot-failure");
-    let result = bounded(
-        RULE,
+    failed_start(
+        backend,
+        app,
+        "boot-failure",
+        "an app that exits before listening fails start with BootFailed and its exit",
         app.limits.startup_timeout + CALL,
-        backend.start(app, &id),
+        |e| e.kind() == ErrorKind::BootFailed && e.exit().is_some(),
     )
-    .await?;
-    match result {
-        Err(e) if e.kind() == ErrorKind::BootFailed && e.exit().is_some() => {}
-        Err(e) => return Err(broken(RULE, format!("{:?}: {e}", e.kind()))),
-        Ok(started) => {
-            let _ = backend.stop(&id, Duration::ZERO).await;
-            return Err(broken(RULE, format!("it started on port {}", started.port)));
-        }
-    }
-    if listed_running(backend, &id).await?.is_some() {
-        return Err(broken(
-            "a failed start removes what it created",
-            format!("{id} is still listed"),
-        ));
-    }
-    Ok(())
+    .await
 }
 
 async fn start_timeout<B: ContainerBackend + ?Sized>(
     backend: &B,
     app: &AppSpec,
 ) -> Result<(), Violation> {
-    const RULE: &str =
-        "an app that never listens fails start with StartTimeout within startup_timeout";
-    let id = id("never-listens");
-    let limit = app.limits.startup_timeout + Duration::from_secs(10);
-    let result = bounded(RULE, limit, backend.start(app, &id)).await?;
-    match result {
-        Err(e) if e.kind() == ErrorKind::StartTimeout => {}
-        Err(e) => return Err(broken(RULE, format!("{:?}: {e}", e.kind()))),
+    failed_start(
+        backend,
+        app,
+        "never-listens",
+        "an app that never listens fails start with StartTimeout within startup_timeout",
+        app.limits.startup_timeout + Duration::from_secs(10),
+        |e| e.kind() == ErrorKind::StartTimeout,
+    )
+    .await
+}
+
+/// Starts an app that must fail to start: within `limit`, with an error `expected` accepts,
+/// and leaving nothing listed.
+async fn failed_start<B: ContainerBackend + ?Sized>(
+    backend: &B,
+    app: &AppSpec,
+    tag: &str,
+    rule: &'static str,
+    limit: Duration,
+    expected: impl Fn(&BackendError) -> bool,
+) -> Result<(), Violation> {
+    let id = id(tag);
+    match bounded(rule, limit, backend.start(app, &id)).await? {
+        Err(e) if expected(&e) => {}
+        Err(e) => return Err(broken(rule, format!("{:?}: {e}", e.kind()))),
         Ok(started) => {
             let _ = backend.stop(&id, Duration::ZERO).await;
-            return Err(broken(RULE, format!("it started on port {}", started.port)));
+            return Err(broken(rule, format!("it started on port {}", started.port)));
         }
     }
     if listed_running(backend, &id).await?.is_some() {
