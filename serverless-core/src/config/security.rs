@@ -49,7 +49,18 @@ pub struct Security {
     /// are reaped (default true).
     pub init: bool,
     /// Capabilities added to the default set, as in [`CAPABILITIES`] without `CAP_`.
+    /// Written back as the config spells it: `capabilities = { add = […] }`.
+    #[serde(rename = "capabilities", serialize_with = "capabilities_table")]
     pub capabilities_add: Vec<String>,
+}
+
+/// `capabilities_add` as the `capabilities` table the config and the JSON app spec read, so a
+/// serialized spec reads back as itself.
+fn capabilities_table<S: serde::Serializer>(add: &[String], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(1))?;
+    map.serialize_entry("add", add)?;
+    map.end()
 }
 
 impl Default for Security {

@@ -492,3 +492,37 @@ fn upstream_timeouts_parse_default_and_are_bounded() {
     let err = app.validate().unwrap_err().to_string();
     assert!(err.contains("limits.response_timeout"), "{err}");
 }
+
+#[test]
+fn a_serialized_app_spec_reads_back_as_itself() {
+    // The CLI's `deploy` sends the spec it parsed as JSON; the admin API parses it again.
+    let config = Config::from_toml(
+        r#"
+        [[apps]]
+        name = "api"
+        image = "example/api:1"
+        slot = "c.5-m256"
+        network = "bridge"
+        startup_cpu_boost = false
+        env = { A = "1" }
+        [apps.limits]
+        response_timeout = "2m"
+        body_idle_timeout = "250ms"
+        [apps.scale]
+        min = 1
+        standby = true
+        [apps.security]
+        seccomp = "unconfined"
+        init = false
+        capabilities = { add = ["NET_RAW"] }
+    "#,
+    )
+    .unwrap();
+    for app in [
+        config.apps[0].clone(),
+        AppSpec::new("plain", ImageRef::Registry("x:1".into())),
+    ] {
+        let json = serde_json::to_string(&app).unwrap();
+        assert_eq!(AppSpec::from_json(&json).unwrap(), app, "{json}");
+    }
+}
