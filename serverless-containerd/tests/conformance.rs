@@ -4,16 +4,7 @@
 use std::time::Duration;
 
 use serverless_core::conformance::{self, Apps};
-use serverless_testkit::{can_run, BackendHarness};
-
-fn sh(script: &str) -> Option<Vec<String>> {
-    Some(vec![
-        "/bin/busybox".into(),
-        "sh".into(),
-        "-c".into(),
-        script.into(),
-    ])
-}
+use serverless_testkit::{busybox_sh, can_run, BackendHarness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_containerd_backend_passes_the_conformance_suite() {
@@ -24,9 +15,9 @@ async fn the_containerd_backend_passes_the_conformance_suite() {
     // busybox httpd on $PORT (the image's command).
     let serves = h.app("serves");
     let mut boot_failure = h.app("boot-failure");
-    boot_failure.command = sh("exit 3");
+    boot_failure.command = busybox_sh("exit 3");
     let mut never_listens = h.app("never-listens");
-    never_listens.command = sh("exec /bin/busybox sleep 1000");
+    never_listens.command = busybox_sh("exec /bin/busybox sleep 1000");
     never_listens.limits.startup_timeout = Duration::from_secs(1);
     let apps = Apps {
         serves,

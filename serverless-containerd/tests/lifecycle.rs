@@ -4,16 +4,7 @@
 use std::time::Duration;
 
 use serverless_core::{ContainerBackend, ErrorKind, ImageRef};
-use serverless_testkit::{busybox_image, can_run, http_get, BackendHarness};
-
-fn sh(script: &str) -> Option<Vec<String>> {
-    Some(vec![
-        "/bin/busybox".into(),
-        "sh".into(),
-        "-c".into(),
-        script.into(),
-    ])
-}
+use serverless_testkit::{busybox_image, busybox_sh, can_run, http_get, BackendHarness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finds_an_unusual_port() {
@@ -49,7 +40,7 @@ async fn prefers_port_when_several_listen() {
     let h = BackendHarness::start().await;
     let mut app = h.app("multi");
     // Listens on 7000 first, then on PORT.
-    app.command = sh("/bin/busybox httpd -p 7000 -h /www; sleep 0.2; exec /bin/busybox httpd -f -p $PORT -h /www");
+    app.command = busybox_sh("/bin/busybox httpd -p 7000 -h /www; sleep 0.2; exec /bin/busybox httpd -f -p $PORT -h /www");
     app.port = 9090;
     let id = h.id("multi");
     let started = h.backend.start(&app, &id).await.expect("start");
@@ -104,7 +95,7 @@ async fn boot_failure_reports_code_and_logs() {
     }
     let h = BackendHarness::start().await;
     let mut app = h.app("boom");
-    app.command = sh("echo starting; echo boom >&2; exit 3");
+    app.command = busybox_sh("echo starting; echo boom >&2; exit 3");
     let id = h.id("boom");
     let err = h.backend.start(&app, &id).await.expect_err("must fail");
     assert_eq!(err.kind(), ErrorKind::BootFailed, "{err}");
@@ -126,7 +117,7 @@ async fn never_listening_times_out_and_leaks_nothing() {
     }
     let h = BackendHarness::start().await;
     let mut app = h.app("sleepy");
-    app.command = sh("echo zzz; exec /bin/busybox sleep 100");
+    app.command = busybox_sh("echo zzz; exec /bin/busybox sleep 100");
     app.limits.startup_timeout = Duration::from_millis(700);
     let id = h.id("sleepy");
     let err = h.backend.start(&app, &id).await.expect_err("must time out");
@@ -157,8 +148,10 @@ async fn memory_slot_is_enforced() {
     let mut app = h.app("hog");
     app.slot = "c.5-m32".parse().unwrap();
     // Listen first, then become a process that touches a 64 MiB buffer (dd's block).
-    app.command = sh("/bin/busybox httpd -p 8080 -h /www; sleep 0.3; \
-         exec /bin/busybox dd if=/dev/zero of=/dev/null bs=64M count=4");
+    app.command = busybox_sh(
+        "/bin/busybox httpd -p 8080 -h /www; sleep 0.3; \
+         exec /bin/busybox dd if=/dev/zero of=/dev/null bs=64M count=4",
+    );
     let id = h.id("hog");
     h.backend.start(&app, &id).await.expect("start");
     let exit = tokio::time::timeout(Duration::from_secs(20), h.backend.wait(&id))
@@ -190,7 +183,7 @@ async fn crash_is_reported_by_wait_and_logs_are_kept_until_stop() {
     let h = BackendHarness::start().await;
     let mut app = h.app("crash");
     app.command =
-        sh("/bin/busybox httpd -p 8080 -h /www; echo up; sleep 0.3; echo bye >&2; exit 42");
+        busybox_sh("/bin/busybox httpd -p 8080 -h /www; echo up; sleep 0.3; echo bye >&2; exit 42");
     let id = h.id("crash");
     h.backend.start(&app, &id).await.expect("start");
     let exit = h.backend.wait(&id).await.expect("wait");
@@ -222,7 +215,7 @@ async fn sigterm_is_used_before_sigkill() {
     let h = BackendHarness::start().await;
     let mut app = h.app("polite");
     // A shell as PID 1 that exits 0 on SIGTERM.
-    app.command = sh(
+    app.command = busybox_sh(
         "trap 'echo term; exit 0' TERM; /bin/busybox httpd -p 8080 -h /www; \
          while true; do sleep 0.05; done",
     );
@@ -382,7 +375,7 @@ async fn image_user_names_resolve_inside_the_image() {
     );
     // The app serves what `id` says about its own process.
     app.command =
-        sh("/bin/busybox id > /tmp/index.html; exec /bin/busybox httpd -f -p 8080 -h /tmp");
+        busybox_sh("/bin/busybox id > /tmp/index.html; exec /bin/busybox httpd -f -p 8080 -h /tmp");
     let id = h.id("users");
     h.backend.start(&app, &id).await.expect("start");
     let response = http_get(h.backend.connect(&id).await.unwrap()).await;

@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serverless_core::{ContainerBackend, NetworkConfig, NetworkMode};
-use serverless_testkit::{can_run_with, BackendHarness, BUSYBOX};
+use serverless_testkit::{busybox_sh, can_run_with, BackendHarness, BUSYBOX};
 
 const PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -245,15 +245,6 @@ impl Drop for Lab {
     }
 }
 
-fn sh(script: &str) -> Option<Vec<String>> {
-    Some(vec![
-        "/bin/busybox".into(),
-        "sh".into(),
-        "-c".into(),
-        script.into(),
-    ])
-}
-
 /// Fetches the outside server by IP and by name at startup into `/www/ip` and `/www/name`,
 /// then serves `/www`. busybox's own clients do the work: `nslookup` (its DNS client, reading
 /// `/etc/resolv.conf`) and `nc` (Debian's static busybox `wget` crashes in glibc's static
@@ -266,7 +257,7 @@ fn fetching_app(
 ) -> serverless_core::AppSpec {
     let mut app = h.app(name);
     app.network = mode;
-    app.command = sh(&format!(
+    app.command = busybox_sh(&format!(
         "cd /www; bb=/bin/busybox; \
          fetch() {{ printf 'GET / HTTP/1.0\\r\\nHost: outside.test\\r\\n\\r\\n' | $bb nc -w 3 \"$1\" 80 > \"$2\" 2>err || echo \"FAILED: $($bb cat err)\" > \"$2\"; }}; \
          $bb cat /etc/resolv.conf /etc/hosts /etc/hostname > etc; \

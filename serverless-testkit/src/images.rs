@@ -8,6 +8,16 @@ use serverless_containerd::{BuildError, ImageBuilder};
 /// Debian's `busybox-static`: the payload of [`busybox_image`].
 pub const BUSYBOX: &str = "/bin/busybox";
 
+/// An app command that runs `script` with the image's busybox `sh -c`.
+pub fn busybox_sh(script: &str) -> Option<Vec<String>> {
+    Some(vec![
+        BUSYBOX.into(),
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+    ])
+}
+
 /// busybox httpd serving `/www` on 8080 (`hello from busybox` at `/`; the app's command may
 /// override it), with `/bin/sh`, a writable `/tmp` and CGI scripts:
 ///

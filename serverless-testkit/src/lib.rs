@@ -52,7 +52,7 @@ pub use ctr::{container_ids, ctr};
 #[cfg(feature = "gateway")]
 pub use gateway::{instance_ids, metric, GatewayHarness};
 pub use gateway_process::GatewayProcess;
-pub use images::{busybox_archive, busybox_image, hello_archive, hello_image, BUSYBOX};
+pub use images::{busybox_archive, busybox_image, busybox_sh, hello_archive, hello_image, BUSYBOX};
 pub use leaks::{
     leftovers, objects, remove_all, shims, wait_for_no_shims, Objects, Shim, SPARE_SHIM,
 };
