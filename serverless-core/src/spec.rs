@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Slot;
+use crate::config::network::NetworkMode;
+use crate::config::security::Security;
+use crate::cpu_boost::CpuBoost;
+use crate::error::ConfigError;
+use crate::slot::Slot;
 
 /// Where an app's image comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -179,16 +183,16 @@ pub struct AppSpec {
     /// The app speaks HTTP/2 without TLS (h2c, prior knowledge): forward with HTTP/2.
     pub h2c: bool,
     /// CPU above the slot's while an instance boots, until it listens (default: the engine's
-    /// cap, `[limits] startup_cpu_boost`); see [`CpuBoost`](crate::CpuBoost).
-    pub startup_cpu_boost: crate::CpuBoost,
+    /// cap, `[limits] startup_cpu_boost`); see [`CpuBoost`].
+    pub startup_cpu_boost: CpuBoost,
     /// Request and lifetime limits.
     pub limits: Limits,
     /// Instance count bounds.
     pub scale: Scale,
     /// How instances are networked (`bridge` or `none`, the default).
-    pub network: crate::config::NetworkMode,
+    pub network: NetworkMode,
     /// The sandbox: seccomp, init, capabilities (`[apps.security]`).
-    pub security: crate::config::Security,
+    pub security: Security,
 }
 
 impl AppSpec {
@@ -205,11 +209,11 @@ impl AppSpec {
             command: None,
             port: 8080,
             h2c: false,
-            startup_cpu_boost: crate::CpuBoost::Max,
+            startup_cpu_boost: CpuBoost::Max,
             limits: Limits::DEFAULT,
             scale: Scale::default(),
-            network: crate::config::NetworkMode::default(),
-            security: crate::config::Security::default(),
+            network: NetworkMode::default(),
+            security: Security::default(),
         }
     }
 }
@@ -255,12 +259,12 @@ impl AppSpec {
     ///     "invalid limits.max_concurrent_requests = 0: expected an integer in 1..=256"
     /// );
     /// ```
-    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         use crate::check::{check_duration, check_host, check_int, check_name};
         use bounds::*;
         check_name("name", &self.name)?;
         if self.hosts.is_empty() {
-            return Err(crate::ConfigError::invalid(
+            return Err(ConfigError::invalid(
                 "hosts",
                 "[]",
                 "at least one host name",

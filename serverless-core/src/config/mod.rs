@@ -4,9 +4,9 @@
 //! validation checks every value and builds the domain types, naming the field, the
 //! value and the accepted range in each error.
 
-mod network;
+pub(crate) mod network;
 mod raw;
-mod security;
+pub(crate) mod security;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@
 //! Public, for embedders: the gateway's stack and an embedder's (axum, hyper) use this one
 //! implementation, generic over the request body so that neither boxes it again.
 
+mod client;
 mod headers;
 mod warn;
 
@@ -28,19 +29,8 @@ use serverless_limits::Lease;
 use crate::body::{BoxError, ForwardBody, Outgoing, ReqBody, ResBody};
 use crate::error::ForwardError;
 use crate::upstream::{SendError, Timeouts, Upstreams};
+pub use client::ClientInfo;
 use headers::{add_forwarded, strip_hop_by_hop, upgrade_protocol, PresentHeaders};
-
-/// Where a request came from: [`Forward`] names it in the forwarding headers
-/// (`x-forwarded-for`, `x-forwarded-proto`, `forwarded`) when the request carries it as an
-/// extension. The gateway's server sets it on each request; an embedder sets it from its own
-/// server's peer address (axum: `ConnectInfo`).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientInfo {
-    /// The peer address.
-    pub addr: std::net::SocketAddr,
-    /// Whether the client connection is TLS.
-    pub tls: bool,
-}
 
 /// The header that says how long a request waited for a cold start, in milliseconds.
 pub const COLD_START_HEADER: &str = "x-serverless-cold-start";
