@@ -46,7 +46,8 @@ pub use backend::{
 };
 pub use config::{
     Config, ContainerdConfig, GlobalLimits, NetworkConfig, NetworkMode, RegistryCredentials,
-    Seccomp, SecretError, SecretProblem, SecretSource, Security, ServerConfig, TlsConfig,
+    Seccomp, SecretError, SecretProblem, SecretSource, Security, SecurityConfig, ServerConfig,
+    TlsConfig,
 };
 pub use cpu_boost::CpuBoost;
 pub use error::ConfigError;

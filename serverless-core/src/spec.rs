@@ -191,7 +191,7 @@ pub struct AppSpec {
     pub scale: Scale,
     /// How instances are networked (`bridge` or `none`, the default).
     pub network: NetworkMode,
-    /// The sandbox: seccomp, init, capabilities (`[apps.security]`).
+    /// The sandbox: seccomp, init, user namespace, capabilities (`[apps.security]`).
     pub security: Security,
 }
 

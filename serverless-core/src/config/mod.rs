@@ -16,7 +16,7 @@ use serde::Serialize;
 
 pub use self::network::{host_nameservers, Ipv4Subnet, NetworkConfig, NetworkMode};
 use self::raw::{RawApp, RawConfig, RawLimits, RawNowJson};
-pub use self::security::{Seccomp, Security, CAPABILITIES};
+pub use self::security::{Seccomp, Security, SecurityConfig, CAPABILITIES};
 use crate::check::{duration_str, RawDuration};
 use crate::spec::{AppSpec, ImageRef};
 use crate::ConfigError;
@@ -218,6 +218,8 @@ pub struct Config {
     pub registry_auth_file: Option<PathBuf>,
     /// Networking of `bridge` instances (`[network]`).
     pub network: NetworkConfig,
+    /// The instances' user-namespace range (`[security]`).
+    pub security: SecurityConfig,
     /// The apps.
     pub apps: Vec<AppSpec>,
 }
@@ -235,6 +237,7 @@ impl Default for Config {
             registries: Vec::new(),
             registry_auth_file: None,
             network: NetworkConfig::default(),
+            security: SecurityConfig::default(),
             apps: Vec::new(),
         }
     }

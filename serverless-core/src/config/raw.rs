@@ -27,6 +27,7 @@ pub(super) struct RawConfig {
     pub(super) limits: Option<RawGlobalLimits>,
     pub(super) server: Option<RawServer>,
     pub(super) network: Option<super::network::RawNetwork>,
+    pub(super) security: Option<super::security::RawSecurityConfig>,
     #[serde(default)]
     pub(super) registries: Vec<RawRegistry>,
     pub(super) registry_auth_file: Option<PathBuf>,
@@ -357,6 +358,7 @@ impl RawConfig {
             registries,
             registry_auth_file: self.registry_auth_file,
             network: self.network.unwrap_or_default().validate()?,
+            security: self.security.unwrap_or_default().validate()?,
             apps,
         })
     }

@@ -1,5 +1,6 @@
-//! An app's sandbox: the `[apps.security]` table (`seccomp`, `init`, `capabilities.add`) and
-//! its validation. What each default does is in docs/src/operations.md ("Security model").
+//! The sandbox: an app's `[apps.security]` table (`seccomp`, `init`, `userns`,
+//! `capabilities.add`), the engine's `[security]` table (the user-namespace range), and their
+//! validation. What each default does is in docs/src/operations.md ("Security model").
 
 use std::fmt;
 use std::path::PathBuf;
@@ -48,6 +49,10 @@ pub struct Security {
     /// Run a tiny init (`tini`) as PID 1 in front of the app, so signals reach it and zombies
     /// are reaped (default true).
     pub init: bool,
+    /// Run in a user namespace: the instance's root is an unprivileged host uid of the engine's
+    /// range ([`SecurityConfig`]), default true. `false` makes the instance's root the host's
+    /// root (the documented risk of the rare image that needs it).
+    pub userns: bool,
     /// Capabilities added to the default set, as in [`CAPABILITIES`] without `CAP_`.
     /// Written back as the config spells it: `capabilities = { add = […] }`.
     #[serde(rename = "capabilities", serialize_with = "capabilities_table")]
@@ -68,8 +73,83 @@ impl Default for Security {
         Self {
             seccomp: Seccomp::Default,
             init: true,
+            userns: true,
             capabilities_add: Vec::new(),
         }
+    }
+}
+
+/// The engine's sandbox settings (`[security]`): the host uid and gid range every instance's
+/// user namespace maps onto (container id `n` is host id `userns_base + n`, for `n` below
+/// `userns_size`). One range for the whole engine: see docs/src/operations.md, "Security model".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct SecurityConfig {
+    /// The host id of the instances' root (default [`SecurityConfig::DEFAULT_USERNS_BASE`]).
+    pub userns_base: u32,
+    /// How many ids are mapped (default 65536: every id an image's files and users normally
+    /// have, `nobody`'s 65534 included).
+    pub userns_size: u32,
+}
+
+impl SecurityConfig {
+    /// The default base: above the ids `useradd` hands out and the subordinate ranges it
+    /// writes to `/etc/subuid` for the first users (100000 + 65536 per user).
+    pub const DEFAULT_USERNS_BASE: u32 = 2_000_000_000;
+    /// The smallest accepted base: below it are ordinary users' ids.
+    pub const MIN_USERNS_BASE: u32 = 65536;
+    /// The smallest accepted size: an image's ids go up to 65534 (`nobody`).
+    pub const MIN_USERNS_SIZE: u32 = 65536;
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            userns_base: Self::DEFAULT_USERNS_BASE,
+            userns_size: 65536,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecurityConfig {
+    pub(super) userns_base: Option<i64>,
+    pub(super) userns_size: Option<i64>,
+}
+
+impl RawSecurityConfig {
+    pub(super) fn validate(self) -> Result<SecurityConfig, ConfigError> {
+        let d = SecurityConfig::default();
+        let max = i64::from(u32::MAX);
+        let size = self.userns_size.unwrap_or(i64::from(d.userns_size));
+        let min_size = i64::from(SecurityConfig::MIN_USERNS_SIZE);
+        if !(min_size..=max - i64::from(SecurityConfig::MIN_USERNS_BASE)).contains(&size) {
+            return Err(ConfigError::invalid(
+                "security.userns_size",
+                size,
+                format!(
+                    "{min_size}..={}",
+                    max - i64::from(SecurityConfig::MIN_USERNS_BASE)
+                ),
+            ));
+        }
+        let base = self.userns_base.unwrap_or(i64::from(d.userns_base));
+        let min_base = i64::from(SecurityConfig::MIN_USERNS_BASE);
+        // The last mapped id stays below u32::MAX, which is (uid_t)-1, "no id".
+        if !(min_base..=max - size).contains(&base) {
+            return Err(ConfigError::invalid(
+                "security.userns_base",
+                base,
+                format!(
+                    "{min_base}..={} (the range must end below 4294967295)",
+                    max - size
+                ),
+            ));
+        }
+        Ok(SecurityConfig {
+            userns_base: u32::try_from(base).unwrap_or(d.userns_base),
+            userns_size: u32::try_from(size).unwrap_or(d.userns_size),
+        })
     }
 }
 
@@ -126,6 +206,7 @@ const CAP_FORM: &str =
 pub(super) struct RawSecurity {
     pub(super) seccomp: Option<String>,
     pub(super) init: Option<bool>,
+    pub(super) userns: Option<bool>,
     pub(super) capabilities: Option<RawCapabilities>,
 }
 
@@ -180,6 +261,7 @@ impl RawSecurity {
         Ok(Security {
             seccomp,
             init: self.init.unwrap_or(true),
+            userns: self.userns.unwrap_or(true),
             capabilities_add,
         })
     }
@@ -228,6 +310,8 @@ mod tests {
         .unwrap();
         assert_eq!(s.seccomp, Seccomp::Unconfined);
         assert!(!s.init);
+        assert!(s.userns);
+        assert!(!parse("userns = false").unwrap().userns);
         assert_eq!(s.capabilities_add, ["NET_RAW", "MKNOD"]);
         assert_eq!(
             parse("seccomp = \"/etc/p.json\"").unwrap().seccomp,
@@ -252,11 +336,31 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("NET_BIND_SERVICE"), "{e}");
-        assert!(toml::from_str::<RawSecurity>("userns = false").is_err());
+        assert!(toml::from_str::<RawSecurity>("userns_base = 1").is_err());
         let bad = Security {
             capabilities_add: vec!["cap_kill".into()],
             ..Security::default()
         };
         assert!(bad.check("security.").is_err());
+    }
+
+    #[test]
+    fn engine_range_defaults_and_bounds() {
+        let parse = |t: &str| toml::from_str::<RawSecurityConfig>(t).unwrap().validate();
+        assert_eq!(parse("").unwrap(), SecurityConfig::default());
+        let c = parse("userns_base = 100000\nuserns_size = 131072").unwrap();
+        assert_eq!((c.userns_base, c.userns_size), (100_000, 131_072));
+        let e = parse("userns_base = 0").unwrap_err().to_string();
+        assert!(
+            e.contains("security.userns_base") && e.contains("65536.."),
+            "{e}"
+        );
+        let e = parse("userns_size = 1000").unwrap_err().to_string();
+        assert!(
+            e.contains("security.userns_size") && e.contains("1000"),
+            "{e}"
+        );
+        let e = parse("userns_base = 4294967000").unwrap_err().to_string();
+        assert!(e.contains("4294967295"), "{e}");
     }
 }
