@@ -45,9 +45,9 @@ pub use backend::{
     BackendError, Connection, ContainerBackend, ErrorKind, Exit, InstanceId, OwnedInstance, Started,
 };
 pub use config::{
-    Config, ContainerdConfig, GlobalLimits, NetworkConfig, NetworkMode, RegistryCredentials,
-    Seccomp, SecretError, SecretProblem, SecretSource, Security, SecurityConfig, ServerConfig,
-    TlsConfig,
+    BuildSpec, Config, ContainerdConfig, GlobalLimits, NetworkConfig, NetworkMode,
+    RegistryCredentials, Seccomp, SecretError, SecretProblem, SecretSource, Security,
+    SecurityConfig, ServerConfig, TlsConfig,
 };
 pub use cpu_boost::CpuBoost;
 pub use error::ConfigError;

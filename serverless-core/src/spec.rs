@@ -193,6 +193,10 @@ pub struct AppSpec {
     pub network: NetworkMode,
     /// The sandbox: seccomp, init, user namespace, capabilities (`[apps.security]`).
     pub security: Security,
+    /// Built from a Dockerfile (`image = "build:DIR"` or a `build` table): what to build; the
+    /// image is then the build's result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::config::BuildSpec>,
 }
 
 impl AppSpec {
@@ -214,6 +218,7 @@ impl AppSpec {
             scale: Scale::default(),
             network: NetworkMode::default(),
             security: Security::default(),
+            build: None,
         }
     }
 }

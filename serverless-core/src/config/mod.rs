@@ -4,6 +4,7 @@
 //! validation checks every value and builds the domain types, naming the field, the
 //! value and the accepted range in each error.
 
+mod build;
 pub(crate) mod network;
 mod raw;
 pub(crate) mod security;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use self::build::{BuildSpec, BUILD_PREFIX, BUILD_TIMEOUT};
 pub use self::network::{host_nameservers, Ipv4Subnet, NetworkConfig, NetworkMode};
 use self::raw::{RawApp, RawConfig, RawLimits, RawNowJson};
 pub use self::security::{Seccomp, Security, SecurityConfig, CAPABILITIES};
@@ -245,7 +247,8 @@ impl Default for Config {
 
 impl Config {
     /// Reads a config file: `*.json` is taken as the seed's `now.json`, anything else as TOML.
-    /// Relative `oci-archive:` paths are resolved against the file's directory.
+    /// Relative `oci-archive:` paths and build contexts are resolved against the file's
+    /// directory.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -263,6 +266,9 @@ impl Config {
                     if p.is_relative() {
                         *p = dir.join(&*p);
                     }
+                }
+                if let Some(build) = &mut app.build {
+                    build.resolve(dir);
                 }
             }
         }

@@ -13,7 +13,7 @@ use super::{
     TlsConfig,
 };
 use crate::check::*;
-use crate::spec::{AppSpec, ImageRef, Limits, Scale};
+use crate::spec::{AppSpec, Limits, Scale};
 use crate::{ConfigError, Slot};
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +94,7 @@ pub(super) struct RawApp {
     pub(super) scale: Option<RawScale>,
     pub(super) network: Option<String>,
     pub(super) security: Option<super::security::RawSecurity>,
+    pub(super) build: Option<super::build::RawBuild>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -372,17 +373,9 @@ impl RawApp {
             .name
             .ok_or_else(|| ConfigError::invalid(f("name"), "(missing)", NAME_FORM))?;
         check_name(&f("name"), &name)?;
-        let image_text = self.image.ok_or_else(|| {
-            ConfigError::invalid(
-                f("image"),
-                "(missing)",
-                "oci-archive:PATH or a registry reference",
-            )
-        })?;
-        let image = ImageRef::parse(&image_text).map_err(|expected| {
-            ConfigError::invalid(f("image"), format!("{image_text:?}"), expected.to_string())
-        })?;
+        let (image, build) = super::build::parse(prefix, &name, self.image, self.build)?;
         let mut spec = AppSpec::new(name, image);
+        spec.build = build;
         if let Some(hosts) = self.hosts {
             if hosts.is_empty() {
                 return Err(ConfigError::invalid(
