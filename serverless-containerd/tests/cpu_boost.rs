@@ -1,14 +1,18 @@
 //! The startup CPU boost on a real containerd: an app that burns CPU before it listens boots
 //! at the boost's quota and gets its slot's quota the moment it listens (read back from its
-//! cgroup); without the boost the same boot is throttled by the slot.
+//! cgroup); without the boost the same boot is throttled by the slot. A real interpreter (a
+//! Python standard-library server on Debian, built with debootstrap) cold-starts boosted at the
+//! default slot and answers.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serverless_core::{AppSpec, ContainerBackend, CpuBoost, InstanceId, Started};
-use serverless_testkit::{can_run, http_get, BackendHarness};
+use serverless_core::{AppSpec, ContainerBackend, CpuBoost, ImageRef, InstanceId, Started};
+use serverless_testkit::{
+    can_run, can_run_with, http_get, python_archive, BackendHarness, PYTHON_GREETING,
+};
 use tokio::time::Instant;
 
 /// A boot that burns a fixed amount of CPU (a busybox shell loop), then serves.
@@ -170,5 +174,53 @@ async fn a_standby_is_made_boosted_and_gets_its_slot_when_it_listens() {
     println!("from a boosted standby in {took:?}: {:?}", started.phases);
     h.backend.stop(&id, Duration::ZERO).await.expect("stop");
     h.backend.release(&app).await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_app_on_debian_cold_starts_boosted_at_the_default_slot_and_answers() {
+    let test = "a_python_app_on_debian_cold_starts_boosted_at_the_default_slot_and_answers";
+    if !can_run_with(test, &[("debootstrap", "debootstrap"), ("gzip", "gzip")]) {
+        return;
+    }
+    // Built once (debootstrap from the Debian mirror), then cached under target/bench-images.
+    let archive = tokio::task::spawn_blocking(python_archive)
+        .await
+        .expect("builder thread")
+        .expect("build the Python image");
+    let h = BackendHarness::start_with(|b| b.startup_cpu_boost(1, 1000)).await;
+    let mut app = h.app("py");
+    app.image = ImageRef::parse(&format!("oci-archive:{}", archive.display())).expect("reference");
+    assert_eq!(app.slot.to_string(), "c.125-m512", "the default slot");
+    app.limits.startup_timeout = Duration::from_secs(60);
+    h.backend
+        .prepare(&app)
+        .await
+        .expect("import the Python image");
+    let id = h.id("py");
+    let (started, took, max_quota) = start_watching_quota(&h, &app, &id, id.as_str()).await;
+    assert!(
+        has_phase(&started, "boosted") && has_phase(&started, "slot_applied"),
+        "{:?}",
+        started.phases
+    );
+    assert_eq!(max_quota, 100_000, "booted with the boost's 1 vCPU");
+    let quota = read_i64(&cgroup_file(&h, "cpu", id.as_str(), "cpu.cfs_quota_us"));
+    assert_eq!(quota, Some(12_500), "then held to c.125");
+    assert_eq!(started.port, 8080, "found the port python3 listens on");
+    let boot_cpu = cpu_time(&h, id.as_str());
+    assert!(
+        boot_cpu > Duration::from_millis(5),
+        "the interpreter's boot used CPU: {boot_cpu:?}"
+    );
+    let response = http_get(h.backend.connect(&id).await.expect("connect")).await;
+    assert!(response.contains(PYTHON_GREETING), "{response}");
+    println!(
+        "python3 on Debian at c.125 with boost: listening in {took:?}, boot CPU {boot_cpu:?}, phases {:?}",
+        started.phases
+    );
+    h.backend.stop(&id, Duration::ZERO).await.expect("stop");
+    h.backend.release(&app).await;
+    assert!(h.leftovers().is_empty(), "{:?}", h.leftovers());
     h.shutdown().await;
 }

@@ -14,7 +14,9 @@
 //! - **containerd:** [`Containerd`] (start, stop, SIGKILL, restart), [`ctr`] rows and
 //!   [`container_ids`].
 //! - **Images:** [`busybox_image`] (busybox httpd with CGI scripts), [`hello_image`] (the demo
-//!   app), each also written as an archive ([`busybox_archive`], [`hello_archive`]).
+//!   app), each also written as an archive ([`busybox_archive`], [`hello_archive`]);
+//!   [`python_archive`], a Python standard-library server on Debian (debootstrap, cached under
+//!   `target/bench-images/`).
 //! - **Leak checks:** [`objects`] and [`leftovers`] of a namespace, [`shims`], [`remove_all`].
 //! - **Processes:** [`processes`], [`parent_of`], [`children_of`], [`instance_pids`],
 //!   [`memory_kib`], [`rss_kib`], [`fds`], [`signal`].
@@ -32,6 +34,7 @@ mod backend;
 mod client;
 mod containerd;
 mod ctr;
+mod debian;
 #[cfg(feature = "gateway")]
 mod gateway;
 mod gateway_process;
@@ -49,6 +52,10 @@ pub use client::{
 };
 pub use containerd::Containerd;
 pub use ctr::{container_ids, ctr};
+pub use debian::{
+    image_cache_dir, python_archive, python_image, DebianImage, PYTHON_APP, PYTHON_GREETING,
+    PYTHON_IMAGE_NAME,
+};
 #[cfg(feature = "gateway")]
 pub use gateway::{instance_ids, metric, GatewayHarness};
 pub use gateway_process::GatewayProcess;
