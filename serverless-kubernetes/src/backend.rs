@@ -280,14 +280,19 @@ impl KubernetesBackend {
             grace_period_seconds: Some(grace_seconds(grace)),
             ..DeleteParams::default()
         };
-        let pod = match self.pods.delete(name, &params).await {
-            Ok(deleted) => match deleted.left() {
-                Some(pod) => pod,
-                // Deleted at once.
-                None => return Ok(()),
-            },
+        match self.pods.delete(name, &params).await {
+            // A Status: deleted at once.
+            Ok(deleted) if deleted.is_right() => return Ok(()),
+            Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(e) => return Err(api_error(&format!("deleting Pod {name}"), e)),
+        }
+        // The Pod the DELETE returns may be its last state (deleted at once) or a terminating
+        // one: read it again, and watch from that version until it is gone.
+        let pod = match self.pods.get_opt(name).await {
+            Ok(Some(pod)) => pod,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(api_error(&format!("reading Pod {name}"), e)),
         };
         let version = pod.metadata.resource_version.clone().unwrap_or_default();
         let mut watch = PodWatch::new(self.pods.clone(), name, version);

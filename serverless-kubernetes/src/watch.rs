@@ -28,6 +28,8 @@ pub(crate) struct PodWatch {
     version: String,
     stream: Option<BoxStream<'static, kube::Result<WatchEvent<Pod>>>>,
     failures: u32,
+    /// An event came since the stream was opened.
+    heard: bool,
     /// Watches (re)opened so far, for tests and logs.
     pub(crate) opened: u32,
 }
@@ -50,6 +52,7 @@ impl PodWatch {
             version,
             stream: None,
             failures: 0,
+            heard: false,
             opened: 0,
         }
     }
@@ -81,13 +84,18 @@ impl PodWatch {
                 match self.api.watch(&params, &self.version).await {
                     Ok(s) => {
                         self.opened += 1;
+                        self.heard = false;
                         self.stream = Some(s.boxed());
                     }
                     Err(e) => self.failed(e).await?,
                 }
                 continue;
             };
-            match stream.next().await {
+            let event = stream.next().await;
+            if matches!(event, Some(Ok(_))) {
+                self.heard = true;
+            }
+            match event {
                 Some(Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod))) => {
                     self.failures = 0;
                     self.remember(&pod);
@@ -115,8 +123,14 @@ impl PodWatch {
                     self.failed(kube::Error::Api(status)).await?
                 }
                 Some(Err(e)) => self.failed(e).await?,
-                // The server ended the watch (its timeout): go on from the last version.
-                None => self.stream = None,
+                // The server ended the watch (its timeout): go on from the last version, a
+                // little later if it ended without a word (no busy loop on a broken server).
+                None => {
+                    self.stream = None;
+                    if !self.heard {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
             }
         }
     }
