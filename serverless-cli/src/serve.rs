@@ -3,24 +3,37 @@
 use std::sync::Arc;
 
 use serverless_core::Config;
-use serverless_proxy::{BoxError, Gateway, GatewayError};
+use serverless_proxy::{BoxError, Gateway, GatewayError, Takeover};
 
 use crate::backend::backend;
 use crate::cli::ADMIN_TOKEN_ENV;
 
-/// Serves the config's apps: removes what a previous run left behind, starts the gateway,
-/// waits for a signal, then lets in-flight requests finish and stops every instance.
+/// Serves the config's apps: adopts the instances of unchanged apps a previous run left
+/// running and removes the rest of what it left, starts the gateway, waits for a signal, then
+/// lets in-flight requests finish and stops every instance.
 pub(crate) async fn serve(mut config: Config) -> Result<(), BoxError> {
     if config.admin_token.is_none() {
         config.admin_token = admin_token_from_env();
     }
     let backend = backend(&config, true).await?;
+    // A previous run's instances of unchanged apps stay warm; the rest of what it left goes.
+    let adopted = backend.adopt(&config.apps).await?;
     let removed = backend.reconcile().await?;
-    if removed > 0 {
-        tracing::info!(removed, "removed instances left by a previous run");
+    if !adopted.is_empty() || removed > 0 {
+        tracing::info!(
+            adopted = adopted.len(),
+            removed,
+            "took over the instances a previous run left"
+        );
     }
+    let takeover = Takeover {
+        instances: adopted
+            .into_iter()
+            .map(|a| (a.app, a.id, a.age))
+            .collect(),
+    };
     let backend = Arc::new(backend);
-    let gateway = match Gateway::start(config, backend.clone()).await {
+    let gateway = match Gateway::start_with(config, backend.clone(), takeover).await {
         Ok(g) => g,
         Err(err) => {
             let _ = backend.shutdown().await;

@@ -231,9 +231,9 @@ idle_timeout = "100ms"
     env.stop().await;
 }
 
-/// The real `serverless` binary SIGKILLed under load and started again: everything it left in
-/// containerd (containers, tasks, snapshots, shims) is removed by the new process's reconcile,
-/// which then serves. A graceful restart (SIGTERM) finishes the request in flight first, and
+/// The real `serverless` binary SIGKILLed under load and started again: the new process adopts
+/// the running instances of the unchanged app and its reconcile removes the rest of what the
+/// old one left (containers, tasks, snapshots, shims); then it serves. A graceful restart (SIGTERM) finishes the request in flight first, and
 /// leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_sigkilled_and_restarted() {
@@ -305,10 +305,11 @@ min = 1
     let (sent, failed) = load.finish().await;
     let after = objects(&containerd);
     eprintln!(
-        "gateway restart: old containers still present {adopted:?}; now {after:?}; sent {sent}, failed {}",
+        "gateway restart: old containers adopted {adopted:?}; now {after:?}; sent {sent}, failed {}",
         failed.len()
     );
-    assert!(adopted.is_empty(), "leftovers not removed: {adopted:?}");
+    // The app is unchanged: its running instances are adopted (tests/restart.rs has the rest).
+    assert!(!adopted.is_empty(), "no instance adopted: {}", second.log());
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(after.containers, after.tasks);
     assert_eq!(after.containers, after.snapshots);

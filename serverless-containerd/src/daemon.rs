@@ -1,5 +1,12 @@
 //! The embedded containerd: a private `containerd` process with its root, state and socket
 //! under our data directory, stopped with us.
+//!
+//! It runs in its own process group, so it outlives a gateway that is SIGKILLed (and the
+//! instances it runs keep running). The next gateway on the same data directory finds it (the
+//! pid file `containerd.pid`, or any process whose command line names our `config.toml`),
+//! checks that it answers on its socket (a `Version` call within [`HEALTH_TIMEOUT`]) and adopts
+//! it. One that does not answer is stopped (SIGTERM, then SIGKILL) before a new one starts:
+//! two containerds on one root would wedge on the root's boltdb lock.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,12 +18,17 @@ use nix::unistd::Pid;
 use serverless_core::{BackendError, ErrorKind};
 use tokio::process::{Child, Command};
 
-/// A running private containerd.
+/// How long a containerd found running gets to answer before it counts as wedged.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A running private containerd: started by us, or adopted from a previous gateway.
 pub(crate) struct Daemon {
-    child: Child,
+    /// `None` when adopted (not our child: it is reaped by whoever inherited it).
+    child: Option<Child>,
     pid: Option<u32>,
     pub(crate) socket: PathBuf,
     log: PathBuf,
+    pid_file: PathBuf,
 }
 
 fn unavailable(msg: String) -> BackendError {
@@ -88,12 +100,37 @@ impl Daemon {
                 socket.display()
             )));
         }
-        let _ = tokio::fs::remove_file(&socket).await;
         let config_path = dir.join("config.toml");
+        let pid_file = dir.join("containerd.pid");
+        let log = dir.join("containerd.log");
+        let found = running_for(&config_path, &pid_file);
+        if let Some(&pid) = found.first() {
+            if let Some(channel) = healthy(&socket).await {
+                // More than one on this root: the others wait for the root's lock forever.
+                for &other in &found[1..] {
+                    tracing::warn!(pid = other, "stopping a second containerd on this root");
+                    stop_pid(other, None).await;
+                }
+                tracing::info!(pid, socket = %socket.display(), "adopted the embedded containerd a previous run left running");
+                let _ = tokio::fs::write(&pid_file, pid.to_string()).await;
+                let daemon = Self {
+                    child: None,
+                    pid: Some(pid),
+                    socket,
+                    log,
+                    pid_file,
+                };
+                return Ok((daemon, channel));
+            }
+            for &pid in &found {
+                tracing::warn!(pid, "the embedded containerd a previous run left does not answer; stopping it");
+                stop_pid(pid, None).await;
+            }
+        }
+        let _ = tokio::fs::remove_file(&socket).await;
         tokio::fs::write(&config_path, config(dir, &socket))
             .await
             .map_err(|e| io("writing config.toml", e))?;
-        let log = dir.join("containerd.log");
         let out = std::fs::File::create(&log).map_err(|e| io("creating containerd.log", e))?;
         let err = out
             .try_clone()
@@ -115,15 +152,23 @@ impl Daemon {
                 )
             })?;
         let pid = child.id();
+        if let Some(pid) = pid {
+            let _ = tokio::fs::write(&pid_file, pid.to_string()).await;
+        }
         let mut daemon = Self {
-            child,
+            child: Some(child),
             pid,
             socket,
             log,
+            pid_file,
         };
         let started = tokio::time::Instant::now();
         loop {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
+            let exited = match &mut daemon.child {
+                Some(child) => child.try_wait().ok().flatten(),
+                None => None,
+            };
+            if let Some(status) = exited {
                 daemon.pid = None;
                 return Err(unavailable(format!(
                     "embedded containerd exited with {status} at startup: {}",
@@ -160,18 +205,94 @@ impl Daemon {
         let Some(pid) = self.pid.take() else {
             return;
         };
-        let Ok(raw) = i32::try_from(pid) else {
-            return;
-        };
-        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        stop_pid(pid, self.child.as_mut()).await;
         let _ = tokio::fs::remove_file(&self.socket).await;
+        let _ = tokio::fs::remove_file(&self.pid_file).await;
     }
+}
+
+/// SIGTERM to `pid`, up to 10 s for it to exit, then SIGKILL and up to 10 s more. `child`:
+/// when it is ours, waited for (reaped); otherwise `/proc` tells when it is gone.
+async fn stop_pid(pid: u32, child: Option<&mut Child>) {
+    let Ok(raw) = i32::try_from(pid) else {
+        return;
+    };
+    let pid = Pid::from_raw(raw);
+    let _ = kill(pid, Signal::SIGTERM);
+    match child {
+        Some(child) => {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        None => {
+            let gone = || !Path::new(&format!("/proc/{raw}")).exists() || is_zombie(raw);
+            for step in 0..2000 {
+                if gone() {
+                    return;
+                }
+                if step == 1000 {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// The containerd processes running with `config` (the pid file's first, then any other whose
+/// command line names it): a previous gateway's, on this data directory.
+fn running_for(config: &Path, pid_file: &Path) -> Vec<u32> {
+    let runs_config = |pid: u32| {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let config = config.as_os_str().as_encoded_bytes();
+        args.windows(2)
+            .any(|w| w[0] == b"--config" && w[1] == config)
+            && !is_zombie(pid as i32)
+    };
+    let mut found = Vec::new();
+    if let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    {
+        if runs_config(pid) {
+            found.push(pid);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            if !found.contains(&pid) && runs_config(pid) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// A channel to the containerd at `socket` if it answers a `Version` call in time.
+async fn healthy(socket: &Path) -> Option<Channel> {
+    let check = async {
+        let channel = containerd_client::connect(socket).await.ok()?;
+        let mut version = containerd_client::services::v1::version_client::VersionClient::new(
+            channel.clone(),
+        );
+        version.version(()).await.ok()?;
+        Some(channel)
+    };
+    tokio::time::timeout(HEALTH_TIMEOUT, check).await.ok().flatten()
 }
 
 impl Drop for Daemon {

@@ -56,8 +56,9 @@
 //!   and the cgroup's `oom_kill` counter); **logs**: the task's stdout and stderr are FIFOs that
 //!   this process copies into one file per instance (one writer, so nothing is lost — containerd
 //!   1.6's own `file://` stdio drops stderr written after stdout closed — and a boot failure's
-//!   last lines are complete once both FIFOs ended); [`ContainerdBackend::reconcile`] removes
-//!   leftovers of a previous run.
+//!   last lines are complete once both FIFOs ended); [`ContainerdBackend::adopt`] takes over
+//!   a previous run's running instances of unchanged apps (and the embedded containerd it left
+//!   running), [`ContainerdBackend::reconcile`] removes the rest of what it left.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -95,7 +96,8 @@
 //!
 //! - [`ContainerdBackend`]: the backend an embedder hands to the engine (it implements
 //!   [`ContainerBackend`](serverless_core::ContainerBackend)), plus what only this backend
-//!   offers: [`reconcile`](ContainerdBackend::reconcile) after a crash,
+//!   offers: [`adopt`](ContainerdBackend::adopt) ([`Adopted`]) and
+//!   [`reconcile`](ContainerdBackend::reconcile) after a crash,
 //!   [`shutdown`](ContainerdBackend::shutdown), the socket and namespace in use.
 //! - [`Builder`] and [`DEFAULT_MAX_UNPACKED_BYTES`]: its settings (which containerd, namespace,
 //!   snapshotter, registry credentials, unpack limit, spare shim).
@@ -130,5 +132,5 @@ mod seccomp;
 mod sock_diag;
 mod spec;
 
-pub use backend::{Builder, ContainerdBackend, DEFAULT_MAX_UNPACKED_BYTES};
+pub use backend::{Adopted, Builder, ContainerdBackend, DEFAULT_MAX_UNPACKED_BYTES};
 pub use image::{BuildError, ImageBuilder, PullProgress, PullProgressFn};

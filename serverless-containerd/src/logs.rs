@@ -77,6 +77,23 @@ impl LogFifos {
     }
 }
 
+impl LogFifos {
+    /// Opens the read ends of the FIFOs a previous gateway made for a task that still runs (an
+    /// adopted instance), to copy on into the same log file.
+    pub(crate) fn reopen(log: &Path) -> std::io::Result<Self> {
+        let out = fifo_path(log, "out");
+        let err = fifo_path(log, "err");
+        let open = |p: &Path| pipe::OpenOptions::new().open_receiver(p);
+        Ok(Self {
+            out: open(&out)?,
+            err: open(&err)?,
+            stdout: out.display().to_string(),
+            stderr: err.display().to_string(),
+            log: log.to_owned(),
+        })
+    }
+}
+
 /// Waits (at most `limit`) until everything the task wrote is in its log file.
 pub(crate) async fn copied(mut done: watch::Receiver<bool>, limit: Duration) -> bool {
     tokio::time::timeout(limit, done.wait_for(|d| *d))

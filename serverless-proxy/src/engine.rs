@@ -173,6 +173,17 @@ impl Engine {
     /// Deploys (or replaces) an app: prepares its image, then routes its hosts to a new pool.
     /// A replaced app's instances drain and stop in the background.
     pub async fn deploy(&self, spec: AppSpec) -> Result<(), DeployError> {
+        self.deploy_adopting(spec, Vec::new()).await
+    }
+
+    /// [`deploy`](Self::deploy), with running instances of this app (a previous gateway's,
+    /// `(id, age)`) taken as ready by its pool instead of started
+    /// ([`PoolBuilder::adopt`](serverless_limits::PoolBuilder::adopt)).
+    pub async fn deploy_adopting(
+        &self,
+        spec: AppSpec,
+        adopted: Vec<(InstanceId, Duration)>,
+    ) -> Result<(), DeployError> {
         {
             let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
             for host in &spec.hosts {
@@ -194,7 +205,11 @@ impl Engine {
                 app: spec.name.clone(),
                 source,
             })?;
-        let pool = Pool::builder(spec.clone(), self.inner.backend.clone())
+        let mut pool = Pool::builder(spec.clone(), self.inner.backend.clone());
+        for (id, age) in adopted {
+            pool = pool.adopt(id, age);
+        }
+        let pool = pool
             .budget(self.inner.budget.clone())
             .observer(Arc::new(Observer {
                 metrics: self.inner.metrics.clone(),

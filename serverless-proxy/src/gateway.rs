@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serverless_core::{Config, ContainerBackend};
+use serverless_core::{Config, ContainerBackend, InstanceId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -61,6 +61,16 @@ impl Gateway {
         config: Config,
         backend: Arc<dyn ContainerBackend>,
     ) -> Result<Self, GatewayError> {
+        Self::start_with(config, backend, Takeover::default()).await
+    }
+
+    /// [`start`](Self::start), taking over what a previous gateway left running: its
+    /// instances are adopted by their apps' pools.
+    pub async fn start_with(
+        config: Config,
+        backend: Arc<dyn ContainerBackend>,
+        mut takeover: Takeover,
+    ) -> Result<Self, GatewayError> {
         let token = config.admin_token.clone();
         if !config.admin.ip().is_loopback() && token.is_none() {
             return Err(GatewayError::AdminTokenRequired {
@@ -74,7 +84,12 @@ impl Gateway {
         let engine = Engine::new(backend, config.limits, config.server.clone());
         let listeners = async {
             for app in config.apps {
-                engine.deploy(app).await?;
+                let (mine, others) = std::mem::take(&mut takeover.instances)
+                    .into_iter()
+                    .partition(|(name, _, _)| *name == app.name);
+                takeover.instances = others;
+                let mine = mine.into_iter().map(|(_, id, age)| (id, age)).collect();
+                engine.deploy_adopting(app, mine).await?;
             }
             let listener = bind("listen", config.listen).await?;
             let admin_listener = bind("admin", config.admin).await?;
@@ -170,6 +185,15 @@ impl std::fmt::Debug for Gateway {
             .field("admin", &self.admin)
             .finish_non_exhaustive()
     }
+}
+
+/// What a new gateway takes over from a previous one ([`Gateway::start_with`]).
+#[derive(Debug, Default)]
+pub struct Takeover {
+    /// Running instances to adopt: app name, instance id, age (`max_duration` counts from
+    /// their real start). Instances of apps not in the config are ignored (the caller stops
+    /// them).
+    pub instances: Vec<(String, InstanceId, Duration)>,
 }
 
 /// Binds the listener of config key `field` and reads back its address (the port when 0).

@@ -102,7 +102,7 @@ pub use error::{FailureCause, ForwardError, ERROR_HEADER};
 pub use forward::{ClientInfo, Forward, ForwardObserver, COLD_START_HEADER};
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
-pub use gateway::{Gateway, GatewayError};
+pub use gateway::{Gateway, GatewayError, Takeover};
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub use metrics::Metrics;

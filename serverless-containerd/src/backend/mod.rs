@@ -15,15 +15,17 @@
 //! | `standby.rs` | standbys: made, taken, refilled, released (state in `standby_state.rs`) |
 //! | `spare_shim.rs` | the spare shim: keepers made, claimed, removed (state in `shim_pool.rs`) |
 //! | `stop.rs` | one container stopped and removed: `teardown`, `terminate`, `delete_objects`, `forget` |
+//! | `adopt.rs` | `adopt`: a previous run's running instances of unchanged apps taken over |
 //! | `reconcile.rs` | `reconcile` (a previous run's leftovers) and `shutdown` |
 //! | `task.rs`, `ids.rs` | the task records (`Created`, `Instance`); id checks and standby ids |
 //!
 //! No cycles: each file uses only files of the layers before its own, in this order — the
 //! records and state (`task`, `ids`, `standby_state`, `shim_pool`); `handle`; `images` and
 //! `stop`; `spare_shim` (uses `stop`); `start` (uses `images`, `spare_shim`); `standby` (uses
-//! `start`, `stop`); `reconcile` (uses `stop`, `standby`, `spare_shim`); `builder` and
+//! `start`, `stop`); `adopt` (uses `handle`); `reconcile` (uses `stop`, `standby`, `spare_shim`); `builder` and
 //! `trait_impl` on top. This module only declares and re-exports.
 
+mod adopt;
 mod boost;
 mod builder;
 mod handle;
@@ -39,5 +41,6 @@ mod stop;
 mod task;
 mod trait_impl;
 
+pub use adopt::Adopted;
 pub use builder::{Builder, DEFAULT_MAX_UNPACKED_BYTES};
 pub use handle::ContainerdBackend;

@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use serverless_core::{BackendError, InstanceId};
 use tokio::time::Instant;
 
-use super::state::{send_grants, Backoff, Shared};
+use tokio::sync::Notify;
+
+use super::state::{send_grants, Backoff, Inner, Instance, Shared};
 use super::{backoff_delay, State, StopReason};
 use crate::error::PoolError;
 
@@ -111,6 +113,36 @@ impl Shared {
                 });
             }
         }
+    }
+
+    /// Takes a running instance the pool did not start as `Ready` (see
+    /// [`PoolBuilder::adopt`](super::PoolBuilder::adopt)) and supervises it; stops it when the
+    /// budget has no room.
+    pub(super) fn adopt(self: &Arc<Self>, inner: &mut Inner, id: InstanceId, age: Duration) {
+        let now = Instant::now();
+        let fits = self.budget.as_ref().is_none_or(|b| b.try_take());
+        if inner.closed || !fits {
+            tracing::warn!(app = %self.app.name, instance = %id, "no room for an adopted instance; stopping it");
+            let shared = self.clone();
+            tokio::spawn(async move {
+                let _ = shared.backend.stop(&id, shared.app.limits.stop_grace).await;
+            });
+            return;
+        }
+        inner.instances.push(Instance {
+            id: id.clone(),
+            state: State::Ready,
+            in_flight: 0,
+            created: now.checked_sub(age).unwrap_or(now),
+            idle_since: now,
+            evicted: false,
+            wake: Arc::new(Notify::new()),
+        });
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let reason = shared.supervise(&id).await;
+            shared.stop_instance(&id, reason).await;
+        });
     }
 
     /// Watches a ready instance until it should stop; returns why.

@@ -103,6 +103,7 @@ pub struct PoolBuilder {
     backend: Arc<dyn ContainerBackend>,
     budget: Option<InstanceBudget>,
     observer: Arc<dyn PoolObserver>,
+    adopted: Vec<(InstanceId, Duration)>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -124,6 +125,16 @@ impl PoolBuilder {
     /// Reports cold starts, crashes and stops to `observer`.
     pub fn observer(mut self, observer: Arc<dyn PoolObserver>) -> Self {
         self.observer = observer;
+        self
+    }
+
+    /// Takes `id`, an instance of this app that already runs and listens (a previous
+    /// gateway's, found again by the backend), as `Ready`, without starting it: `age` is how
+    /// long it has been running, so `max_duration` counts from its real start. It counts
+    /// towards `scale.min` and the budget (an instance the budget has no room for is stopped).
+    /// The backend must know it: `connect`, `wait` and `stop` work on `id`.
+    pub fn adopt(mut self, id: InstanceId, age: Duration) -> Self {
+        self.adopted.push((id, age));
         self
     }
 
@@ -167,6 +178,9 @@ impl PoolBuilder {
             }),
         };
         let mut inner = pool.shared.lock();
+        for (id, age) in self.adopted {
+            pool.shared.adopt(&mut inner, id, age);
+        }
         pool.shared.scale(&mut inner);
         drop(inner);
         Ok(pool)
@@ -187,6 +201,7 @@ impl Pool {
             backend,
             budget: None,
             observer: Arc::new(NoObserver),
+            adopted: Vec::new(),
         }
     }
 

@@ -765,3 +765,68 @@ async fn a_spec_out_of_range_is_refused() {
         "invalid limits.max_concurrent_requests = 0: expected an integer in 1..=256"
     );
 }
+
+/// An instance a previous pool started (here: started on the backend directly) is taken as
+/// `Ready` by a new pool: requests land on it with no start, `scale.min` counts it, and
+/// `max_duration` counts from its real start (its age), not from the adoption.
+#[tokio::test(start_paused = true)]
+async fn adopted_instance_serves_at_once_and_keeps_its_age() {
+    use serverless_core::ContainerBackend;
+    let backend = FakeBackend::new();
+    let spec = app("a", |a| {
+        a.scale.min = 1;
+        a.limits.max_duration = Duration::from_secs(60);
+        a.limits.idle_timeout = Duration::from_secs(600);
+    });
+    let old = InstanceId::new("a-1-old");
+    backend.start(&spec, &old).await.unwrap();
+    assert_eq!(backend.started(), 1);
+    let budget = InstanceBudget::new(4);
+    let pool = Pool::builder(spec, Arc::new(backend.clone()))
+        .budget(budget.clone())
+        .adopt(old.clone(), Duration::from_secs(50))
+        .build()
+        .unwrap();
+    // Ready at once: a lease without waiting, on the adopted instance, and no start for
+    // scale.min.
+    let lease = pool.try_acquire().expect("the adopted instance is ready");
+    assert_eq!(lease.instance(), old);
+    drop(lease);
+    assert_eq!(budget.used(), 1, "the adopted instance takes its place in the budget");
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(backend.started(), 1, "no instance started");
+    let snap = pool.snapshot();
+    assert_eq!(snap.instances.len(), 1);
+    assert!(snap.instances[0].age >= Duration::from_secs(51), "{snap:?}");
+    // 60 s max_duration from its start, 50 s before the adoption: recycled ~10 s after it
+    // (then replaced for scale.min), not 60 s after.
+    sleep(Duration::from_secs(10)).await;
+    assert!(!backend.running("a").contains(&old), "recycled at its real age");
+    assert_eq!(backend.running("a").len(), 1, "replaced for scale.min");
+    pool.shutdown().await;
+    assert!(backend.running("a").is_empty());
+    assert_eq!(budget.used(), 0);
+}
+
+/// An adopted instance the host budget has no room for is stopped, not kept over the limit.
+#[tokio::test(start_paused = true)]
+async fn adopted_instance_over_the_budget_is_stopped() {
+    use serverless_core::ContainerBackend;
+    let backend = FakeBackend::new();
+    let spec = app("a", |_| {});
+    for id in ["a-1-old", "a-2-old"] {
+        backend.start(&spec, &InstanceId::new(id)).await.unwrap();
+    }
+    let budget = InstanceBudget::new(1);
+    let pool = Pool::builder(spec, Arc::new(backend.clone()))
+        .budget(budget.clone())
+        .adopt(InstanceId::new("a-1-old"), Duration::ZERO)
+        .adopt(InstanceId::new("a-2-old"), Duration::ZERO)
+        .build()
+        .unwrap();
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(backend.running("a"), vec![InstanceId::new("a-1-old")]);
+    assert_eq!(pool.snapshot().instances.len(), 1);
+    assert_eq!(budget.used(), 1);
+    pool.shutdown().await;
+}

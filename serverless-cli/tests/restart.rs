@@ -1,0 +1,243 @@
+//! Gateway restarts (issue 23): the real `serverless` binary SIGKILLed and started again on the
+//! same `data_dir` adopts the embedded containerd it left (or replaces it when it is wedged) and
+//! the warm instances of unchanged apps; instances of a changed app are replaced; a graceful
+//! stop afterwards leaves no containerd, shim or object behind.
+//!
+//! Needs root, `containerd`, `runc` and `ctr`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serverless_testkit::*;
+use tokio::time::Instant;
+
+const HELLO: &str = env!("CARGO_BIN_EXE_serverless-hello");
+const SERVERLESS: &str = env!("CARGO_BIN_EXE_serverless");
+
+/// `GET /` for `host`: 200 and the answering process's identity (`x-hello-instance`: its
+/// container's hostname and a random suffix drawn when it started).
+async fn instance_of(addr: std::net::SocketAddr, host: &str) -> String {
+    let answer = send(&client(), addr, host, Method::GET, "/", b"")
+        .await
+        .unwrap_or_else(|e| panic!("GET / for {host}: {e}"));
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    answer.headers["x-hello-instance"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The containerd processes started with `config` (the embedded one of a data dir).
+fn containerds(config: &Path) -> Vec<u32> {
+    let config = config.display().to_string();
+    processes()
+        .into_iter()
+        .filter(|(_, args)| args.windows(2).any(|w| w[0] == "--config" && w[1] == config))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Sends SIGKILL and waits for the process to be gone.
+async fn kill(mut gateway: GatewayProcess) {
+    gateway.signal("KILL");
+    tokio::time::timeout(Duration::from_secs(10), gateway.child.wait())
+        .await
+        .expect("exits on SIGKILL")
+        .unwrap();
+}
+
+/// SIGTERM, and the exit status must be success.
+async fn terminate(mut gateway: GatewayProcess) {
+    gateway.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(60), gateway.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{}", gateway.log());
+}
+
+/// With the embedded containerd (the default): after a SIGKILL the next gateway starts within
+/// seconds (it adopts the containerd left running instead of starting a second one on the
+/// same root) and the warm instance answers with no cold start. A containerd that no longer
+/// answers (SIGSTOPped) is stopped and replaced. SIGTERM then leaves no containerd and no shim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_gateway_adopts_its_containerd_and_warm_instance() {
+    if !can_run("sigkilled_gateway_adopts_its_containerd_and_warm_instance") {
+        return;
+    }
+    let _shared = shared().await;
+    let dir = tempfile::Builder::new().prefix("sl-rs-").tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let config = dir.path().join("serverless.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+data_dir = "{data}"
+[[apps]]
+name = "web"
+network = "none"
+image = "oci-archive:{image}"
+network = "none"
+"#,
+            data = data.display(),
+            image = hello_archive(HELLO, dir.path()).display(),
+        ),
+    )
+    .unwrap();
+    let containerd_config = data.join("containerd").join("config.toml");
+    let socket = data.join("containerd").join("containerd.sock");
+    struct Cleanup(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for pid in containerds(&self.1) {
+                signal(pid, "CONT");
+            }
+            remove_all(&self.0, "serverless", &self.1.with_file_name("cleanup"));
+            for pid in containerds(&self.1) {
+                signal(pid, "KILL");
+            }
+        }
+    }
+    let _cleanup = Cleanup(socket.clone(), containerd_config.clone());
+
+    let first = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
+    let warm = instance_of(first.addr, "web.localhost").await;
+    let daemon = containerds(&containerd_config);
+    assert_eq!(daemon.len(), 1, "one embedded containerd: {daemon:?}");
+    kill(first).await;
+    assert_eq!(
+        containerds(&containerd_config),
+        daemon,
+        "the embedded containerd outlives a SIGKILLed gateway"
+    );
+
+    let t = Instant::now();
+    let second = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
+    let restart = t.elapsed();
+    let again = instance_of(second.addr, "web.localhost").await;
+    eprintln!(
+        "restart after SIGKILL: serving in {restart:?}; instance before {warm}, after {again}"
+    );
+    assert!(restart < Duration::from_secs(10), "{}", second.log());
+    assert_eq!(
+        containerds(&containerd_config),
+        daemon,
+        "adopted, not a second one"
+    );
+    assert_eq!(again, warm, "the warm instance answers: {}", second.log());
+    assert!(
+        second.log().contains("adopted a running instance")
+            && !second.log().contains("instance ready"),
+        "no cold start: {}",
+        second.log()
+    );
+
+    // Wedged: the containerd stops answering (SIGSTOP) and the gateway dies. The next one
+    // stops it (SIGKILL reaches a stopped process) and starts its own.
+    kill(second).await;
+    signal(daemon[0], "STOP");
+    let t = Instant::now();
+    let third = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
+    let restart = t.elapsed();
+    let now = containerds(&containerd_config);
+    let after = instance_of(third.addr, "web.localhost").await;
+    eprintln!(
+        "restart over a wedged containerd: serving in {restart:?}; containerd {daemon:?} -> {now:?}; instance {after}"
+    );
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, daemon, "the wedged containerd was replaced");
+    assert!(restart < Duration::from_secs(30), "{}", third.log());
+
+    terminate(third).await;
+    let left = containerds(&containerd_config);
+    let shims: Vec<_> = shims().into_iter().filter(|s| s.serves(&socket)).collect();
+    eprintln!("after SIGTERM: containerd {left:?}, shims {shims:?}");
+    assert!(left.is_empty(), "containerd left running: {left:?}");
+    assert!(shims.is_empty(), "shims left running: {shims:?}");
+}
+
+/// Two apps, the gateway SIGKILLed, one app's env changed in the config: the next gateway
+/// adopts the unchanged app's instance (same process answers, same container) and replaces the
+/// changed app's (a new process, the old container removed). SIGTERM then leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_adopts_unchanged_apps_and_replaces_changed_ones() {
+    if !can_run("restart_adopts_unchanged_apps_and_replaces_changed_ones") {
+        return;
+    }
+    let _shared = shared().await;
+    let dir = tempfile::Builder::new().prefix("sl-rs-").tempdir().unwrap();
+    let containerd = Containerd::start(dir.path());
+    let namespace = unique("restart");
+    struct Cleanup<'a>(&'a Containerd, &'a str, &'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            remove_all(&self.0.socket, self.1, &self.2.join("cleanup"));
+        }
+    }
+    let _cleanup = Cleanup(&containerd, &namespace, dir.path());
+    let image = hello_archive(HELLO, dir.path());
+    let config = dir.path().join("serverless.toml");
+    let write = |greeting: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+data_dir = "{data}"
+[containerd]
+socket = "{socket}"
+namespace = "{namespace}"
+[[apps]]
+name = "kept"
+network = "none"
+image = "oci-archive:{image}"
+network = "none"
+[apps.scale]
+min = 1
+[[apps]]
+name = "changed"
+network = "none"
+image = "oci-archive:{image}"
+network = "none"
+env = {{ GREETING = "{greeting}" }}
+[apps.scale]
+min = 1
+"#,
+                data = dir.path().join("gw").display(),
+                socket = containerd.socket.display(),
+                image = image.display(),
+            ),
+        )
+        .unwrap();
+    };
+    write("one");
+    let first = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
+    let kept = instance_of(first.addr, "kept.localhost").await;
+    let changed = instance_of(first.addr, "changed.localhost").await;
+    let before = containerd.container_ids(&namespace);
+    kill(first).await;
+
+    write("two");
+    let second = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
+    let kept_after = instance_of(second.addr, "kept.localhost").await;
+    let changed_after = instance_of(second.addr, "changed.localhost").await;
+    let after = containerd.container_ids(&namespace);
+    eprintln!(
+        "containers before {before:?}, after {after:?}; kept {kept} -> {kept_after}; changed {changed} -> {changed_after}"
+    );
+    assert_eq!(kept_after, kept, "the unchanged app's instance is adopted");
+    assert_ne!(changed_after, changed, "the changed app's instance is replaced");
+    let survivors: Vec<_> = before.iter().filter(|id| after.contains(id)).collect();
+    assert_eq!(survivors.len(), 1, "only the kept app's container: {survivors:?}");
+    assert!(survivors[0].starts_with("kept-"), "{survivors:?}");
+
+    terminate(second).await;
+    assert_eq!(containerd.objects(&namespace), Objects::default());
+}
