@@ -120,7 +120,8 @@ impl ForwardError {
             if let Some(e) = e.downcast_ref::<std::io::Error>() {
                 use std::io::ErrorKind::*;
                 match e.kind() {
-                    InvalidData => return FailureCause::Framing,
+                    // hyper's chunk decoder says `InvalidInput` for a malformed chunk.
+                    InvalidData | InvalidInput => return FailureCause::Framing,
                     ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
                         return FailureCause::Reset
                     }
@@ -196,11 +197,23 @@ impl fmt::Display for ForwardError {
             Kind::ResponseTimeout => "",
         };
         write!(f, "instance {} of app {} ", self.instance, self.app.name)?;
+        // The cause, named: which framing error, which timeout, a reset — with the causes
+        // under it that its own words leave out (hyper's "error reading a body from
+        // connection" is followed by what was wrong with the body).
+        let mut cause = self.source.to_string();
+        let mut next = self.source.source();
+        while let Some(e) = next {
+            let words = e.to_string();
+            if !cause.contains(&words) {
+                cause.push_str(": ");
+                cause.push_str(&words);
+            }
+            next = e.source();
+        }
         if what.is_empty() {
-            write!(f, "{}", self.source)
+            write!(f, "{cause}")
         } else {
-            // The cause, named: which framing error, which timeout, a reset.
-            write!(f, "{what}: {}", self.source)
+            write!(f, "{what}: {cause}")
         }
     }
 }

@@ -1,8 +1,15 @@
-//! A hostile or broken upstream through the real gateway, on both client paths (the lean
-//! HTTP/1.1 client: a body-less GET; hyper's: a POST with a body): an instance that plays
-//! byte-exact responses per path, and what the client gets for each — status, body bytes,
-//! whether the instance's connection was reused. Timeouts are configured short (hundreds of
-//! milliseconds) rather than slept through; no speed is asserted.
+//! A hostile or broken upstream through the real gateway, on every client path: the lean
+//! HTTP/1.1 client (a body-less GET), hyper's client for the same GET (`server.lean_client =
+//! false`) and hyper's client for a request with a body (a POST). An instance plays byte-exact
+//! responses per request path; each case asserts what the client gets — status, reason, body
+//! bytes, whether the instance's connection was reused or the client's closed — that the
+//! answer came within a bound (timeouts are configured short, hundreds of milliseconds), and
+//! that the gateway spent bounded CPU on it: the gateway runs on its own thread, whose CPU
+//! time is read from `/proc` around each case, so an endless interim stream or a trickled head
+//! that made it spin fails the case.
+//!
+//! HTTP/2 clients are covered at the end: a body that fails after its head reaches them as a
+//! `RST_STREAM` on a connection that stays usable.
 
 #![cfg(feature = "gateway")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,6 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serverless_core::fake::FakeBackend;
 use serverless_core::{
     AppSpec, BackendError, Config, Connection, ContainerBackend, ErrorKind, Exit, InstanceId,
@@ -21,30 +31,89 @@ use serverless_core::{
 use serverless_proxy::{Gateway, ERROR_HEADER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
-/// What the instance sends for a path, and whether it then hangs (keeps the connection open
-/// and sends nothing more) instead of reading the next request.
-fn script(path: &str) -> (Vec<u8>, bool) {
-    let bytes: &[u8] = match path {
-        "/ok" => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-        "/te-and-long-length" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        "/te-and-short-length" => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
-        "/two-lengths" => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
-        "/reason" => b"HTTP/1.1 599 Custom Reason\r\ncontent-length: 0\r\n\r\n",
-        "/101" => b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n",
-        "/hang" => return (Vec::new(), true),
-        "/stall" => return (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc".to_vec(), true),
+/// The app's `limits.response_timeout` and `limits.body_idle_timeout` in these tests.
+const TIMEOUT: Duration = Duration::from_millis(400);
+/// How much later than expected a case may end (a loaded 2-core machine, a debug build).
+const SLACK: Duration = Duration::from_secs(2);
+/// The gateway CPU one case may take: generous for a debug build on a loaded machine (a case
+/// costs a few milliseconds), well under what a gateway spinning through a case's timeout
+/// takes (the cases that could spin get a longer timeout, see [`Harness::spin_timeout`]).
+const CPU_PER_CASE: Duration = Duration::from_millis(150);
+
+/// What the instance does after reading a request.
+enum Script {
+    /// Sends these bytes, then `After`.
+    Send(Vec<u8>, After),
+    /// Sends these bytes again and again until the gateway goes away.
+    Endless(Vec<u8>),
+    /// Sends these bytes, then one more byte of a header value every few milliseconds until
+    /// the gateway goes away.
+    Trickle(Vec<u8>),
+}
+
+/// What the instance does after sending its bytes.
+enum After {
+    /// Reads the next request.
+    Next,
+    /// Keeps the connection open and sends nothing more.
+    Hang,
+    /// Closes the connection (FIN).
+    Close,
+    /// Resets the connection (RST: linger 0).
+    Reset,
+}
+
+fn send(bytes: &[u8], after: After) -> Script {
+    Script::Send(bytes.to_vec(), after)
+}
+
+/// What the instance answers to a request for `path`.
+fn script(path: &str) -> Script {
+    use After::*;
+    match path {
+        "/ok" => send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", Next),
+        "/te-and-long-length" => send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", Next),
+        "/te-and-short-length" => send(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n", Next),
+        "/two-lengths" => send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok", Next),
+        "/reason" => send(b"HTTP/1.1 599 Custom Reason\r\ncontent-length: 0\r\n\r\n", Next),
+        "/101" => send(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n", Next),
+        "/hang" => send(b"", Hang),
+        "/close" => send(b"", Close),
+        "/reset" => send(b"", Reset),
+        "/stall" => send(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", Hang),
+        "/short-close" => send(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", Close),
+        "/reset-in-body" => send(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", Reset),
+        // An empty line where a chunk size belongs: not the last chunk (hyper and nginx
+        // refuse it too).
+        "/empty-chunk-size" => send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n\r\n", Next),
+        // A chunked body whose body is broken from its first byte: the head and the error
+        // arrive together.
+        "/bad-first-chunk" => send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", Next),
         "/big-head" => {
             let head = format!(
                 "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
                 "a".repeat(70_000)
             );
-            return (head.into_bytes(), false);
+            Script::Send(head.into_bytes(), Next)
         }
-        "/interim-flood" => return (b"HTTP/1.1 100 Continue\r\n\r\n".repeat(1000), true),
-        _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
-    };
-    (bytes.to_vec(), false)
+        "/big-trailers" => {
+            let res = format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-big: {}\r\n\r\n",
+                "a".repeat(70_000)
+            );
+            Script::Send(res.into_bytes(), Next)
+        }
+        "/interim-flood" => Script::Endless(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()),
+        // 60 000 bytes of head at once, then a byte every 2 ms: a client that parses the
+        // whole head again for each byte burns a core.
+        "/trickled-head" => {
+            let head = format!("HTTP/1.1 200 OK\r\nx-slow: {}", "a".repeat(60_000));
+            Script::Trickle(head.into_bytes())
+        }
+        _ => send(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", Next),
+    }
 }
 
 /// The instance: counts connections and requests per path, answers each as [`script`] says.
@@ -103,14 +172,39 @@ impl Upstream {
             buf.drain(..end + length);
             let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
             self.requests.lock().unwrap().push(path.clone());
-            let (answer, hang) = script(&path);
-            if stream.write_all(&answer).await.is_err() {
-                return;
-            }
-            if hang {
-                // Hold the connection open until the gateway drops it.
-                let _ = stream.read(&mut [0u8; 1]).await;
-                return;
+            match script(&path) {
+                Script::Send(bytes, after) => {
+                    if stream.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                    match after {
+                        After::Next => {}
+                        After::Hang => {
+                            // Until the gateway drops the connection.
+                            let _ = stream.read(&mut [0u8; 1]).await;
+                            return;
+                        }
+                        After::Close => return,
+                        After::Reset => {
+                            // Linger 0 never blocks: the close is a reset.
+                            #[allow(deprecated)]
+                            stream.set_linger(Some(Duration::ZERO)).unwrap();
+                            return;
+                        }
+                    }
+                }
+                Script::Endless(bytes) => {
+                    while stream.write_all(&bytes).await.is_ok() {}
+                    return;
+                }
+                Script::Trickle(bytes) => {
+                    let mut ok = stream.write_all(&bytes).await.is_ok();
+                    while ok {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        ok = stream.write_all(b"a").await.is_ok();
+                    }
+                    return;
+                }
             }
         }
     }
@@ -122,6 +216,10 @@ impl Upstream {
             .iter()
             .filter(|p| *p == path)
             .count()
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
@@ -157,52 +255,161 @@ impl ContainerBackend for Hostile {
     }
 }
 
-struct Harness {
-    gateway: Gateway,
-    upstream: Arc<Upstream>,
+/// Which of the gateway's clients to the instance a case goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// The lean HTTP/1.1 client: a GET.
+    Lean,
+    /// hyper's client for the same GET (`server.lean_client = false`).
+    Hyper,
+    /// hyper's client for a POST with a body (the lean client sends no bodies).
+    HyperBody,
 }
 
+impl Client {
+    const ALL: [Self; 3] = [Self::Lean, Self::Hyper, Self::HyperBody];
+
+    fn method(self) -> &'static str {
+        match self {
+            Self::Lean | Self::Hyper => "GET",
+            Self::HyperBody => "POST",
+        }
+    }
+}
+
+/// The gateway, on a thread of its own (its tasks, its connections to the instance), so that
+/// its CPU time can be told apart from the test's (the client and the instance).
+struct Harness {
+    gateway: Option<Gateway>,
+    runtime: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    upstream: Arc<Upstream>,
+    client: Client,
+}
+
+/// The name of the gateway's thread.
+const GATEWAY_THREAD: &str = "gateway";
+
 impl Harness {
-    async fn start() -> Self {
+    async fn start(client: Client) -> Self {
+        Self::with_timeout(client, TIMEOUT).await
+    }
+
+    /// The response timeout for the cases that could make a gateway spin: long enough that a
+    /// spinning gateway takes far more CPU than [`CPU_PER_CASE`].
+    fn spin_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+
+    async fn with_timeout(client: Client, response_timeout: Duration) -> Self {
         let (addr, upstream) = Upstream::start().await;
-        let config = Config::from_toml(
+        let config = Config::from_toml(&format!(
             r#"
             listen = "127.0.0.1:0"
             admin = "127.0.0.1:0"
+            [server]
+            lean_client = {}
             [[apps]]
             name = "web"
             image = "example/web:1"
             [apps.limits]
-            response_timeout = "400ms"
-            body_idle_timeout = "400ms"
+            response_timeout = "{}ms"
+            body_idle_timeout = "{}ms"
             "#,
-        )
+            client != Client::Hyper,
+            response_timeout.as_millis(),
+            TIMEOUT.as_millis(),
+        ))
         .unwrap();
         let backend = Hostile {
             fake: FakeBackend::new(),
             addr,
         };
-        let gateway = Gateway::start(config, Arc::new(backend)).await.unwrap();
-        Self { gateway, upstream }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(GATEWAY_THREAD)
+            .build()
+            .unwrap();
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(GATEWAY_THREAD.into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .unwrap();
+        let gateway = handle
+            .spawn(Gateway::start(config, Arc::new(backend)))
+            .await
+            .unwrap()
+            .unwrap();
+        Self {
+            gateway: Some(gateway),
+            runtime: handle,
+            stop: Some(stop),
+            thread: Some(thread),
+            upstream,
+            client,
+        }
+    }
+
+    fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().unwrap()
+    }
+
+    async fn shutdown(mut self) {
+        let gateway = self.gateway.take().unwrap();
+        self.runtime.spawn(gateway.shutdown()).await.unwrap();
+        let _ = self.stop.take().unwrap().send(());
+        self.thread.take().unwrap().join().unwrap();
+    }
+
+    /// The CPU time the gateway's threads have used so far.
+    fn cpu() -> Duration {
+        let ticks: u64 = procfs::process::Process::myself()
+            .unwrap()
+            .tasks()
+            .unwrap()
+            .filter_map(|task| task.ok()?.stat().ok())
+            .filter(|stat| stat.comm == GATEWAY_THREAD)
+            .map(|stat| stat.utime + stat.stime)
+            .sum();
+        Duration::from_millis(ticks * 1000 / procfs::ticks_per_second())
     }
 
     /// The value of one sample in the gateway's `/metrics` (0 when it is not there yet).
     fn metric(&self, sample: &str) -> u64 {
-        let text = self.gateway.engine().encode_metrics();
+        let text = self.gateway().engine().encode_metrics();
         text.lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0)
     }
 
-    /// Sends `method path` (a POST carries a 4-byte body: hyper's path) on a new client
-    /// connection and reads everything until the gateway closes it or goes quiet.
-    async fn raw(&self, method: &str, path: &str) -> Answer {
+    /// Sends a request for `path` with this harness's client's method.
+    async fn get(&self, path: &str) -> Answer {
+        self.raw(self.client.method(), path, false).await
+    }
+
+    /// Sends `method path` (a POST carries a 4-byte body) on a new client connection and reads
+    /// everything until the gateway closes it (`connection: close` unless `keep_alive`), within
+    /// 10 s; notes how long that took and the gateway's CPU time meanwhile.
+    async fn raw(&self, method: &str, path: &str, keep_alive: bool) -> Answer {
         let body = if method == "POST" { "data" } else { "" };
+        let close = if keep_alive {
+            ""
+        } else {
+            "connection: close\r\n"
+        };
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: web.localhost\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nhost: web.localhost\r\ncontent-length: {}\r\n{close}\r\n{body}",
             body.len()
         );
-        let mut s = TcpStream::connect(self.gateway.listen_addr())
+        let cpu = Self::cpu();
+        let start = Instant::now();
+        let mut s = TcpStream::connect(self.gateway().listen_addr())
             .await
             .unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
@@ -210,18 +417,29 @@ impl Harness {
         let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
         assert!(
             read.is_ok(),
-            "{method} {path}: the gateway neither answered nor closed"
+            "{method} {path} ({:?}): the gateway neither answered nor closed: {:?}",
+            self.client,
+            String::from_utf8_lossy(&out)
         );
-        Answer::parse(&out)
+        let mut answer = Answer::parse(&out);
+        answer.took = start.elapsed();
+        answer.cpu = Self::cpu().saturating_sub(cpu);
+        answer.what = format!("{method} {path} ({:?})", self.client);
+        answer
     }
 }
 
-/// A response as the client saw it on the wire.
+/// A response as the client saw it on the wire, with what it cost.
 #[derive(Debug)]
 struct Answer {
+    what: String,
     status_line: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// From connecting to the gateway closing the connection.
+    took: Duration,
+    /// The gateway's CPU time meanwhile.
+    cpu: Duration,
 }
 
 impl Answer {
@@ -237,9 +455,12 @@ impl Answer {
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
         Self {
+            what: String::new(),
             status_line,
             headers,
             body: bytes[end + 4..].to_vec(),
+            took: Duration::ZERO,
+            cpu: Duration::ZERO,
         }
     }
 
@@ -278,155 +499,337 @@ impl Answer {
             rest = rest.get(size + 2..)?;
         }
     }
-}
 
-const BOTH: [&str; 2] = ["GET", "POST"];
+    /// Asserts the status and that the reason names `cause` (in `x-serverless-error`).
+    fn assert_error(&self, status: u16, cause: &str) {
+        assert_eq!(self.status(), status, "{}: {self:?}", self.what);
+        let error = self.error();
+        assert!(
+            error.starts_with("instance ")
+                && error.contains(" of app web ")
+                && error.contains(cause),
+            "{}: the reason names {cause:?}: {self:?}",
+            self.what
+        );
+    }
+
+    /// Asserts the case ended within `[at_least, at_least + SLACK]` and cost the gateway at
+    /// most [`CPU_PER_CASE`].
+    fn assert_bounded(&self, at_least: Duration) {
+        eprintln!("{}: {:?}, gateway CPU {:?}", self.what, self.took, self.cpu);
+        assert!(
+            self.took >= at_least && self.took <= at_least + SLACK,
+            "{}: took {:?}, expected {at_least:?} (+ up to {SLACK:?})",
+            self.what,
+            self.took
+        );
+        assert!(
+            self.cpu <= CPU_PER_CASE,
+            "{}: the gateway spent {:?} of CPU on it",
+            self.what,
+            self.cpu
+        );
+    }
+}
 
 #[tokio::test]
 async fn a_transfer_coding_wins_and_the_length_is_not_passed_on() {
-    let h = Harness::start().await;
-    for method in BOTH {
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
         for (path, body) in [
             ("/te-and-long-length", &b"hello"[..]),
             ("/te-and-short-length", &b"hello world"[..]),
         ] {
-            let a = h.raw(method, path).await;
-            assert_eq!(a.status(), 200, "{method} {path}: {a:?}");
-            assert!(
-                a.header("content-length").is_empty(),
-                "{method} {path}: {a:?}"
-            );
-            assert_eq!(a.body().as_deref(), Some(body), "{method} {path}: {a:?}");
+            let a = h.get(path).await;
+            assert_eq!(a.status(), 200, "{}: {a:?}", a.what);
+            assert!(a.header("content-length").is_empty(), "{}: {a:?}", a.what);
+            assert_eq!(a.body().as_deref(), Some(body), "{}: {a:?}", a.what);
+            a.assert_bounded(Duration::ZERO);
         }
+        // Both framings given is a smuggling hint: neither connection is kept.
+        assert_eq!(h.upstream.connections(), 2, "{client:?}");
+        h.shutdown().await;
     }
-    h.gateway.shutdown().await;
 }
 
 #[tokio::test]
 async fn identical_lengths_are_passed_on_once() {
-    let h = Harness::start().await;
-    for method in ["GET", "POST", "HEAD"] {
-        let a = h.raw(method, "/two-lengths").await;
-        assert_eq!(a.status(), 200, "{method}: {a:?}");
-        assert_eq!(a.header("content-length"), ["2"], "{method}: {a:?}");
-        let body: &[u8] = if method == "HEAD" { b"" } else { b"ok" };
-        assert_eq!(a.body, body, "{method}");
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
+        let methods = if client == Client::HyperBody {
+            vec!["POST"]
+        } else {
+            vec!["GET", "HEAD"]
+        };
+        for method in methods {
+            let a = h.raw(method, "/two-lengths", false).await;
+            assert_eq!(a.status(), 200, "{}: {a:?}", a.what);
+            assert_eq!(a.header("content-length"), ["2"], "{}: {a:?}", a.what);
+            let body: &[u8] = if method == "HEAD" { b"" } else { b"ok" };
+            assert_eq!(a.body, body, "{}", a.what);
+            a.assert_bounded(Duration::ZERO);
+        }
+        h.shutdown().await;
     }
-    h.gateway.shutdown().await;
 }
 
 #[tokio::test]
 async fn the_reason_phrase_is_kept() {
-    let h = Harness::start().await;
-    for method in BOTH {
-        let a = h.raw(method, "/reason").await;
-        assert_eq!(a.status_line, "HTTP/1.1 599 Custom Reason", "{method}");
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
+        let a = h.get("/reason").await;
+        assert_eq!(a.status_line, "HTTP/1.1 599 Custom Reason", "{}", a.what);
+        a.assert_bounded(Duration::ZERO);
+        h.shutdown().await;
     }
-    h.gateway.shutdown().await;
 }
 
 #[tokio::test]
 async fn an_unasked_101_is_a_502_naming_it() {
-    let h = Harness::start().await;
-    for method in BOTH {
-        let a = h.raw(method, "/101").await;
-        assert_eq!(a.status(), 502, "{method}: {a:?}");
-        assert!(
-            a.error().contains("101 Switching Protocols"),
-            "{method}: {a:?}"
-        );
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
+        let a = h.get("/101").await;
+        a.assert_error(502, "101 Switching Protocols to a request without Upgrade");
+        a.assert_bounded(Duration::ZERO);
+        let framing = r#"serverless_upstream_errors_total{app="web",cause="framing"}"#;
+        assert_eq!(h.metric(framing), 1, "{client:?}");
+        h.shutdown().await;
     }
-    h.gateway.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_head_over_64_kib_is_a_502_even_in_one_piece() {
-    let h = Harness::start().await;
-    for method in BOTH {
-        let a = h.raw(method, "/big-head").await;
-        assert_eq!(a.status(), 502, "{method}: {a:?}");
-        assert!(
-            a.error().contains("of app web failed before answering: "),
-            "{a:?}"
-        );
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
+        let a = h.get("/big-head").await;
+        a.assert_error(502, "failed before answering: ");
+        a.assert_bounded(Duration::ZERO);
+        let framing = r#"serverless_upstream_errors_total{app="web",cause="framing"}"#;
+        assert_eq!(h.metric(framing), 1, "{client:?}");
+        h.shutdown().await;
     }
-    h.gateway.shutdown().await;
 }
 
 #[tokio::test]
 async fn no_head_within_the_response_timeout_is_a_504_and_is_not_sent_again() {
-    let h = Harness::start().await;
-    for method in BOTH {
-        let before = h.upstream.requests("/hang");
-        let a = h.raw(method, "/hang").await;
-        assert_eq!(a.status(), 504, "{method}: {a:?}");
-        assert!(
-            a.error()
-                .ends_with("of app web sent no response head within 400ms"),
-            "{method}: {a:?}"
-        );
-        assert_eq!(
-            h.upstream.requests("/hang") - before,
-            1,
-            "{method}: sent once"
-        );
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
+        let a = h.get("/hang").await;
+        a.assert_error(504, "sent no response head within 400ms");
+        a.assert_bounded(TIMEOUT);
+        assert_eq!(h.upstream.requests("/hang"), 1, "{client:?}: sent once");
+        let timeouts = r#"serverless_upstream_errors_total{app="web",cause="response_timeout"}"#;
+        assert_eq!(h.metric(timeouts), 1, "{client:?}");
+        h.shutdown().await;
     }
-    let timeouts = r#"serverless_upstream_errors_total{app="web",cause="response_timeout"}"#;
-    assert_eq!(h.metric(timeouts), 2, "one per request");
-    h.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trickled_head_is_a_504_at_the_timeout_for_little_cpu() {
+    for client in Client::ALL {
+        let timeout = Harness::spin_timeout();
+        let h = Harness::with_timeout(client, timeout).await;
+        let a = h.get("/trickled-head").await;
+        a.assert_error(504, "sent no response head within 2s");
+        a.assert_bounded(timeout);
+        h.shutdown().await;
+    }
 }
 
 #[tokio::test]
 async fn an_endless_interim_stream_is_cut_off() {
-    let h = Harness::start().await;
-    for method in BOTH {
-        let a = h.raw(method, "/interim-flood").await;
-        // Both clients refuse the 17th interim head: a 502 naming it, not the response
-        // timeout's 504.
-        assert_eq!(a.status(), 502, "{method}: {a:?}");
-        assert!(
-            a.error().contains("more than 16 interim (1xx) responses"),
-            "{method}: {a:?}"
-        );
+    for client in Client::ALL {
+        let h = Harness::with_timeout(client, Harness::spin_timeout()).await;
+        let a = h.get("/interim-flood").await;
+        // The 17th interim head is refused: a 502 naming it at once, not the response
+        // timeout's 504 after a busy wait.
+        a.assert_error(502, "more than 16 interim (1xx) responses");
+        a.assert_bounded(Duration::ZERO);
+        let framing = r#"serverless_upstream_errors_total{app="web",cause="framing"}"#;
+        assert_eq!(h.metric(framing), 1, "{client:?}");
+        h.shutdown().await;
     }
-    let framing = r#"serverless_upstream_errors_total{app="web",cause="framing"}"#;
-    assert_eq!(h.metric(framing), 2, "one per request");
-    h.gateway.shutdown().await;
 }
 
 #[tokio::test]
-async fn a_stalled_body_ends_the_response_cut_short() {
-    let h = Harness::start().await;
-    for method in BOTH {
-        let a = h.raw(method, "/stall").await;
-        assert_eq!(a.status(), 200, "{method}: {a:?}");
+async fn a_stalled_body_ends_the_response_cut_short_and_closes_the_connection() {
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
+        // A keep-alive request: the gateway closes the client's connection after the
+        // truncated body, or the client could not tell it was cut short.
+        let a = h.raw(client.method(), "/stall", true).await;
+        assert_eq!(a.status(), 200, "{}: {a:?}", a.what);
         // The head promised 10 bytes; the client gets the 3 sent and then the connection
         // closes: visibly short, never a complete-looking response.
-        assert_eq!(a.header("content-length"), ["10"], "{method}: {a:?}");
-        assert_eq!(a.body, b"abc", "{method}");
+        assert_eq!(a.header("content-length"), ["10"], "{}: {a:?}", a.what);
+        assert_eq!(a.body, b"abc", "{}", a.what);
+        a.assert_bounded(TIMEOUT);
+        let stalls = r#"serverless_upstream_errors_total{app="web",cause="body_idle_timeout"}"#;
+        assert_eq!(h.metric(stalls), 1, "{client:?}");
+        let failed = r#"serverless_response_body_failures_total{app="web"}"#;
+        assert_eq!(
+            h.metric(failed),
+            1,
+            "{client:?}: a stalled body is a failed request"
+        );
+        h.shutdown().await;
     }
-    let stalls = r#"serverless_upstream_errors_total{app="web",cause="body_idle_timeout"}"#;
-    assert_eq!(h.metric(stalls), 2, "one per request");
-    let failed = r#"serverless_response_body_failures_total{app="web"}"#;
-    assert_eq!(h.metric(failed), 2, "a stalled body is a failed request");
-    h.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_cut_short_closes_the_clients_connection() {
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
+        for path in ["/short-close", "/reset-in-body"] {
+            let a = h.raw(client.method(), path, true).await;
+            assert_eq!(a.status(), 200, "{}: {a:?}", a.what);
+            assert_eq!(a.header("content-length"), ["10"], "{}: {a:?}", a.what);
+            assert_eq!(a.body, b"abc", "{}", a.what);
+            a.assert_bounded(Duration::ZERO);
+        }
+        let reset = r#"serverless_upstream_errors_total{app="web",cause="reset"}"#;
+        assert_eq!(h.metric(reset), 2, "{client:?}");
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn an_empty_chunk_size_is_no_last_chunk() {
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
+        let a = h.raw(client.method(), "/empty-chunk-size", true).await;
+        assert_eq!(a.status(), 200, "{}: {a:?}", a.what);
+        // Cut short (no last chunk) and closed: never a complete-looking `hello`.
+        assert_eq!(a.body(), None, "{}: {a:?}", a.what);
+        assert!(a.body.starts_with(b"5\r\nhello\r\n"), "{}: {a:?}", a.what);
+        a.assert_bounded(Duration::ZERO);
+        let framing = r#"serverless_upstream_errors_total{app="web",cause="framing"}"#;
+        assert_eq!(h.metric(framing), 1, "{client:?}");
+        // The instance's connection is not reused.
+        let a = h.get("/ok").await;
+        assert_eq!((a.status(), a.body.as_slice()), (200, &b"ok"[..]));
+        assert_eq!(h.upstream.connections(), 2, "{client:?}");
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_trailer_section_over_64_kib_is_refused() {
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
+        let a = h.raw(client.method(), "/big-trailers", true).await;
+        assert_eq!(a.status(), 200, "{}: {a:?}", a.what);
+        assert_eq!(a.body(), None, "{}: cut short: {a:?}", a.what);
+        assert!(a.body.starts_with(b"5\r\nhello\r\n"), "{}: {a:?}", a.what);
+        a.assert_bounded(Duration::ZERO);
+        let framing = r#"serverless_upstream_errors_total{app="web",cause="framing"}"#;
+        assert_eq!(h.metric(framing), 1, "{client:?}");
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_body_broken_before_any_byte_is_a_502_not_an_empty_reply() {
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
+        let a = h.get("/bad-first-chunk").await;
+        a.assert_error(502, "chunk size");
+        a.assert_bounded(Duration::ZERO);
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_closed_or_reset_before_the_head_is_a_502_naming_it() {
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
+        for path in ["/close", "/reset"] {
+            let a = h.get(path).await;
+            assert_eq!(a.status(), 502, "{}: {a:?}", a.what);
+            a.assert_error(502, "failed before answering: ");
+            a.assert_bounded(Duration::ZERO);
+        }
+        let reset = r#"serverless_upstream_errors_total{app="web",cause="reset"}"#;
+        assert_eq!(h.metric(reset), 2, "{client:?}");
+        h.shutdown().await;
+    }
 }
 
 #[tokio::test]
 async fn a_good_answer_keeps_its_connection() {
-    let h = Harness::start().await;
-    for method in BOTH {
-        let before = h.upstream.connections.load(Ordering::SeqCst);
+    for client in Client::ALL {
+        let h = Harness::start(client).await;
         for _ in 0..3 {
-            let a = h.raw(method, "/ok").await;
+            let a = h.get("/ok").await;
             assert_eq!(
                 (a.status(), a.body.as_slice()),
                 (200, &b"ok"[..]),
-                "{method}"
+                "{}",
+                a.what
+            );
+            a.assert_bounded(Duration::ZERO);
+        }
+        assert_eq!(
+            h.upstream.connections(),
+            1,
+            "{client:?}: one for 3 requests"
+        );
+        h.shutdown().await;
+    }
+}
+
+/// An h2c client of the gateway (prior knowledge), on one connection.
+async fn h2_client(h: &Harness) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(h.gateway().listen_addr()).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+fn h2_get(path: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(format!("http://web.localhost{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_h2_client_gets_a_reset_stream_after_the_head_and_an_answer_before_it() {
+    for client in [Client::Lean, Client::Hyper] {
+        let h = Harness::start(client).await;
+        let mut send = h2_client(&h).await;
+        for path in ["/stall", "/short-close", "/empty-chunk-size"] {
+            let start = Instant::now();
+            let res = send.send_request(h2_get(path)).await.unwrap();
+            assert_eq!(res.status(), 200, "{path} ({client:?})");
+            let error = res.into_body().collect().await.unwrap_err();
+            // The gateway reset the stream (RST_STREAM): the client knows the body is cut
+            // short, and the connection goes on.
+            let error = std::error::Error::source(&error).map(ToString::to_string);
+            assert!(
+                error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("stream error received")),
+                "{path} ({client:?}): {error:?}"
+            );
+            assert!(start.elapsed() < TIMEOUT + SLACK, "{path} ({client:?})");
+        }
+        // Before the head: an answer with the reason, on the same connection.
+        for (path, status) in [("/hang", 504), ("/close", 502), ("/bad-first-chunk", 502)] {
+            let res = send.send_request(h2_get(path)).await.unwrap();
+            assert_eq!(res.status(), status, "{path} ({client:?})");
+            let error = res.headers()[ERROR_HEADER].to_str().unwrap().to_owned();
+            assert!(
+                error.contains(" of app web "),
+                "{path} ({client:?}): {error}"
             );
         }
-        let opened = h.upstream.connections.load(Ordering::SeqCst) - before;
-        assert!(opened <= 1, "{method}: {opened} connections for 3 requests");
+        let res = send.send_request(h2_get("/ok")).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+        h.shutdown().await;
     }
-    h.gateway.shutdown().await;
 }

@@ -9,6 +9,7 @@
 
 mod client;
 mod headers;
+mod relay;
 mod warn;
 
 #[cfg(test)]
@@ -31,6 +32,7 @@ use crate::error::ForwardError;
 use crate::upstream::{SendError, Timeouts, Upstreams};
 pub use client::ClientInfo;
 use headers::{add_forwarded, strip_hop_by_hop, upgrade_protocol, PresentHeaders};
+use relay::Relayed;
 
 /// The header that says how long a request waited for a cold start, in milliseconds.
 pub const COLD_START_HEADER: &str = "x-serverless-cold-start";
@@ -316,10 +318,7 @@ async fn forward<B: ForwardBody>(
                 ForwardError::response_timeout(app.clone(), instance, Box::new(e))
             }
         };
-        warn::upstream_failed(&error);
-        if let Some(observer) = &observer {
-            observer.upstream_failed(&error);
-        }
+        report(observer.as_deref(), &error);
         return Err(Box::new(error));
     };
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -347,17 +346,34 @@ async fn forward<B: ForwardBody>(
         );
     }
     let instance = lease.instance();
-    Ok(res.map(move |b| {
-        b.map_err(move |e| -> BoxError {
-            let error = ForwardError::body(app.clone(), instance.clone(), e);
-            warn::upstream_failed(&error);
-            if let Some(observer) = &observer {
-                observer.upstream_failed(&error);
-            }
-            Box::new(error)
-        })
-        .boxed_unsync()
-    }))
+    let (parts, mut body) = res.into_parts();
+    // A body broken from its first byte is answered, not passed on as a head with nothing
+    // after it (see `relay`).
+    let first = match relay::first_frame(&mut body) {
+        Ok(first) => first,
+        Err(e) => {
+            let error = ForwardError::no_response(app, instance, e);
+            report(observer.as_deref(), &error);
+            return Err(Box::new(error));
+        }
+    };
+    let body = body.map_err(move |e| -> BoxError {
+        let error = ForwardError::body(app.clone(), instance.clone(), e);
+        report(observer.as_deref(), &error);
+        Box::new(error)
+    });
+    Ok(Response::from_parts(
+        parts,
+        Relayed::new(body, first).boxed_unsync(),
+    ))
+}
+
+/// Logs an upstream failure (rate-limited) and tells the observer (every one).
+fn report(observer: Option<&dyn ForwardObserver>, error: &ForwardError) {
+    warn::upstream_failed(error);
+    if let Some(observer) = observer {
+        observer.upstream_failed(error);
+    }
 }
 
 /// The request target for the instance: origin-form (`/path?query`) for HTTP/1.1, absolute

@@ -108,13 +108,20 @@ impl Conn {
     ) -> io::Result<Option<(Response<()>, Reader)>> {
         // Whether any byte of a response (an interim 1xx one included) has arrived.
         let mut any = false;
+        // How much of the buffer is known to hold no complete head (parsed as incomplete, or
+        // scanned for the blank line that ends one): it is parsed again only when the bytes
+        // after it may end the head, so a head trickled in byte by byte costs linear time,
+        // not a parse of everything so far per read.
+        let mut incomplete: Option<usize> = None;
         loop {
             any |= !self.buf.is_empty();
-            let parsed = if self.buf.is_empty() {
+            let skip = incomplete.is_some_and(|seen| !may_end_head(&self.buf, seen));
+            let parsed = if self.buf.is_empty() || skip {
                 None
             } else {
                 parse_response(&mut self.buf, &mut self.scratch, method)?
             };
+            incomplete = Some(self.buf.len());
             if let Some(head) = parsed {
                 let reader = Reader {
                     conn: Some(self),
@@ -136,6 +143,13 @@ impl Conn {
             }
         }
     }
+}
+
+/// Whether the bytes of `buf` from `seen` on (with the two before, which may start it) hold a
+/// blank line, which ends a head (httparse also takes a bare `\n` for a line end).
+fn may_end_head(buf: &[u8], seen: usize) -> bool {
+    let new = &buf[seen.saturating_sub(2).min(buf.len())..];
+    new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n")
 }
 
 async fn read_more(conn: &mut Conn) -> io::Result<usize> {

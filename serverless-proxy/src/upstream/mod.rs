@@ -86,17 +86,20 @@ fn request_to_retry<B>(
 
 /// RFC 9112 §6.3 for a response hyper's client parsed: a transfer coding overrides the length,
 /// which an intermediary removes; the same length given twice is passed on once (hyper has
-/// refused differing ones).
-fn normalize_framing(headers: &mut http::HeaderMap) {
+/// refused differing ones). True when both framings were given: a smuggling hint, so the
+/// connection is not reused (as on the lean client).
+fn normalize_framing(headers: &mut http::HeaderMap) -> bool {
     use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
     if headers.contains_key(TRANSFER_ENCODING) {
-        headers.remove(CONTENT_LENGTH);
-    } else if let http::header::Entry::Occupied(mut lengths) = headers.entry(CONTENT_LENGTH) {
+        return headers.remove(CONTENT_LENGTH).is_some();
+    }
+    if let http::header::Entry::Occupied(mut lengths) = headers.entry(CONTENT_LENGTH) {
         if lengths.iter().nth(1).is_some() {
             let first = lengths.get().clone();
             lengths.insert(first);
         }
     }
+    false
 }
 
 /// No response head within the response timeout: the request is not given back (it is
@@ -291,14 +294,14 @@ impl<B: ForwardBody> Upstreams<B> {
                             sent: true,
                         });
                     }
-                    normalize_framing(res.headers_mut());
+                    let both_framings = normalize_framing(res.headers_mut());
                     // An upgraded connection is the tunnel's now: it is not checked in.
-                    let checkin =
-                        (res.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| Checkin {
-                            sender,
-                            instance: instance.clone(),
-                            shared: self.shared.clone(),
-                        });
+                    let upgraded = res.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                    let checkin = (!upgraded && !both_framings).then(|| Checkin {
+                        sender,
+                        instance: instance.clone(),
+                        shared: self.shared.clone(),
+                    });
                     let idle = timeouts.body_idle;
                     return Ok(res.map(|body| UpstreamBody::hyper(body, checkin, idle)));
                 }
@@ -334,6 +337,8 @@ impl<B: ForwardBody> Upstreams<B> {
             };
             match sent {
                 Ok(mut res) => {
+                    // HTTP/2 frames its own messages: a length next to a transfer coding is
+                    // dropped all the same, and the connection goes on.
                     normalize_framing(res.headers_mut());
                     let idle = timeouts.body_idle;
                     return Ok(res.map(|body| UpstreamBody::hyper(body, None, idle)));
