@@ -69,3 +69,20 @@ fn pull_progress() -> PullProgressFn {
         }
     })
 }
+
+/// The Kubernetes backend of a `[kubernetes]` table: Pods in its namespace, through its
+/// kubeconfig (or, in a Pod, the service account), owned by this gateway's Pod when the
+/// downward API gives `POD_NAME` and `POD_UID`.
+pub(crate) async fn kubernetes(
+    k: &serverless_core::KubernetesConfig,
+) -> Result<serverless_kubernetes::KubernetesBackend, BoxError> {
+    let client = serverless_kubernetes::client(k.kubeconfig.as_deref()).await?;
+    let mut builder = serverless_kubernetes::KubernetesBackend::builder(client).owner_from_env();
+    if let Some(ns) = &k.namespace {
+        builder = builder.namespace(ns);
+    }
+    if let Some(gateway) = &k.gateway {
+        builder = builder.gateway(gateway);
+    }
+    Ok(builder.build()?)
+}

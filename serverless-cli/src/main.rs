@@ -17,6 +17,7 @@ mod admin;
 mod backend;
 mod cli;
 mod image;
+mod kubernetes;
 mod serve;
 
 use std::process::ExitCode;
@@ -67,7 +68,13 @@ async fn run(command: Command) -> Result<(), BoxError> {
             println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(())
         }
-        Command::Serve { config } => serve::serve(Config::from_path(&config)?).await,
+        Command::Serve { config } => {
+            let config = Config::from_path(&config)?;
+            match config.kubernetes.clone() {
+                Some(k) => kubernetes::serve(config, k).await,
+                None => serve::serve(config).await,
+            }
+        }
         Command::Ls { admin } => admin::ls(&admin).await,
         Command::Logs { app, follow, admin } => admin::logs(&admin, &app, follow).await,
         Command::Deploy { file, admin } => admin::deploy(&admin, &file).await,

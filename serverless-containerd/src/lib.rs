@@ -122,6 +122,7 @@ mod client;
 mod daemon;
 mod events;
 mod gc_lease;
+mod host_support;
 mod image;
 mod labels;
 mod logs;

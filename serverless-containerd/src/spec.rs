@@ -1,19 +1,21 @@
 //! The OCI runtime spec of an instance: containerd's defaults (capabilities, mounts, masked and
 //! read-only paths, no-new-privileges) plus the image's and app's process, the slot's limits,
-//! an own cgroup and a new network namespace.
+//! an own cgroup, a new network namespace and (by default) a user namespace mapping the
+//! instance's ids onto the engine's unprivileged host range.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResources, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 use serverless_core::{AppSpec, BackendError, ErrorKind, Seccomp, Slot};
 
-use crate::image::ImageUser;
+use crate::image::{IdMap, ImageUser};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -184,6 +186,9 @@ pub(crate) struct SpecInput<'a> {
     /// The CPU quota the task is created with, in thousandths of a vCPU: the slot's, or the
     /// startup boost's.
     pub(crate) cpu_millicpu: u32,
+    /// The host id range of the instance's user namespace; `None`: no user namespace
+    /// (`security.userns = false`).
+    pub(crate) userns: Option<IdMap>,
 }
 
 /// The instance's cgroup limits: the slot's memory (no swap) and the app's pids limit, always;
@@ -270,22 +275,37 @@ pub(crate) fn build(app: &AppSpec, input: &SpecInput<'_>) -> Result<Spec, Backen
 
     let resources = resources(app, input.cpu_millicpu)?;
 
-    let namespaces = [
+    let mut namespaces = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
         // A new network namespace: runc brings its loopback up and nothing else.
         LinuxNamespaceType::Network,
-    ]
-    .into_iter()
-    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(spec_error)?;
+    ];
+    if input.userns.is_some() {
+        namespaces.push(LinuxNamespaceType::User);
+    }
+    let namespaces = namespaces
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(spec_error)?;
 
     let mut linux = LinuxBuilder::default();
     if let Some(seccomp) = seccomp {
         linux = linux.seccomp(seccomp);
+    }
+    if let Some(map) = input.userns {
+        let mapping = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(map.base)
+            .size(map.size)
+            .build()
+            .map_err(spec_error)?;
+        linux = linux
+            .uid_mappings(vec![mapping])
+            .gid_mappings(vec![mapping]);
     }
     let linux = linux
         .resources(resources)
@@ -384,6 +404,10 @@ mod tests {
                     additional_gids: vec![3456],
                 },
                 cpu_millicpu: app().slot.millicpu(),
+                userns: Some(IdMap {
+                    base: 2_000_000_000,
+                    size: 65536,
+                }),
             },
         )
         .unwrap();
@@ -433,7 +457,11 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().unwrap())
             .collect();
-        assert!(ns.contains(&"network"));
+        assert!(ns.contains(&"network") && ns.contains(&"user"));
+        let map =
+            serde_json::json!([{"containerID": 0, "hostID": 2_000_000_000u32, "size": 65536}]);
+        assert_eq!(json["linux"]["uidMappings"], map);
+        assert_eq!(json["linux"]["gidMappings"], map);
         assert!(json["linux"]["maskedPaths"]
             .as_array()
             .unwrap()
@@ -458,9 +486,16 @@ mod tests {
                 additional_gids: vec![],
             },
             cpu_millicpu: 500,
+            userns: None,
         };
         let json = serde_json::to_value(build(&app, &input).unwrap()).unwrap();
         assert!(json["linux"].get("seccomp").is_none());
+        assert!(json["linux"].get("uidMappings").is_none());
+        assert!(!json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "user"));
         assert_eq!(json["process"]["args"], serde_json::json!(["/bin/true"]));
         let caps = json["process"]["capabilities"]["effective"]
             .as_array()

@@ -45,8 +45,8 @@ pub use backend::{
     BackendError, Connection, ContainerBackend, ErrorKind, Exit, InstanceId, OwnedInstance, Started,
 };
 pub use config::{
-    BuildSpec, Config, ContainerdConfig, GlobalLimits, NetworkConfig, NetworkMode,
-    RegistryCredentials, Seccomp, SecretError, SecretProblem, SecretSource, Security,
+    BuildSpec, Config, ContainerdConfig, GlobalLimits, KubernetesConfig, NetworkConfig,
+    NetworkMode, RegistryCredentials, Seccomp, SecretError, SecretProblem, SecretSource, Security,
     SecurityConfig, ServerConfig, TlsConfig,
 };
 pub use cpu_boost::CpuBoost;

@@ -39,6 +39,7 @@ pub struct Builder {
     network: serverless_core::NetworkConfig,
     network_host_netns: Option<PathBuf>,
     network_pool: usize,
+    security: serverless_core::SecurityConfig,
 }
 
 /// [`Builder::max_unpacked_bytes`]'s default: 10 GiB.
@@ -67,6 +68,7 @@ impl ContainerdBackend {
             network: serverless_core::NetworkConfig::default(),
             network_host_netns: None,
             network_pool: crate::network::DEFAULT_POOL,
+            security: serverless_core::SecurityConfig::default(),
         }
     }
 
@@ -200,6 +202,14 @@ impl Builder {
         self
     }
 
+    /// The host id range instances' user namespaces map onto (default
+    /// [`SecurityConfig::default`](serverless_core::SecurityConfig::default)); apps with
+    /// `security.userns = false` do not use it.
+    pub fn security(mut self, config: serverless_core::SecurityConfig) -> Self {
+        self.security = config;
+        self
+    }
+
     /// Connects (or starts the embedded containerd and connects) and subscribes to events.
     pub async fn build(mut self) -> Result<ContainerdBackend, BackendError> {
         let io = |what: String, e: std::io::Error| {
@@ -282,6 +292,10 @@ impl Builder {
                 daemon: AsyncMutex::new(daemon),
                 events,
                 network: Arc::new(network),
+                userns: crate::image::IdMap {
+                    base: self.security.userns_base,
+                    size: self.security.userns_size,
+                },
             }),
         })
     }

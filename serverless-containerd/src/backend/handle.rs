@@ -75,6 +75,8 @@ pub(super) struct Inner {
     pub(super) events: JoinHandle<()>,
     /// The bridge network of `network = "bridge"` apps (see [`crate::network`]).
     pub(super) network: Arc<crate::network::Network>,
+    /// The host id range of instances' user namespaces (`[security]`).
+    pub(super) userns: crate::image::IdMap,
 }
 
 impl Drop for Inner {

@@ -1,17 +1,41 @@
 //! The app's image, prepared once per backend: imported from its archive (again when the file
-//! changed) or pulled from its registry, then reused by every start.
+//! changed) or pulled from its registry, then reused by every start; with a user namespace
+//! also its layers' copy owned by the engine's id range (made once, see `image/remap.rs`).
 
 use std::sync::Arc;
 
 use serverless_core::{AppSpec, BackendError, ImageRef};
 
 use super::handle::ContainerdBackend;
-use crate::image::{import_archive, pull_image, PreparedImage};
+use crate::image::{import_archive, pull_image, remapped, PreparedImage};
 
 impl ContainerdBackend {
+    /// The app's image, ready for its instances: the host checked for what the app's sandbox
+    /// needs, the image imported or pulled, and with `security.userns` its remapped layers.
+    pub(super) async fn prepared(&self, app: &AppSpec) -> Result<Arc<PreparedImage>, BackendError> {
+        crate::host_support::check(app, self.inner.userns).await?;
+        let image = self.image(app).await?;
+        if app.security.userns {
+            let inner = &self.inner;
+            image
+                .remapped
+                .get_or_try_init(|| {
+                    remapped(
+                        &inner.client,
+                        &inner.snapshotter,
+                        &image.name,
+                        &image.chain_id,
+                        inner.userns,
+                    )
+                })
+                .await?;
+        }
+        Ok(image)
+    }
+
     /// The app's image, imported or pulled on first use (an archive also when its size or
     /// modification time changed since).
-    pub(super) async fn prepared(&self, app: &AppSpec) -> Result<Arc<PreparedImage>, BackendError> {
+    async fn image(&self, app: &AppSpec) -> Result<Arc<PreparedImage>, BackendError> {
         let fingerprint = match &app.image {
             ImageRef::OciArchive(path) => tokio::fs::metadata(path)
                 .await

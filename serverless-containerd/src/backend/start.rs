@@ -70,6 +70,7 @@ impl ContainerdBackend {
                 image: image.config.as_ref(),
                 user: &image.user,
                 cpu_millicpu: boost.as_ref().map_or(app.slot.millicpu(), |b| b.millicpu),
+                userns: app.security.userns.then_some(self.inner.userns),
             },
         )?;
         if app.network == NetworkMode::Bridge {
@@ -110,6 +111,8 @@ impl ContainerdBackend {
         if standby {
             our_labels.insert(labels::STANDBY.to_owned(), "true".to_owned());
         }
+        // The image's layers, or their copy owned by the user namespace's range.
+        let parent = image.snapshot_parent(app.security.userns)?;
         let exit = self.inner.exits.register(id, cgroup_path);
 
         let mut t = Instant::now();
@@ -130,7 +133,7 @@ impl ContainerdBackend {
                 PrepareSnapshotRequest {
                     snapshotter: self.inner.snapshotter.clone(),
                     key: id.to_owned(),
-                    parent: image.chain_id.clone(),
+                    parent,
                     labels: our_labels.clone(),
                 },
                 &lease.value,

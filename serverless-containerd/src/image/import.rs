@@ -37,6 +37,8 @@ pub(crate) struct PreparedImage {
     pub(crate) config: Option<oci_spec::image::Config>,
     /// Its `USER`, resolved against its own `/etc/passwd` and `/etc/group`.
     pub(crate) user: super::users::ImageUser,
+    /// Its layers owned by the engine's user-namespace range, once made (see `remap.rs`).
+    pub(crate) remapped: tokio::sync::OnceCell<String>,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -228,6 +230,7 @@ pub(super) async fn unpack_and_register(
         chain_id,
         config: image_config.config().clone(),
         user,
+        remapped: tokio::sync::OnceCell::new(),
     })
 }
 

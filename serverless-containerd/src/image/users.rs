@@ -270,7 +270,7 @@ fn read_identity_files(mounts: &[Mount]) -> std::io::Result<(Option<String>, Opt
     result
 }
 
-fn mount_one(m: &Mount, target: &Path) -> std::io::Result<()> {
+pub(super) fn mount_one(m: &Mount, target: &Path) -> std::io::Result<()> {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
     for o in &m.options {

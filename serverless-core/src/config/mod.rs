@@ -60,6 +60,21 @@ pub struct ContainerdConfig {
     pub namespace: String,
 }
 
+/// The Kubernetes backend (`[kubernetes]`): instances run as Pods of a cluster instead of
+/// containerd containers (crate `serverless-kubernetes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KubernetesConfig {
+    /// The namespace instance Pods run in; `None` = the kubeconfig context's, or in a Pod its
+    /// service account's.
+    pub namespace: Option<String>,
+    /// A kubeconfig file; `None` = in a Pod its service account, else `$KUBECONFIG` or
+    /// `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// This gateway's identity, the `serverless.dev/gateway` label of its Pods; `None` =
+    /// `$POD_NAME`, else `serverless`.
+    pub gateway: Option<String>,
+}
+
 /// TLS for the gateway listener.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlsConfig {
@@ -208,6 +223,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// An existing containerd; `None` = the engine starts its own.
     pub containerd: Option<ContainerdConfig>,
+    /// Run instances as Kubernetes Pods instead (`[kubernetes]`; excludes `[containerd]`).
+    pub kubernetes: Option<KubernetesConfig>,
     /// Limits across apps.
     pub limits: GlobalLimits,
     /// Gateway server settings.
@@ -234,6 +251,7 @@ impl Default for Config {
             admin_token: None,
             data_dir: PathBuf::from("/var/lib/serverless"),
             containerd: None,
+            kubernetes: None,
             limits: GlobalLimits::default(),
             server: ServerConfig::default(),
             registries: Vec::new(),

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    Config, ContainerdConfig, GlobalLimits, RegistryCredentials, SecretSource, ServerConfig,
-    TlsConfig,
+    Config, ContainerdConfig, GlobalLimits, KubernetesConfig, RegistryCredentials, SecretSource,
+    ServerConfig, TlsConfig,
 };
 use crate::check::*;
 use crate::spec::{AppSpec, Limits, Scale};
@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
     pub(super) admin_token: Option<String>,
     pub(super) data_dir: Option<PathBuf>,
     pub(super) containerd: Option<RawContainerd>,
+    pub(super) kubernetes: Option<RawKubernetes>,
     pub(super) limits: Option<RawGlobalLimits>,
     pub(super) server: Option<RawServer>,
     pub(super) network: Option<super::network::RawNetwork>,
@@ -49,6 +50,14 @@ pub(super) struct RawRegistry {
 pub(super) struct RawContainerd {
     pub(super) socket: Option<PathBuf>,
     pub(super) namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKubernetes {
+    pub(super) namespace: Option<String>,
+    pub(super) kubeconfig: Option<PathBuf>,
+    pub(super) gateway: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +255,44 @@ impl RawConfig {
                 Some(ContainerdConfig { socket, namespace })
             }
         };
+        let kubernetes = match self.kubernetes {
+            None => None,
+            Some(_) if containerd.is_some() => {
+                return Err(ConfigError::invalid(
+                    "kubernetes",
+                    "(with [containerd])",
+                    "one backend: [containerd] or [kubernetes], not both",
+                ))
+            }
+            Some(k) => {
+                if let Some(ns) = k.namespace.as_deref().filter(|ns| !is_dns_label(ns)) {
+                    return Err(ConfigError::invalid(
+                        "kubernetes.namespace",
+                        format!("{ns:?}"),
+                        "lowercase letters, digits and '-', 1..=63 characters",
+                    ));
+                }
+                let label = |g: &str| {
+                    (1..=63).contains(&g.len())
+                        && g.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                        && g.starts_with(|c: char| c.is_ascii_alphanumeric())
+                        && g.ends_with(|c: char| c.is_ascii_alphanumeric())
+                };
+                if let Some(g) = k.gateway.as_deref().filter(|g| !label(g)) {
+                    return Err(ConfigError::invalid(
+                        "kubernetes.gateway",
+                        format!("{g:?}"),
+                        "a label value: 1..=63 letters, digits, '-', '_' or '.', alphanumeric at both ends",
+                    ));
+                }
+                Some(KubernetesConfig {
+                    namespace: k.namespace,
+                    kubeconfig: k.kubeconfig,
+                    gateway: k.gateway,
+                })
+            }
+        };
         let gl = self.limits.unwrap_or_default();
         let limits = GlobalLimits {
             max_concurrent_requests: int_in(
@@ -354,6 +401,7 @@ impl RawConfig {
             admin_token: self.admin_token,
             data_dir: self.data_dir.unwrap_or(d.data_dir),
             containerd,
+            kubernetes,
             limits,
             server,
             registries,

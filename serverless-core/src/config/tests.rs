@@ -526,3 +526,32 @@ fn a_serialized_app_spec_reads_back_as_itself() {
         assert_eq!(AppSpec::from_json(&json).unwrap(), app, "{json}");
     }
 }
+
+#[test]
+fn the_kubernetes_table_selects_pods_and_is_checked() {
+    let config = Config::from_toml(
+        "[kubernetes]\nnamespace = \"apps\"\nkubeconfig = \"/etc/kube.yaml\"\ngateway = \"gw-1\"\n",
+    )
+    .unwrap();
+    let k = config.kubernetes.unwrap();
+    assert_eq!(k.namespace.as_deref(), Some("apps"));
+    assert_eq!(k.gateway.as_deref(), Some("gw-1"));
+    assert_eq!(
+        Config::from_toml("[kubernetes]\n").unwrap().kubernetes,
+        Some(KubernetesConfig {
+            namespace: None,
+            kubeconfig: None,
+            gateway: None
+        })
+    );
+    let (field, value, _) = invalid("[kubernetes]\nnamespace = \"Apps_1\"\n");
+    assert_eq!(
+        (field.as_str(), value.as_str()),
+        ("kubernetes.namespace", "\"Apps_1\"")
+    );
+    let (field, _, _) = invalid("[kubernetes]\ngateway = \"-x\"\n");
+    assert_eq!(field, "kubernetes.gateway");
+    let (field, _, range) = invalid("[containerd]\nsocket = \"/run/c.sock\"\n[kubernetes]\n");
+    assert_eq!(field, "kubernetes");
+    assert!(range.contains("not both"), "{range}");
+}
