@@ -1,13 +1,21 @@
-//! The admin API and `/metrics`.
+//! The admin API, `/metrics` and the status page.
 //!
+//! - `GET /` → the status page (HTML; `/status.css` and `/status.js` are its style and script)
+//! - `GET /v1/status` → every app with its spec, instances (with their cold-start phases) and
+//!   request stats over the last minutes, and the last instance transitions
+//! - `GET /v1/events` → server-sent events: `state` (the `/v1/status` document, at once, every
+//!   second and after each transition) and `instance` (one transition)
 //! - `GET /v1/apps` → `[{"name", "hosts", "image", "instances": [...]}]`
 //! - `GET /v1/apps/{name}` → `{"name", …, "instances": [{"id", "state", "in_flight", "age_ms"}], "queued"}`
 //! - `GET /v1/apps/{name}/logs` → each instance's recent stdout/stderr, as text
+//!   (`?instance=<id>`: that instance's only)
 //! - `PUT /v1/apps/{name}` with a JSON app spec (the keys of a TOML `[[apps]]` entry) → deploy
 //! - `DELETE /v1/apps/{name}` → drain, stop and remove
 //! - `GET /metrics` → Prometheus text format
 //!
-//! With a token configured, every request needs `Authorization: Bearer <token>`.
+//! With a token configured, every request needs `Authorization: Bearer <token>`, but for the
+//! page and its two assets: they hold no data (the page's script asks for the token and sends
+//! it on its own requests), so a browser can load them; nothing puts the token in a URL.
 
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -18,6 +26,51 @@ use serverless_core::AppSpec;
 use crate::body::{full_response_body, ResBody};
 use crate::engine::{App, DeployError, Engine};
 use crate::error::failure;
+use crate::status::{events_response, PAGE_CSS, PAGE_HTML, PAGE_JS};
+
+/// The page and its assets: served from the binary, scripts and styles from here only.
+fn asset(content_type: &'static str, text: &'static str) -> Response<ResBody> {
+    let mut res = text_response(content_type, text.to_owned());
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+         img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+            .parse()
+            .expect("static"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        "nosniff".parse().expect("static"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        "no-referrer".parse().expect("static"),
+    );
+    headers.insert(header::CACHE_CONTROL, "no-cache".parse().expect("static"));
+    res
+}
+
+/// The page and its assets, which need no token (`None` for any other request).
+fn public(req: &Request<Incoming>) -> Option<Response<ResBody>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    match req.uri().path() {
+        "/" | "/index.html" => Some(asset("text/html; charset=utf-8", PAGE_HTML)),
+        "/status.css" => Some(asset("text/css; charset=utf-8", PAGE_CSS)),
+        "/status.js" => Some(asset("text/javascript; charset=utf-8", PAGE_JS)),
+        _ => None,
+    }
+}
+
+/// The value of query parameter `key` (no percent-decoding: instance ids need none).
+fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+}
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResBody> {
     let mut res = Response::new(full_response_body(value.to_string() + "\n"));
@@ -69,6 +122,9 @@ pub(crate) async fn handle(
     token: Option<String>,
     req: Request<Incoming>,
 ) -> Response<ResBody> {
+    if let Some(page) = public(&req) {
+        return page;
+    }
     if let Some(token) = &token {
         let given = req
             .headers()
@@ -93,6 +149,10 @@ pub(crate) async fn handle(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             engine.encode_metrics(),
         ),
+        (Method::GET, ["v1", "status"]) => {
+            json_response(StatusCode::OK, &engine.status().json(&engine))
+        }
+        (Method::GET, ["v1", "events"]) => events_response(&engine),
         (Method::GET, ["v1", "apps"]) => {
             let apps: Vec<_> = engine.apps().iter().map(|a| app_json(a)).collect();
             json_response(StatusCode::OK, &json!(apps))
@@ -103,8 +163,12 @@ pub(crate) async fn handle(
         },
         (Method::GET, ["v1", "apps", name, "logs"]) => match engine.app(name) {
             Some(app) => {
+                let only = query_param(&req, "instance");
                 let mut out = String::new();
                 for inst in app.pool.snapshot().instances {
+                    if only.is_some_and(|id| id != inst.id.as_str()) {
+                        continue;
+                    }
                     let logs = match engine.backend().logs(&inst.id).await {
                         Ok(logs) => logs,
                         Err(err) => format!("(logs unavailable: {err})\n"),
@@ -164,7 +228,7 @@ pub(crate) async fn handle(
                 failure(StatusCode::NOT_FOUND, &format!("no app named {name}"), None)
             }
         }
-        (_, ["metrics"]) | (_, ["v1", "apps", ..]) => failure(
+        (_, ["metrics"]) | (_, ["v1", "apps" | "status" | "events", ..]) | (_, []) => failure(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed here",
             None,

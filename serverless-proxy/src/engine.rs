@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Once, RwLock, Weak};
 use std::time::Duration;
 
 use foldhash::HashMap;
@@ -21,6 +21,7 @@ use crate::body::{BoxError, ReqBody, ResBody};
 use crate::error::error_response;
 use crate::forward::Forward;
 use crate::metrics::Metrics;
+use crate::status::Status;
 use crate::upstream::Upstreams;
 
 /// An app's request path, built once when it is deployed:
@@ -50,27 +51,43 @@ impl fmt::Debug for App {
     }
 }
 
-/// What the pools tell the engine: metrics, and instances gone (their kept connections go).
+/// What the pools tell the engine: metrics, the status page's transitions, and instances gone
+/// (their kept connections go).
 struct Observer {
     metrics: Arc<Metrics>,
+    status: Arc<Status>,
     upstreams: Upstreams,
 }
 
 impl PoolObserver for Observer {
-    fn cold_start(&self, app: &str, total: Duration, phases: &[(&'static str, Duration)]) {
+    fn starting(&self, app: &str, id: &InstanceId) {
+        self.status.starting(app, id);
+    }
+    fn ready(
+        &self,
+        app: &str,
+        id: &InstanceId,
+        total: Duration,
+        phases: &[(&'static str, Duration)],
+    ) {
         self.metrics.cold_start(app, total, phases);
+        self.status.ready(app, id, total, phases);
     }
     fn boot_failed(&self, app: &str, error: &BackendError) {
         self.metrics.boot_failed(app, error);
+        self.status.boot_failed(app, error);
     }
     fn crashed(&self, app: &str, id: &InstanceId, exit: Exit) {
         self.metrics.crashed(app, id, exit);
+        self.status.crashed(app, id, exit);
     }
     fn stopped(&self, app: &str, id: &InstanceId, reason: serverless_limits::StopReason) {
         self.metrics.stopped(app, id, reason);
+        self.status.stopped(app, id, reason);
     }
     fn removed(&self, _app: &str, id: &InstanceId) {
         self.upstreams.forget(id);
+        self.status.removed(id);
     }
 }
 
@@ -109,11 +126,14 @@ pub enum DeployError {
     },
 }
 
-struct Inner {
+/// The engine's state, shared by its clones.
+pub(crate) struct Inner {
     backend: Arc<dyn ContainerBackend>,
     global: GlobalLimitLayer,
     budget: InstanceBudget,
     metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    sampler: Once,
     upstreams: Upstreams,
     server: ServerConfig,
     routes: RwLock<Routes>,
@@ -149,6 +169,8 @@ impl Engine {
                 global: GlobalLimitLayer::new(limits.max_concurrent_requests),
                 budget: InstanceBudget::new(limits.max_instances),
                 metrics: Arc::new(Metrics::new()),
+                status: Arc::new(Status::new()),
+                sampler: Once::new(),
                 server,
                 routes: RwLock::default(),
             }),
@@ -163,6 +185,21 @@ impl Engine {
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The status page's hub.
+    pub(crate) fn status(&self) -> &Arc<Status> {
+        &self.inner.status
+    }
+
+    /// A handle that does not keep the engine alive (the status sampler's).
+    pub(crate) fn downgrade(&self) -> Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The engine of a [`downgrade`](Self::downgrade)d handle, while it lives.
+    pub(crate) fn upgrade(weak: &Weak<Inner>) -> Option<Self> {
+        weak.upgrade().map(|inner| Self { inner })
     }
 
     /// Gateway server settings.
@@ -213,6 +250,7 @@ impl Engine {
             .budget(self.inner.budget.clone())
             .observer(Arc::new(Observer {
                 metrics: self.inner.metrics.clone(),
+                status: self.inner.status.clone(),
                 upstreams: self.inner.upstreams.clone(),
             }))
             .build()
@@ -261,6 +299,9 @@ impl Engine {
                 }
             });
         }
+        self.inner
+            .sampler
+            .call_once(|| crate::status::spawn_sampler(self));
         tracing::info!(app = %app.spec.name, hosts = ?app.spec.hosts, "deployed");
         Ok(())
     }
@@ -331,6 +372,7 @@ impl Engine {
 
     /// Drains and stops every app's instances.
     pub async fn shutdown(&self) {
+        self.inner.status.close();
         let apps: Vec<_> = {
             let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
             routes.by_host.clear();

@@ -171,6 +171,8 @@ impl Gateway {
     /// drain and stop every instance.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        // Open status event streams end now, not at the admin listener's drain deadline.
+        self.engine.status().close();
         for task in self.tasks {
             let _ = task.await;
         }

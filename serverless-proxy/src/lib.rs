@@ -89,6 +89,8 @@ mod metrics;
 mod route;
 #[cfg(feature = "gateway")]
 mod server;
+#[cfg(feature = "gateway")]
+mod status;
 mod upstream;
 
 #[doc(hidden)]

@@ -1,6 +1,7 @@
 //! Prometheus metrics (`GET /metrics` on the admin listener).
 
 use foldhash::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -48,16 +49,46 @@ struct AppReason {
     reason: String,
 }
 
+/// Buckets of the status page's latency counts: up to 0.5 ms, 1 ms, … doubling (the
+/// `request_duration_seconds` buckets), and everything above the last.
+pub(crate) const LATENCY_BUCKETS: usize = 17;
+/// Their upper bounds in ms (the last bucket has none: it reports the last bound).
+pub(crate) const LATENCY_BOUNDS_MS: [f64; LATENCY_BUCKETS - 1] = {
+    let mut bounds = [0.5; LATENCY_BUCKETS - 1];
+    let mut i = 1;
+    while i < bounds.len() {
+        bounds[i] = bounds[i - 1] * 2.0;
+        i += 1;
+    }
+    bounds
+};
+
+/// One app's counters as the status page samples them (prometheus-client's histograms do not
+/// give their buckets back).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct AppTotals {
+    /// Requests answered.
+    pub(crate) requests: u64,
+    /// Of which with a 5xx status.
+    pub(crate) errors: u64,
+    /// Requests per latency bucket.
+    pub(crate) latency: [u64; LATENCY_BUCKETS],
+}
+
 /// One app's request metrics, shared with the families.
 #[derive(Debug)]
 struct AppRequests {
     duration: Histogram,
     codes: Mutex<Vec<(u16, Counter)>>,
+    latency: [AtomicU64; LATENCY_BUCKETS],
 }
 
 impl AppRequests {
     fn count(&self, metrics: &Metrics, app: &str, code: u16, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());
+        let half_ms = (elapsed.as_micros() as u64).saturating_sub(1) / 500;
+        let bucket = (u64::BITS - half_ms.leading_zeros()) as usize;
+        self.latency[bucket.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, counter)) = codes.iter().find(|(c, _)| *c == code) {
             counter.inc();
@@ -207,6 +238,7 @@ impl Metrics {
                 })
                 .clone(),
             codes: Mutex::new(Vec::new()),
+            latency: Default::default(),
         };
         handles.count(self, app, code, elapsed);
         self.by_app
@@ -214,6 +246,32 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry(app.to_owned())
             .or_insert(handles);
+    }
+
+    /// Every app's request counters (apps that answered no request yet are missing).
+    pub(crate) fn app_totals(&self) -> HashMap<String, AppTotals> {
+        let by_app = self.by_app.read().unwrap_or_else(|e| e.into_inner());
+        by_app
+            .iter()
+            .map(|(app, handles)| {
+                let mut totals = AppTotals::default();
+                for (code, counter) in handles
+                    .codes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                {
+                    totals.requests += counter.get();
+                    if *code >= 500 {
+                        totals.errors += counter.get();
+                    }
+                }
+                for (total, n) in totals.latency.iter_mut().zip(&handles.latency) {
+                    *total = n.load(Ordering::Relaxed);
+                }
+                (app.clone(), totals)
+            })
+            .collect()
     }
 
     /// The Prometheus text exposition, with the instance and queue gauges set from `pools`

@@ -17,6 +17,7 @@ use crate::error::PoolError;
 impl Shared {
     pub(super) async fn run_instance(self: Arc<Self>, id: InstanceId) {
         let t0 = Instant::now();
+        self.observer.starting(&self.app.name, &id);
         // The backend bounds startup itself; this outer bound makes sure nothing hangs.
         let bound = self.app.limits.startup_timeout + Duration::from_secs(30);
         let result = match tokio::time::timeout(bound, self.backend.start(&self.app, &id)).await {
@@ -59,7 +60,7 @@ impl Shared {
                 };
                 send_grants(grants);
                 self.observer
-                    .cold_start(&self.app.name, total, &started.phases);
+                    .ready(&self.app.name, &id, total, &started.phases);
                 tracing::info!(app = %self.app.name, instance = %id, port = started.port,
                     ms = total.as_millis() as u64, phases = %Phases(&started.phases),
                     "instance ready");

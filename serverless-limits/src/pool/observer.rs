@@ -45,6 +45,22 @@ impl fmt::Display for StopReason {
 
 /// Hooks for metrics and logs; every method has a no-op default.
 pub trait PoolObserver: Send + Sync + 'static {
+    /// The pool asked the backend to start instance `id`.
+    fn starting(&self, app: &str, id: &InstanceId) {
+        let _ = (app, id);
+    }
+    /// Instance `id` became ready after `total`, with the backend's phase breakdown. By
+    /// default it reports [`cold_start`](Self::cold_start), which has no id.
+    fn ready(
+        &self,
+        app: &str,
+        id: &InstanceId,
+        total: Duration,
+        phases: &[(&'static str, Duration)],
+    ) {
+        let _ = id;
+        self.cold_start(app, total, phases);
+    }
     /// An instance became ready after `total`, with the backend's phase breakdown.
     fn cold_start(&self, app: &str, total: Duration, phases: &[(&'static str, Duration)]) {
         let _ = (app, total, phases);
