@@ -276,7 +276,7 @@ async fn gateway_cold(
         format!("cold{i}")
     };
     lab.deploy(&format!(
-        "[[apps]]\nname = \"{name}\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n[apps.scale]\nstandby = {standby}\n"
+        "[[apps]]\nname = \"{name}\"\nnetwork = \"none\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n[apps.scale]\nstandby = {standby}\n"
     ))
     .await?;
     let host = format!("{name}.localhost");

@@ -37,7 +37,7 @@ async fn idle(lab: &Lab) -> Res<serde_json::Value> {
     let timeout_ms: u64 = env_num("BENCH_IDLE_TIMEOUT_MS", 2000)?;
     for a in 0..apps {
         lab.deploy(&format!(
-            "[[apps]]\nname = \"idle{a}\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nidle_timeout = \"{timeout_ms}ms\"\nstop_grace = \"0s\"\n"
+            "[[apps]]\nname = \"idle{a}\"\nnetwork = \"none\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nidle_timeout = \"{timeout_ms}ms\"\nstop_grace = \"0s\"\n"
         ))
         .await?;
     }
@@ -101,7 +101,7 @@ async fn recycle(lab: &Lab, hello_bin: &Path) -> Res<serde_json::Value> {
     let clients: usize = env_num("BENCH_RECYCLE_CLIENTS", 4)?;
     hello_archive(hello_bin, lab.dir.path());
     lab.deploy(
-        "[[apps]]\nname = \"recycle\"\nimage = \"oci-archive:{dir}/hello.tar\"\n[apps.limits]\nmax_concurrent_requests = 4\nmax_duration = \"1s\"\nstop_grace = \"2s\"\n[apps.scale]\nmax = 4\n",
+        "[[apps]]\nname = \"recycle\"\nnetwork = \"none\"\nimage = \"oci-archive:{dir}/hello.tar\"\n[apps.limits]\nmax_concurrent_requests = 4\nmax_duration = \"1s\"\nstop_grace = \"2s\"\n[apps.scale]\nmax = 4\n",
     )
     .await?;
     let gw = lab.gateway.listen_addr();

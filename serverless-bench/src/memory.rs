@@ -36,7 +36,7 @@ pub(crate) async fn run(out: &Path, serverless_bin: &Path) -> Res<()> {
     );
     for a in 0..apps {
         toml.push_str(&format!(
-            "[[apps]]\nname = \"app{a}\"\nimage = \"oci-archive:{}\"\n",
+            "[[apps]]\nname = \"app{a}\"\nnetwork = \"none\"\nimage = \"oci-archive:{}\"\n",
             image.display()
         ));
     }

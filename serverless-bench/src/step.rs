@@ -35,7 +35,7 @@ async fn measure(
 ) -> Res<serde_json::Value> {
     hello_archive(hello_bin, lab.dir.path());
     lab.deploy(
-        "[[apps]]\nname = \"step\"\nimage = \"oci-archive:{dir}/hello.tar\"\n[apps.limits]\nmax_concurrent_requests = 10\n[apps.scale]\nmax = 10\n",
+        "[[apps]]\nname = \"step\"\nnetwork = \"none\"\nimage = \"oci-archive:{dir}/hello.tar\"\n[apps.limits]\nmax_concurrent_requests = 10\n[apps.scale]\nmax = 10\n",
     )
     .await?;
     let gw = lab.gateway.listen_addr();

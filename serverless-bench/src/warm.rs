@@ -506,6 +506,7 @@ admin = "127.0.0.1:0"
 lean_client = {lean_client}
 [[apps]]
 name = "hello"
+network = "none"
 image = "example/hello:1"
 hosts = ["{HOST}"]
 [apps.limits]

@@ -29,6 +29,7 @@ async fn cold_start_warm_scale_out_and_idle_stop() {
             r#"
 [[apps]]
 name = "web"
+network = "none"
 image = "oci-archive:{}"
 [apps.limits]
 max_concurrent_requests = 2
@@ -101,6 +102,7 @@ async fn recycle_under_load_fails_nothing() {
             r#"
 [[apps]]
 name = "web"
+network = "none"
 image = "oci-archive:{}"
 [apps.limits]
 max_concurrent_requests = 4
@@ -142,6 +144,7 @@ async fn app_that_fails_to_boot_gets_503_with_exit_code_and_logs() {
             r#"
 [[apps]]
 name = "broken"
+network = "none"
 image = "oci-archive:{}"
 command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]
 "#,
@@ -185,11 +188,13 @@ async fn websocket_h2c_and_100mb_streams_through_the_gateway() {
             r#"
 [[apps]]
 name = "hello"
+network = "none"
 image = "oci-archive:{image}"
 port = 9000
 slot = "c1-m256"
 [[apps]]
 name = "grpcish"
+network = "none"
 image = "oci-archive:{image}"
 h2c = true
 "#,

@@ -75,6 +75,7 @@ async fn instance_sigkilled_under_load() {
             r#"
 [[apps]]
 name = "web"
+network = "none"
 image = "oci-archive:{}"
 [apps.limits]
 max_concurrent_requests = 16
@@ -145,11 +146,13 @@ async fn containerd_killed_and_restarted() {
             r#"
 [[apps]]
 name = "warm"
+network = "none"
 image = "oci-archive:{image}"
 [apps.scale]
 min = 1
 [[apps]]
 name = "cold"
+network = "none"
 image = "oci-archive:{image}"
 [apps.limits]
 idle_timeout = "100ms"
@@ -267,6 +270,7 @@ socket = "{socket}"
 namespace = "{namespace}"
 [[apps]]
 name = "web"
+network = "none"
 image = "oci-archive:{image}"
 [apps.limits]
 max_concurrent_requests = 2
@@ -357,6 +361,7 @@ async fn recycled_ten_times_under_load() {
             r#"
 [[apps]]
 name = "web"
+network = "none"
 image = "oci-archive:{}"
 [apps.limits]
 max_concurrent_requests = 4
@@ -401,7 +406,7 @@ async fn idle_stop_races_new_requests() {
         (0..APPS)
             .map(|i| {
                 format!(
-                    "[[apps]]\nname = \"a{i}\"\nimage = \"oci-archive:{}\"\n[apps.limits]\nidle_timeout = \"100ms\"\n",
+                    "[[apps]]\nname = \"a{i}\"\nnetwork = \"none\"\nimage = \"oci-archive:{}\"\n[apps.limits]\nidle_timeout = \"100ms\"\n",
                     image.display()
                 )
             })
@@ -458,6 +463,7 @@ async fn crash_loop_backs_off_without_pile_up() {
             r#"
 [[apps]]
 name = "broken"
+network = "none"
 image = "oci-archive:{}"
 command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]
 "#,
@@ -506,6 +512,7 @@ async fn cold_start_cycles_leak_nothing() {
             r#"
 [[apps]]
 name = "web"
+network = "none"
 image = "oci-archive:{}"
 [apps.limits]
 idle_timeout = "100ms"
@@ -602,9 +609,11 @@ async fn instances_cannot_reach_each_other_or_the_host() {
             r#"
 [[apps]]
 name = "probe"
+network = "none"
 image = "oci-archive:{}"
 [[apps]]
 name = "other"
+network = "none"
 image = "oci-archive:{}"
 port = 9000
 "#,
@@ -672,11 +681,13 @@ async fn memory_bomb_is_oom_killed_and_replaced() {
             r#"
 [[apps]]
 name = "bomb"
+network = "none"
 image = "oci-archive:{busybox}"
 slot = "c.125-m128"
 command = ["/bin/sh", "-c", "/bin/busybox httpd -f -p 8080 -h /www & while [ ! -e /tmp/bomb ]; do /bin/busybox sleep 0.05; done; exec /bin/busybox dd if=/dev/zero of=/dev/null bs=1G count=1"]
 [[apps]]
 name = "other"
+network = "none"
 image = "oci-archive:{hello}"
 "#,
             busybox = busybox_archive(dir).display(),
@@ -733,9 +744,11 @@ async fn fork_bomb_stops_at_the_pids_limit() {
             r#"
 [[apps]]
 name = "forky"
+network = "none"
 image = "oci-archive:{busybox}"
 [[apps]]
 name = "other"
+network = "none"
 image = "oci-archive:{hello}"
 "#,
             busybox = busybox_archive(dir).display(),
@@ -793,7 +806,7 @@ async fn cpu_hog_gets_its_slot_share() {
     let _shared = shared().await;
     let env = GatewayHarness::start(|dir| {
         format!(
-            "[[apps]]\nname = \"hog\"\nimage = \"oci-archive:{}\"\nslot = \"c.125-m512\"\n",
+            "[[apps]]\nname = \"hog\"\nnetwork = \"none\"\nimage = \"oci-archive:{}\"\nslot = \"c.125-m512\"\n",
             busybox_archive(dir).display()
         )
     })
@@ -1140,6 +1153,7 @@ header_read_timeout = "1s"
 max_header_bytes = 16384
 [[apps]]
 name = "hello"
+network = "none"
 image = "example/hello:1"
 [apps.limits]
 max_concurrent_requests = 256

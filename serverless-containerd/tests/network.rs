@@ -1,249 +1,20 @@
 //! `network = "bridge"` on a real containerd: egress by IP and by name, the `none` mode's
 //! failure for the same fetch, isolation paths tried from inside an instance, and nothing left
-//! after cycles.
+//! after cycles, a crashed run or a containerd restart.
 //!
-//! Test traffic never reaches the machine's own network. Each test builds its world out of
-//! network namespaces of its own ([`Lab`]):
-//!
-//! - `outside`: the "internet", holding an HTTP server (busybox httpd) and a DNS server
-//!   (dnsmasq, `outside.test` → the server) on `10.251.N.2/24`;
-//! - `engine`: where the backend's CNI plugins run (`Builder::network_host_netns`), so the
-//!   bridge, its NAT and the isolation rules live there; its only interface besides loopback
-//!   and the bridge is a veth into `outside` (`10.251.N.1/24`), and its default route points
-//!   there.
-//!
-//! Instances' veths end on that bridge, so whatever an instance sends is either dropped by the
-//! engine namespace's rules or routed to `outside`, which has no other link: nothing can reach
-//! the host's namespace. The gateway side (`connect`) dials the instance's own loopback inside
-//! its namespace, as always. The subnets (`10.251.N.0/24` and the instances' `10.252.N.0/24`)
-//! are checked not to overlap the machine's routes.
+//! Test traffic never reaches the machine's own network: each test builds its world out of
+//! network namespaces of its own, a [`NetLab`](serverless_testkit::NetLab) (an `outside` with
+//! HTTP and DNS servers, and the `engine` namespace where the backend's bridge, NAT and rules
+//! live). The gateway side (`connect`) dials the instance's own loopback inside its namespace,
+//! as always.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serverless_core::{ContainerBackend, NetworkConfig, NetworkMode};
-use serverless_testkit::{busybox_sh, can_run_with, BackendHarness, BUSYBOX};
+use serverless_core::{ContainerBackend, NetworkMode};
+use serverless_testkit::{busybox_sh, can_run_with, BackendHarness, NetLab as Lab, BUSYBOX};
 
-const PROGRAMS: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("iptables", "iptables"),
-    ("dnsmasq", "dnsmasq-base"),
-    ("nsenter", "util-linux"),
-    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
-];
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The namespaces, servers and addresses of one test's world; removed on drop.
-struct Lab {
-    outside: String,
-    engine: String,
-    /// The third octet of this lab's subnets.
-    n: u8,
-    servers: Vec<Child>,
-    _www: tempfile::TempDir,
-}
-
-impl Lab {
-    fn new(n: u8) -> Self {
-        let routes = run(&["ip", "-4", "route", "show", "table", "all"]);
-        for net in [format!("10.251.{n}."), format!("10.252.{n}.")] {
-            assert!(
-                !routes.contains(&net),
-                "{net}0/24 overlaps a route of this machine"
-            );
-        }
-        let tag = format!("{}-{n}", std::process::id());
-        let outside = format!("slo-{tag}");
-        let engine = format!("sle-{tag}");
-        run(&["ip", "netns", "add", &outside]);
-        run(&["ip", "netns", "add", &engine]);
-        let www = tempfile::tempdir().expect("temp dir");
-        let mut lab = Self {
-            outside,
-            engine,
-            n,
-            servers: Vec::new(),
-            _www: www,
-        };
-        let (o, e) = (lab.outside.clone(), lab.engine.clone());
-        // The veth is made inside `engine` with its peer moved straight into `outside`.
-        run(&[
-            "ip", "-n", &e, "link", "add", "up0", "type", "veth", "peer", "name", "out0", "netns",
-            &o,
-        ]);
-        for (ns, dev, addr) in [(&o, "out0", lab.outside_ip()), (&e, "up0", lab.uplink_ip())] {
-            run(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                dev,
-            ]);
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        run(&[
-            "ip",
-            "-n",
-            &e,
-            "route",
-            "add",
-            "default",
-            "via",
-            &lab.outside_ip(),
-        ]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &e,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        std::fs::write(lab._www.path().join("index.html"), "hello from outside\n")
-            .expect("a network test step");
-        let www = lab._www.path().display().to_string();
-        let httpd = format!("{}:80", lab.outside_ip());
-        lab.spawn(&o, &[BUSYBOX, "httpd", "-f", "-p", &httpd, "-h", &www]);
-        let dns = format!("--address=/outside.test/{}", lab.outside_ip());
-        let listen = format!("--listen-address={}", lab.outside_ip());
-        lab.spawn(
-            &o,
-            &[
-                "dnsmasq",
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                &listen,
-                &dns,
-                "--user=root",
-                "--pid-file=",
-            ],
-        );
-        // A service on the engine's host side, standing for the gateway, admin and anything
-        // bound on the host: instances must not reach it.
-        lab.spawn(&e, &[BUSYBOX, "httpd", "-f", "-p", "7777", "-h", &www]);
-        // The lab is built before any async work: give the servers a moment to bind.
-        #[allow(clippy::disallowed_methods)]
-        std::thread::sleep(Duration::from_millis(300));
-        lab
-    }
-
-    fn spawn(&mut self, ns: &str, args: &[&str]) {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn a lab server");
-        self.servers.push(child);
-    }
-
-    fn outside_ip(&self) -> String {
-        format!("10.251.{}.2", self.n)
-    }
-    fn uplink_ip(&self) -> String {
-        format!("10.251.{}.1", self.n)
-    }
-    fn bridge_ip(&self) -> String {
-        format!("10.252.{}.1", self.n)
-    }
-
-    fn engine_netns(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.engine)
-    }
-
-    fn network(&self) -> NetworkConfig {
-        NetworkConfig {
-            subnet: serverless_core::config::Ipv4Subnet {
-                addr: [10, 252, self.n, 0].into(),
-                prefix: 24,
-            },
-            nameservers: Some(vec![self
-                .outside_ip()
-                .parse()
-                .expect("the outside server's address")]),
-            ..NetworkConfig::default()
-        }
-    }
-
-    /// A backend whose bridge lives in this lab's engine namespace, keeping `pool`
-    /// namespaces wired ahead.
-    async fn backend(&self, pool: usize) -> BackendHarness {
-        let (network, netns) = (self.network(), self.engine_netns());
-        BackendHarness::start_with(move |b| {
-            b.network(network)
-                .network_host_netns(netns)
-                .network_pool(pool)
-        })
-        .await
-    }
-
-    /// What the engine namespace holds that an instance could leak: links and rules.
-    fn state(&self) -> (Vec<String>, Vec<String>) {
-        let links = run(&["ip", "-n", &self.engine, "-o", "link", "show"])
-            .lines()
-            .filter_map(|l| {
-                l.split(": ")
-                    .nth(1)
-                    .map(|s| s.split('@').next().unwrap_or(s).to_owned())
-            })
-            .collect();
-        let mut rules: Vec<String> = ["filter", "nat"]
-            .iter()
-            .flat_map(|t| {
-                run(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &self.engine,
-                    "iptables",
-                    "-w",
-                    "5",
-                    "-t",
-                    t,
-                    "-S",
-                ])
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-            })
-            .collect();
-        rules.sort();
-        (links, rules)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for s in &mut self.servers {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-        for ns in [&self.engine, &self.outside] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
+const PROGRAMS: &[(&str, &str)] = serverless_testkit::NETLAB_PROGRAMS;
 
 /// Fetches the outside server by IP and by name at startup into `/www/ip` and `/www/name`,
 /// then serves `/www`. busybox's own clients do the work: `nslookup` (its DNS client, reading
@@ -419,53 +190,195 @@ async fn an_instance_reaches_neither_another_instance_nor_the_host() {
     h.shutdown().await;
 }
 
+/// What a backend's data dir holds for its namespaces: wired directories, host-local leases,
+/// and namespace files still mounted.
+fn on_disk(data: &std::path::Path) -> (usize, Vec<String>, usize) {
+    let network = data.join("network");
+    let wired = std::fs::read_dir(network.join("wired")).map_or(0, |d| d.count());
+    let leases = std::fs::read_dir(network.join("ipam/serverless"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(&*network.to_string_lossy()))
+        .count();
+    (wired, leases, mounts)
+}
+
+/// Whether the data dir holds exactly `n` namespaces, each wired (ADD done) and none taken by
+/// `not`: a steady state to compare.
+fn settled(data: &std::path::Path, n: usize, not: &str) -> bool {
+    let Ok(dirs) = std::fs::read_dir(data.join("network/wired")) else {
+        return false;
+    };
+    let dirs: Vec<_> = dirs.filter_map(|e| Some(e.ok()?.path())).collect();
+    dirs.len() == n
+        && dirs.iter().all(|d| {
+            d.join("result.json").exists()
+                && std::fs::read_to_string(d.join("instance")).map_or(true, |o| o != not)
+        })
+}
+
+fn veths(lab: &Lab) -> usize {
+    lab.state()
+        .0
+        .iter()
+        .filter(|l| l.starts_with("veth"))
+        .count()
+}
+
+/// Cold-start cycles with the default pool (2 namespaces wired ahead): at the same steady state
+/// (pool full, no instance) the data dir, the engine namespace's links and its rules are what
+/// they were after the first cycle, and shutdown leaves no veth, lease, mount or rule of ours.
+/// `SERVERLESS_NETWORK_CYCLES` sets the count: the default, 75, fits ~60 s on a loaded 2-core
+/// machine (~0.8 s a cycle in a debug build, the stop's CNI DEL and the background ADD
+/// included); the 1000 take ~14 min.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cycles_leave_leases_links_and_rules_at_baseline() {
     if !can_run_with("cycles_leave_leases_links_and_rules_at_baseline", PROGRAMS) {
         return;
     }
+    let cycles: usize =
+        serverless_testkit::env_num("SERVERLESS_NETWORK_CYCLES", 75).expect("a cycle count");
     let lab = Lab::new(13);
-    let h = lab.backend(0).await;
+    let h = lab.backend(2).await;
+    let data = h.dir.path().join("data");
     let mut app = h.app("cycle");
     app.network = NetworkMode::Bridge;
-    // One cycle first: the bridge and the engine's chains exist from then on.
+    // One cycle first: the bridge and the chains exist from then on, and the pool fills.
     let warm = h.id("cycle");
     h.backend.start(&app, &warm).await.expect("start");
     h.backend.stop(&warm, Duration::ZERO).await.expect("stop");
-    let baseline = lab.state();
-    let data = h.dir.path().join("data/network");
-    let leases = || {
-        std::fs::read_dir(data.join("ipam/serverless"))
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter(|n| n.starts_with("10."))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    };
-    for _ in 0..5 {
-        let id = h.id("cycle");
-        let started = h.backend.start(&app, &id).await.expect("start");
-        assert_eq!(leases().len(), 1);
-        assert!(get(&h, &id, "/").await.contains("hello from busybox"));
-        let t = tokio::time::Instant::now();
-        h.backend.stop(&id, Duration::ZERO).await.expect("stop");
-        eprintln!(
-            "cycle: {:?}, stop {:?}",
-            started.phases.first(),
-            t.elapsed()
-        );
-    }
-    assert_eq!(lab.state(), baseline);
-    assert!(leases().is_empty(), "{:?}", leases());
+    let steady = || settled(&data, 2, "");
+    serverless_testkit::eventually("the pool is full", steady).await;
+    let (_, baseline_leases, baseline_mounts) = on_disk(&data);
+    let (baseline_links, baseline_rules) = lab.state();
     assert_eq!(
-        std::fs::read_dir(data.join("wired"))
-            .expect("a network test step")
-            .count(),
-        0
+        (baseline_leases.len(), baseline_mounts, veths(&lab)),
+        (2, 2, 2)
     );
 
+    let t = tokio::time::Instant::now();
+    let mut pooled = 0;
+    for i in 0..cycles {
+        let id = h.id("cycle");
+        let started = h.backend.start(&app, &id).await.expect("start");
+        pooled += usize::from(started.phases.iter().any(|(p, _)| *p == "network_pooled"));
+        if i % 10 == 0 {
+            assert!(get(&h, &id, "/").await.contains("hello from busybox"));
+        }
+        h.backend.stop(&id, Duration::ZERO).await.expect("stop");
+    }
+    let elapsed = t.elapsed();
+    serverless_testkit::eventually("the pool is full again", steady).await;
+    let (_, leases, mounts) = on_disk(&data);
+    let (links, rules) = lab.state();
+    eprintln!(
+        "{cycles} bridge cycles in {elapsed:?} ({:?} each), {pooled} from the pool",
+        elapsed / cycles.max(1) as u32
+    );
+    assert!(
+        pooled * 2 >= cycles,
+        "only {pooled} of {cycles} starts were pooled"
+    );
+    assert_eq!((leases.len(), mounts), (2, 2), "{leases:?}");
+    assert_eq!(links.len(), baseline_links.len(), "{links:?}");
+    assert_eq!(veths(&lab), 2);
+    // Rule names carry each namespace's id: the count is what must not grow.
+    assert_eq!(rules.len(), baseline_rules.len(), "{rules:#?}");
+
+    let data_dir = data.display().to_string();
     h.shutdown().await;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mountinfo.contains(&data_dir),
+        "a namespace file is still mounted"
+    );
+    let (_, rules) = lab.state();
+    assert_eq!(veths(&lab), 0);
+    assert!(
+        !rules
+            .iter()
+            .any(|r| r.contains("SLS-IN") || r.contains("CNI-DN")),
+        "{rules:#?}"
+    );
+    assert!(
+        rules.len() < baseline_rules.len(),
+        "the pool's NAT rules are gone"
+    );
+}
+
+/// containerd killed (SIGKILL) while bridge instances run and restarted: a start while it is
+/// down fails and releases its namespace; the instances stop and the backend shuts down after
+/// the restart with nothing of the network left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containerd_restart_leaves_no_namespace_behind() {
+    if !can_run_with("a_containerd_restart_leaves_no_namespace_behind", PROGRAMS) {
+        return;
+    }
+    let lab = Lab::new(16);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut containerd = serverless_testkit::Containerd::start(dir.path());
+    let data = dir.path().join("data");
+    let backend = serverless_containerd::ContainerdBackend::builder(&data)
+        .socket(&containerd.socket)
+        .namespace(serverless_testkit::unique("net-restart"))
+        .spare_shim(false)
+        .network(lab.network())
+        .network_host_netns(lab.engine_netns())
+        .network_pool(1)
+        .build()
+        .await
+        .expect("a backend on the test's containerd");
+    let image = serverless_testkit::busybox_archive(dir.path());
+    let mut app =
+        serverless_core::AppSpec::new("restart", serverless_core::ImageRef::OciArchive(image));
+    app.network = NetworkMode::Bridge;
+    backend.prepare(&app).await.expect("prepare");
+    let ids: Vec<_> = (0..2)
+        .map(|_| serverless_core::InstanceId::new(serverless_testkit::unique("restart")))
+        .collect();
+    for id in &ids {
+        backend.start(&app, id).await.expect("start");
+    }
+    serverless_testkit::eventually("the pool is full", || on_disk(&data).0 == 3).await;
+
+    containerd.kill9();
+    let down = serverless_core::InstanceId::new(serverless_testkit::unique("restart"));
+    let err = backend
+        .start(&app, &down)
+        .await
+        .expect_err("a start while containerd is down");
+    eprintln!("start while containerd is down: {err}");
+    containerd.restart();
+    // The failed start's namespace was released; the pool refills to one.
+    serverless_testkit::eventually("two instances and a full pool", || {
+        settled(&data, 3, down.as_str())
+    })
+    .await;
+    for id in &ids {
+        let mut stopped = false;
+        for _ in 0..50 {
+            if backend.stop(id, Duration::ZERO).await.is_ok() {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(stopped, "stop {id} after the restart");
+    }
+    backend.shutdown().await.expect("shutdown");
+    let (wired, leases, mounts) = on_disk(&data);
+    assert_eq!((wired, leases.len(), mounts), (0, 0, 0), "{leases:?}");
+    let (_, rules) = lab.state();
+    assert_eq!(veths(&lab), 0);
+    assert!(!rules.iter().any(|r| r.contains("SLS-IN")), "{rules:#?}");
+    drop(containerd);
 }
 
 /// Figures for the architecture doc: a cold start's phases with `none`, with a namespace wired
@@ -580,5 +493,13 @@ async fn reconcile_releases_a_previous_runs_namespaces() {
     assert!(leases.is_empty(), "{leases:?}");
     let (links, _) = lab.state();
     assert!(!links.iter().any(|l| l.starts_with("veth")), "{links:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&*data.to_string_lossy()),
+        "a namespace file is still mounted"
+    );
+    // The crashed run's isolation rules go with the next run's shutdown.
     h.shutdown().await;
+    let (_, rules) = lab.state();
+    assert!(!rules.iter().any(|r| r.contains("SLS-IN")), "{rules:#?}");
 }

@@ -189,7 +189,7 @@ pub struct AppSpec {
     pub limits: Limits,
     /// Instance count bounds.
     pub scale: Scale,
-    /// How instances are networked (`bridge` or `none`, the default).
+    /// How instances are networked (`bridge`, the default, or `none`).
     pub network: NetworkMode,
     /// The sandbox: seccomp, init, user namespace, capabilities (`[apps.security]`).
     pub security: Security,

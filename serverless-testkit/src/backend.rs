@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use serverless_containerd::{Builder, ContainerdBackend};
-use serverless_core::{AppSpec, ImageRef, InstanceId};
+use serverless_core::{AppSpec, ImageRef, InstanceId, NetworkMode};
 
 use crate::ctr::{container_ids, ctr};
 use crate::images::busybox_archive;
@@ -12,7 +12,8 @@ use crate::util::unique;
 
 /// A `ContainerdBackend` in embedded mode (it starts its own private containerd in a temp
 /// dir), in a namespace of its own (tests run in parallel, and the namespace names the cgroup
-/// parent), with the [`busybox_image`](crate::busybox_image) written as an archive.
+/// parent), with the [`busybox_image`](crate::busybox_image) written as an archive. Its bridge
+/// is at [`NO_BRIDGE_NETNS`](crate::NO_BRIDGE_NETNS) unless the test configures one.
 ///
 /// End a test with [`shutdown`](Self::shutdown), which checks that nothing is left. A test that
 /// fails before that still removes its instances when the harness drops.
@@ -40,11 +41,14 @@ impl BackendHarness {
             .tempdir()
             .expect("temp dir");
         let namespace = unique("serverless-t");
-        let backend =
-            configure(ContainerdBackend::builder(dir.path().join("data")).namespace(namespace))
-                .build()
-                .await
-                .expect("embedded containerd starts");
+        // A bridge only inside a NetLab, which sets its own host namespace.
+        let builder = ContainerdBackend::builder(dir.path().join("data"))
+            .namespace(namespace)
+            .network_host_netns(crate::NO_BRIDGE_NETNS);
+        let backend = configure(builder)
+            .build()
+            .await
+            .expect("embedded containerd starts");
         let image = busybox_archive(dir.path());
         Self {
             backend,
@@ -54,13 +58,16 @@ impl BackendHarness {
         }
     }
 
-    /// An app named `name` running the busybox image.
+    /// An app named `name` running the busybox image, with `network = "none"` (a test of
+    /// bridges sets `bridge` and runs the backend in a [`NetLab`](crate::NetLab)).
     pub fn app(&self, name: &str) -> AppSpec {
-        AppSpec::new(
+        let mut app = AppSpec::new(
             name,
             ImageRef::parse(&format!("oci-archive:{}", self.image.display()))
                 .expect("an archive reference"),
-        )
+        );
+        app.network = NetworkMode::None;
+        app
     }
 
     /// A new instance id for `app`.

@@ -49,7 +49,8 @@ impl std::fmt::Debug for GatewayHarness {
 
 impl GatewayHarness {
     /// Starts it; `apps` gets the temp dir (to write images into) and returns the `[[apps]]`
-    /// TOML. The gateway listens on loopback ports of its choosing.
+    /// TOML, each with `network = "none"` ([`assert_no_bridge`](crate::assert_no_bridge)).
+    /// The gateway listens on loopback ports of its choosing.
     pub async fn start(apps: impl FnOnce(&Path) -> String) -> Self {
         Self::start_with("", apps).await
     }
@@ -64,7 +65,11 @@ impl GatewayHarness {
         let containerd = Containerd::start(dir.path());
         let namespace = unique("rel");
         let backend = Arc::new(
-            ContainerdBackend::connect(&containerd.socket, &namespace, dir.path().join("data"))
+            ContainerdBackend::builder(dir.path().join("data"))
+                .socket(&containerd.socket)
+                .namespace(&namespace)
+                .network_host_netns(crate::NO_BRIDGE_NETNS)
+                .build()
                 .await
                 .expect("connect to the test's containerd"),
         );
@@ -72,6 +77,7 @@ impl GatewayHarness {
             "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{top}\n{apps}"
         ))
         .expect("a valid config");
+        crate::assert_no_bridge(&config);
         let gateway = Gateway::start(config, backend.clone())
             .await
             .expect("the gateway starts");

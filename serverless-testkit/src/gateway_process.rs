@@ -23,9 +23,13 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     /// Starts the binary at `bin` (a test passes `env!("CARGO_BIN_EXE_serverless")`, which only
-    /// the binary's own package has) on `config`; returns once it logged `gateway on http://…`,
+    /// the binary's own package has) on `config` (its apps `network = "none"`:
+    /// [`assert_no_bridge`](crate::assert_no_bridge)); returns once it logged `gateway on http://…`,
     /// panicking with its output when that takes over 30 s or it exits first.
     pub async fn start(bin: &Path, config: &Path) -> Self {
+        let parsed = serverless_core::Config::from_path(config)
+            .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+        crate::assert_no_bridge(&parsed);
         let mut child = tokio::process::Command::new(bin)
             .args(["serve", "--config"])
             .arg(config)

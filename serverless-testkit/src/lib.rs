@@ -18,6 +18,10 @@
 //!   [`python_archive`], a Python standard-library server on Debian (debootstrap, cached under
 //!   `target/bench-images/`).
 //! - **Leak checks:** [`objects`] and [`leftovers`] of a namespace, [`shims`], [`remove_all`].
+//! - **Networks:** [`NetLab`], namespaces of the test's own for `network = "bridge"` (an
+//!   outside world with HTTP and DNS, the engine's bridge); every other test runs
+//!   `network = "none"`, which the harnesses enforce ([`NO_BRIDGE_NETNS`],
+//!   [`assert_no_bridge`]).
 //! - **Processes:** [`processes`], [`parent_of`], [`children_of`], [`instance_pids`],
 //!   [`memory_kib`], [`rss_kib`], [`fds`], [`signal`].
 //! - **Clients:** [`client`] and [`send`] (an [`Answer`]), [`connect`] and [`get`] (one
@@ -41,6 +45,7 @@ mod gateway_process;
 mod images;
 mod leaks;
 mod load;
+mod netlab;
 mod procs;
 mod require;
 mod util;
@@ -64,6 +69,7 @@ pub use leaks::{
     leftovers, objects, remove_all, shims, wait_for_no_shims, Objects, Shim, SPARE_SHIM,
 };
 pub use load::Load;
+pub use netlab::{assert_no_bridge, NetLab, NETLAB_PROGRAMS, NO_BRIDGE_NETNS};
 pub use procs::{
     children_of, fds, instance_pids, memory_kib, parent_of, peak_rss_kib, processes, rss_kib,
     signal,

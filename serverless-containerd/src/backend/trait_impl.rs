@@ -24,9 +24,18 @@ const BOOT_LOG_BYTES: u64 = 4 * 1024;
 
 #[async_trait]
 impl ContainerBackend for ContainerdBackend {
-    /// Imports or pulls the image; with [`Scale::standby`](serverless_core::Scale::standby)
+    /// Checks that the host can wire `network = "bridge"` (the CNI plugins, iptables), then
+    /// imports or pulls the image; with [`Scale::standby`](serverless_core::Scale::standby)
     /// also creates the app's standby (a failing standby is logged, never an error).
     async fn prepare(&self, app: &AppSpec) -> Result<(), BackendError> {
+        if app.network == serverless_core::NetworkMode::Bridge {
+            self.inner.network.check_tools().map_err(|e| {
+                e.into_backend(format_args!(
+                    "checking network = \"bridge\" of app {}",
+                    app.name
+                ))
+            })?;
+        }
         self.prepared(app).await?;
         self.refill_shim(Duration::ZERO);
         if app.scale.standby {
@@ -181,6 +190,11 @@ impl ContainerdBackend {
         self.forget(container).await;
         if let Err(c) = cleanup {
             tracing::warn!(instance = container, error = %c, "cleanup after a failed start failed");
+            // containerd may be gone (a restart): the instance never served, so its network
+            // namespace is released now rather than at the next reconcile.
+            if let Err(e) = self.inner.network.detach(container).await {
+                tracing::warn!(instance = container, error = %e, "releasing its network failed");
+            }
         }
         match err.exit() {
             Some(exit) if err.kind() == ErrorKind::BootFailed => {

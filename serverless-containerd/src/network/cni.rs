@@ -141,7 +141,7 @@ async fn exec(
         .map_err(|e| NetworkError::Cni(format!("{typ} ADD returned no JSON result: {e}")))
 }
 
-fn find(typ: &str) -> Option<PathBuf> {
+pub(crate) fn find(typ: &str) -> Option<PathBuf> {
     CNI_PATH
         .split(':')
         .map(|dir| Path::new(dir).join(typ))

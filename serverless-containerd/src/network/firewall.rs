@@ -71,6 +71,11 @@ pub(crate) async fn install(bridge: &str, host_netns: Option<&Path>) -> Result<(
     Ok(())
 }
 
+/// Whether the chain of `bridge` exists (this run's or a previous one's).
+pub(crate) async fn installed(bridge: &str, host_netns: Option<&Path>) -> bool {
+    run(host_netns, &["-S", &input_chain(bridge)]).await.is_ok()
+}
+
 /// Removes the rules of `bridge`; what is already gone is fine.
 pub(crate) async fn uninstall(bridge: &str, host_netns: Option<&Path>) {
     let chain = input_chain(bridge);

@@ -50,6 +50,11 @@ pub(crate) enum NetworkError {
     Command(String, String),
     #[error("the network is shut down")]
     Closed,
+    /// A program `bridge` instances need is not on this host.
+    #[error(
+        "{0} not found: install Debian's {1} (or set network = \"none\" on apps that need no egress)"
+    )]
+    Missing(String, &'static str),
 }
 
 impl NetworkError {
@@ -157,6 +162,40 @@ impl Network {
             closed: AtomicBool::new(false),
             next: AtomicU64::new(started << 16),
         })
+    }
+
+    /// Checks that this host has what wiring needs: every plugin of the conflist (and
+    /// `loopback`), `iptables` and `ip`, and `nsenter` and the namespace itself when the
+    /// bridge lives in another namespace. The error names the Debian package to install.
+    pub(crate) fn check_tools(&self) -> Result<(), NetworkError> {
+        let mut types = vec!["loopback"];
+        if let Some(plugins) = self.conflist["plugins"].as_array() {
+            types.extend(plugins.iter().filter_map(|p| p["type"].as_str()));
+        }
+        for typ in types {
+            if cni::find(typ).is_none() {
+                return Err(NetworkError::Missing(
+                    format!("the CNI plugin {typ:?} (looked in {})", cni::CNI_PATH),
+                    "containernetworking-plugins",
+                ));
+            }
+        }
+        let mut programs = vec![("iptables", "iptables"), ("ip", "iproute2")];
+        if let Some(ns) = &self.host_netns {
+            programs.push(("nsenter", "util-linux"));
+            if !ns.exists() {
+                return Err(NetworkError::Io(
+                    format!("opening the bridge's namespace {}", ns.display()),
+                    io::ErrorKind::NotFound.into(),
+                ));
+            }
+        }
+        for (program, package) in programs {
+            if !on_path(program) {
+                return Err(NetworkError::Missing(format!("{program:?}"), package));
+            }
+        }
+        Ok(())
     }
 
     fn wired_dir(&self, cni_id: &str) -> PathBuf {
@@ -449,8 +488,11 @@ impl Network {
                 tracing::warn!(cni_id, error = %e, "releasing a pooled namespace failed");
             }
         }
-        if self.rules.get().is_some() {
-            firewall::uninstall(&self.config.bridge, self.host_netns.as_deref()).await;
+        // Also the rules a previous run (killed before its shutdown) left behind.
+        let bridge = &self.config.bridge;
+        let host_netns = self.host_netns.as_deref();
+        if self.rules.get().is_some() || firewall::installed(bridge, host_netns).await {
+            firewall::uninstall(bridge, host_netns).await;
         }
     }
 }
@@ -467,6 +509,19 @@ fn host_resolvers() -> Vec<IpAddr> {
         }
     }
     Vec::new()
+}
+
+/// Whether `program` is an executable file in `$PATH` (or the sbin directories, which root's
+/// path has but a service's may not).
+fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .any(|dir| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// A new network namespace kept alive by a bind mount on `path`: made on a thread of its own
@@ -516,7 +571,34 @@ pub(crate) fn apply(spec: &mut Spec, attached: &Attached) -> Result<(), BackendE
         );
         linux.set_namespaces(Some(namespaces));
     }
+    let in_userns = spec.linux().as_ref().is_some_and(|l| {
+        l.namespaces()
+            .iter()
+            .flatten()
+            .any(|n| n.typ() == LinuxNamespaceType::User)
+    });
     let mut mounts = spec.mounts().clone().unwrap_or_default();
+    if in_userns {
+        // A new sysfs may only be mounted by the owner of the network namespace, and the wired
+        // one belongs to the host's user namespace, not the instance's: bind the host's /sys,
+        // read-only, instead (as podman does for a namespace it did not make).
+        for m in mounts
+            .iter_mut()
+            .filter(|m| m.typ().as_deref() == Some("sysfs"))
+        {
+            *m = MountBuilder::default()
+                .destination(m.destination().clone())
+                .typ("bind")
+                .source("/sys")
+                .options(
+                    ["rbind", "nosuid", "noexec", "nodev", "ro"]
+                        .map(str::to_owned)
+                        .to_vec(),
+                )
+                .build()
+                .map_err(err)?;
+        }
+    }
     for name in ["resolv.conf", "hosts", "hostname"] {
         mounts.push(
             MountBuilder::default()

@@ -325,7 +325,7 @@ impl Config {
 
     /// Parses the seed's `now.json` (one app):
     /// `{"name", "image", "slot", "limits": {"maxConcurrentReqs", "duration", "timeout"}}`,
-    /// durations in milliseconds.
+    /// durations in milliseconds, plus our `"network"` (`"bridge"` or `"none"`).
     pub fn from_now_json(text: &str) -> Result<Self, ConfigError> {
         let raw: RawNowJson = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
             format: "json",
@@ -342,6 +342,7 @@ impl Config {
                 idle_timeout: limits.timeout.map(RawDuration::Millis),
                 ..Default::default()
             }),
+            network: raw.network,
             ..Default::default()
         };
         let mut config = RawConfig {

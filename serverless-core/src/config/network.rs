@@ -14,10 +14,11 @@ use crate::ConfigError;
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
     /// A veth into the engine's bridge, an address from its subnet, NAT for egress and DNS;
-    /// nothing but the gateway may open a connection to the instance.
+    /// nothing but the gateway may open a connection to the instance. The default: apps
+    /// reach their databases and APIs, as on Cloud Run, Knative or Fly.
+    #[default]
     Bridge,
     /// Loopback only: the instance can reach nothing and nothing but the gateway reaches it.
-    #[default]
     None,
 }
 
@@ -264,15 +265,15 @@ mod tests {
         let c = Config::from_toml(APP).unwrap();
         assert_eq!(c.network, NetworkConfig::default());
         assert_eq!(c.network.subnet.to_string(), "10.73.0.0/16");
-        assert_eq!(c.apps[0].network, NetworkMode::None);
+        assert_eq!(c.apps[0].network, NetworkMode::Bridge);
         let c = Config::from_toml(&format!(
-            "[network]\nsubnet = \"172.31.8.0/24\"\nbridge = \"br-sls\"\nnameservers = [\"192.0.2.53\", \"2001:db8::53\"]\n{APP}network = \"bridge\"\n"
+            "[network]\nsubnet = \"172.31.8.0/24\"\nbridge = \"br-sls\"\nnameservers = [\"192.0.2.53\", \"2001:db8::53\"]\n{APP}network = \"none\"\n"
         ))
         .unwrap();
         assert_eq!(c.network.subnet.to_string(), "172.31.8.0/24");
         assert_eq!(c.network.bridge, "br-sls");
         assert_eq!(c.network.nameservers.as_ref().unwrap().len(), 2);
-        assert_eq!(c.apps[0].network, NetworkMode::Bridge);
+        assert_eq!(c.apps[0].network, NetworkMode::None);
     }
 
     #[test]
@@ -335,10 +336,10 @@ mod tests {
     #[test]
     fn json_app_spec_and_now_json_take_the_mode() {
         let app = crate::AppSpec::from_json(
-            r#"{"name": "hello", "image": "oci-archive:/x.tar", "network": "bridge"}"#,
+            r#"{"name": "hello", "image": "oci-archive:/x.tar", "network": "none"}"#,
         )
         .unwrap();
-        assert_eq!(app.network, NetworkMode::Bridge);
+        assert_eq!(app.network, NetworkMode::None);
         let err = crate::AppSpec::from_json(
             r#"{"name": "hello", "image": "oci-archive:/x.tar", "network": "nat"}"#,
         )
@@ -349,7 +350,12 @@ mod tests {
         );
         let now =
             Config::from_now_json(r#"{"name": "hello", "image": "oci-archive:/x.tar"}"#).unwrap();
-        assert_eq!(now.apps[0].network, NetworkMode::default());
+        assert_eq!(now.apps[0].network, NetworkMode::Bridge);
+        let now = Config::from_now_json(
+            r#"{"name": "hello", "image": "oci-archive:/x.tar", "network": "none"}"#,
+        )
+        .unwrap();
+        assert_eq!(now.apps[0].network, NetworkMode::None);
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub(super) struct RawNowJson {
     pub(super) image: Option<String>,
     pub(super) slot: Option<String>,
     pub(super) limits: Option<RawNowLimits>,
+    /// Ours, like the TOML key: `"bridge"` (the default) or `"none"`.
+    pub(super) network: Option<String>,
     // Other now.json keys that do not concern us are accepted and ignored.
     #[serde(default, rename = "type")]
     pub(super) _type: Option<serde_json::Value>,
