@@ -108,3 +108,31 @@ async fn the_gateway_serves_an_app_from_zero_pods_and_idles_it_back_to_zero() {
     gateway.shutdown().await;
     assert!(cluster.pod_names().is_empty(), "shutdown deletes the Pods");
 }
+
+/// The sample manifests: the ConfigMap's config is one `serverless validate` accepts, with a
+/// `[kubernetes]` table; the Role grants the verbs the backend uses and no others.
+#[test]
+fn the_sample_manifests_match_the_backend() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes");
+    let gateway = std::fs::read_to_string(format!("{dir}/gateway.yaml")).unwrap();
+    let toml: String = gateway
+        .lines()
+        .skip_while(|l| !l.contains("serverless.toml: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.trim_start()))
+        .collect();
+    let config = Config::from_toml(&toml).unwrap();
+    assert_eq!(
+        config.kubernetes.unwrap().namespace.as_deref(),
+        Some("serverless")
+    );
+    assert!(
+        gateway.contains("fieldPath: metadata.name") && gateway.contains("fieldPath: metadata.uid")
+    );
+    let rbac = std::fs::read_to_string(format!("{dir}/rbac.yaml")).unwrap();
+    assert!(
+        rbac.contains(r#"verbs: ["get", "list", "watch", "create", "delete", "deletecollection"]"#)
+    );
+    assert!(rbac.contains(r#"resources: ["pods/log"]"#));
+}
