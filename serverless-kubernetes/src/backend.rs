@@ -193,6 +193,13 @@ fn api_error(what: &str, e: kube::Error) -> BackendError {
         kube::Error::Api(s) if s.code == 404 => {
             BackendError::new(ErrorKind::NotFound, format!("{what}: not found"))
         }
+        // A quota is a 403 too: its message says so, and RBAC is not the cause.
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("exceeded quota") => {
+            BackendError::new(
+                ErrorKind::Unavailable,
+                format!("{what}: over the namespace's quota: {}", s.message),
+            )
+        }
         kube::Error::Api(s) if s.code == 403 => BackendError::new(
             ErrorKind::Unavailable,
             format!(

@@ -365,7 +365,10 @@ async fn watches_that_end_or_expire_are_restarted() {
 async fn a_forbidden_api_names_the_missing_rbac_rule() {
     let (cluster, client) = Cluster::start();
     let backend = backend(client);
-    cluster.forbid_create();
+    cluster.forbid_create(
+        "pods is forbidden: User \"system:serviceaccount:apps:serverless\" cannot create \
+         resource \"pods\" in API group \"\" in the namespace \"apps\"",
+    );
     let err = backend
         .start(&app("hello"), &InstanceId::new("hello-1-f"))
         .await
@@ -434,4 +437,25 @@ async fn the_conformance_suite_passes_against_the_scripted_cluster() {
     };
     conformance::run(&backend, &apps).await.unwrap();
     assert!(cluster.pod_names().is_empty(), "{:?}", cluster.pod_names());
+}
+
+#[tokio::test]
+async fn a_namespace_quota_is_named_as_such() {
+    let (cluster, client) = Cluster::start();
+    let backend = backend(client);
+    cluster.forbid_create(
+        "pods \"hello-1-q\" is forbidden: exceeded quota: compute, requested: limits.memory=256Mi, \
+         used: limits.memory=1Gi, limited: limits.memory=1Gi",
+    );
+    let err = backend
+        .start(&app("hello"), &InstanceId::new("hello-1-q"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    let text = err.to_string();
+    assert!(
+        text.contains("quota") && text.contains("limits.memory=1Gi"),
+        "{text}"
+    );
+    assert!(!text.contains("Role"), "{text}");
 }

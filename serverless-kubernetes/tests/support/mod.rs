@@ -96,8 +96,8 @@ struct State {
     gone_once: bool,
     /// End every watch stream after one event (the backend must restart it).
     short_watches: bool,
-    /// Refuse Pod creation with 403 (missing RBAC).
-    forbid_create: bool,
+    /// Refuse Pod creation with 403 and this message (missing RBAC, a quota).
+    forbid_create: Option<String>,
 }
 
 /// The scripted API server; clone freely.
@@ -145,8 +145,8 @@ impl Cluster {
         self.state().short_watches = true;
     }
 
-    pub fn forbid_create(&self) {
-        self.state().forbid_create = true;
+    pub fn forbid_create(&self, message: &str) {
+        self.state().forbid_create = Some(message.to_owned());
     }
 
     /// Every request so far.
@@ -225,12 +225,8 @@ impl Cluster {
     }
 
     fn create(&self, body: Value) -> Response<Body> {
-        if self.state().forbid_create {
-            return status_response(
-                StatusCode::FORBIDDEN,
-                "pods is forbidden: User \"system:serviceaccount:apps:serverless\" cannot create \
-                 resource \"pods\" in API group \"\" in the namespace \"apps\"",
-            );
+        if let Some(message) = self.state().forbid_create.clone() {
+            return status_response(StatusCode::FORBIDDEN, &message);
         }
         let mut pod: Pod = serde_json::from_value(body).unwrap();
         let name = pod.metadata.name.clone().unwrap();

@@ -87,6 +87,7 @@ function coldTable(cold) {
       : "> " + fmtMs(cold.bounds_ms[cold.bounds_ms.length - 1]);
     const bar = el("span");
     bar.style.width = (100 * n / max) + "%";
+    if (!n) bar.className = "zero";
     body.append(el("tr", {}, el("th", { scope: "row" }, label), el("td", { class: "num" }, n),
       el("td", { class: "bar", "aria-hidden": "true" }, bar)));
   });
@@ -141,7 +142,7 @@ function renderApp(app) {
         el("dt", {}, "Hosts"), el("dd", {}, app.hosts.join(", ") || "–"),
         el("dt", {}, "Image"), el("dd", {}, el("code", {}, app.image)),
         el("dt", {}, "Slot"), el("dd", {}, app.slot),
-        el("dt", {}, "Scale"), el("dd", {}, `min ${app.scale.min} · max ${app.scale.max} · standby ${app.scale.standby}`)),
+        el("dt", {}, "Scale"), el("dd", {}, `min ${app.scale.min} · max ${app.scale.max}` + (app.scale.standby ? " · standby" : ""))),
       el("dl", {},
         el("dt", {}, "Concurrency"), el("dd", {}, `${l.max_concurrent_requests} per instance`),
         el("dt", {}, "Queue"), el("dd", {}, `${l.max_queued_requests} requests, ${fmtMs(l.queue_timeout_ms)} wait`),
@@ -155,7 +156,11 @@ function renderApp(app) {
       stat(`p99 (${s.window_s} s)`, fmtMs(s.p99_ms), "p99"),
       stat("Queued", app.queued, "queued")),
     el("div", { class: "cols" },
-      el("div", {}, el("h3", {}, `Requests, last ${s.series.requests.length * s.series.bin_s / 60} min`), seriesSvg(s.series)),
+      el("div", {}, el("h3", {}, `Requests, last ${s.series.requests.length * s.series.bin_s / 60} min`),
+        seriesSvg(s.series),
+        el("p", { class: "axis" }, el("span", {}, `${s.series.requests.length * s.series.bin_s / 60} min ago`),
+          el("span", {}, `${s.series.bin_s} s per bar · 5xx in red · ${s.window_requests} in the last ${s.window_s} s`),
+          el("span", {}, "now"))),
       el("div", {}, el("h3", {}, "Cold starts"), coldTable(s.cold_starts))),
     el("h3", {}, "Instances"),
     instancesTable(app));
