@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, ImageConfigurationBuilder,
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder,
     ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
     SCHEMA_VERSION,
 };
@@ -294,6 +294,12 @@ impl ImageBuilder {
                     .build()
                     .map_err(spec("rootfs"))?,
             )
+            // One history entry per layer, as real builders write them: buildah refuses a base
+            // image whose history lists fewer layers than its rootfs.
+            .history(vec![HistoryBuilder::default()
+                .created_by("serverless ImageBuilder")
+                .build()
+                .map_err(spec("history"))?])
             .build()
             .map_err(spec("image configuration"))?;
         let config = config.to_string().map_err(spec("image configuration"))?;
