@@ -16,6 +16,7 @@
 mod admin;
 mod backend;
 mod cli;
+mod handover;
 mod image;
 mod kubernetes;
 mod serve;

@@ -35,7 +35,10 @@ fn containerds(config: &Path) -> Vec<u32> {
     let config = config.display().to_string();
     processes()
         .into_iter()
-        .filter(|(_, args)| args.windows(2).any(|w| w[0] == "--config" && w[1] == config))
+        .filter(|(_, args)| {
+            args.windows(2)
+                .any(|w| w[0] == "--config" && w[1] == config)
+        })
         .map(|(pid, _)| pid)
         .collect()
 }
@@ -81,7 +84,6 @@ admin = "127.0.0.1:0"
 data_dir = "{data}"
 [[apps]]
 name = "web"
-network = "none"
 image = "oci-archive:{image}"
 network = "none"
 "#,
@@ -196,14 +198,12 @@ socket = "{socket}"
 namespace = "{namespace}"
 [[apps]]
 name = "kept"
-network = "none"
 image = "oci-archive:{image}"
 network = "none"
 [apps.scale]
 min = 1
 [[apps]]
 name = "changed"
-network = "none"
 image = "oci-archive:{image}"
 network = "none"
 env = {{ GREETING = "{greeting}" }}
@@ -233,11 +233,137 @@ min = 1
         "containers before {before:?}, after {after:?}; kept {kept} -> {kept_after}; changed {changed} -> {changed_after}"
     );
     assert_eq!(kept_after, kept, "the unchanged app's instance is adopted");
-    assert_ne!(changed_after, changed, "the changed app's instance is replaced");
+    assert_ne!(
+        changed_after, changed,
+        "the changed app's instance is replaced"
+    );
     let survivors: Vec<_> = before.iter().filter(|id| after.contains(id)).collect();
-    assert_eq!(survivors.len(), 1, "only the kept app's container: {survivors:?}");
+    assert_eq!(
+        survivors.len(),
+        1,
+        "only the kept app's container: {survivors:?}"
+    );
     assert!(survivors[0].starts_with("kept-"), "{survivors:?}");
 
     terminate(second).await;
     assert_eq!(containerd.objects(&namespace), Objects::default());
+}
+
+/// Upgrades under load: while a gateway serves (embedded containerd, one warm instance, four
+/// clients sending back to back and a 10 s request in flight), a new `serverless serve` — a
+/// second copy of the binary, then the first again, three times — starts on the same config:
+/// it takes the listening sockets over, the old one finishes its requests and exits. No
+/// request fails, the 10 s request is answered, the same instance answers throughout (no cold
+/// start), and SIGTERM at the end leaves no containerd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_under_load_fails_no_request() {
+    if !can_run("upgrade_under_load_fails_no_request") {
+        return;
+    }
+    let _shared = shared().await;
+    let dir = tempfile::Builder::new().prefix("sl-rs-").tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let config = dir.path().join("serverless.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+data_dir = "{data}"
+[[apps]]
+name = "web"
+image = "oci-archive:{image}"
+network = "none"
+[apps.limits]
+max_concurrent_requests = 8
+[apps.scale]
+min = 1
+max = 1
+"#,
+            data = data.display(),
+            image = hello_archive(HELLO, dir.path()).display(),
+        ),
+    )
+    .unwrap();
+    let containerd_config = data.join("containerd").join("config.toml");
+    let socket = data.join("containerd").join("containerd.sock");
+    struct Cleanup(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            remove_all(&self.0, "serverless", &self.1.with_file_name("cleanup"));
+            for pid in containerds(&self.1) {
+                signal(pid, "KILL");
+            }
+        }
+    }
+    let _cleanup = Cleanup(socket.clone(), containerd_config.clone());
+    // The upgrade's new binary: a copy of the first.
+    let copy = dir.path().join("serverless-next");
+    std::fs::copy(SERVERLESS, &copy).unwrap();
+    let binaries = [Path::new(SERVERLESS), copy.as_path()];
+
+    let mut current = GatewayProcess::start(binaries[0], &config).await;
+    let addr = current.addr;
+    let warm = instance_of(addr, "web.localhost").await;
+    let load = Load::start(addr, "web.localhost", "/sleep?ms=20", 4);
+    let client = client();
+    let long = tokio::spawn(async move {
+        let t = Instant::now();
+        let answer = send(
+            &client,
+            addr,
+            "web.localhost",
+            Method::GET,
+            "/sleep?ms=10000",
+            b"",
+        )
+        .await;
+        (answer, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 1..=3 {
+        let t = Instant::now();
+        let next = GatewayProcess::start(binaries[round % 2], &config).await;
+        assert_eq!(next.addr, addr, "the same listening socket");
+        let serving = t.elapsed();
+        let status = tokio::time::timeout(Duration::from_secs(40), current.child.wait())
+            .await
+            .expect("the old gateway exits after the hand-over")
+            .unwrap();
+        assert!(status.success(), "{}", current.log());
+        eprintln!(
+            "upgrade {round}: new one serving after {serving:?}, old one gone after {:?}; {} requests so far",
+            t.elapsed(),
+            load.sent()
+        );
+        assert!(
+            !next.log().contains("instance ready"),
+            "a cold start after the upgrade: {}",
+            next.log()
+        );
+        current = next;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (sent, failed) = load.finish().await;
+    let (long, took) = long.await.unwrap();
+    let after = instance_of(addr, "web.localhost").await;
+    eprintln!(
+        "3 upgrades under load: sent {sent}, failed {}; the 10 s request: {:?} after {took:?}; instance {warm} -> {after}",
+        failed.len(),
+        long.as_ref().map(|a| a.status)
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        long.expect("the 10 s request is answered").status,
+        StatusCode::OK
+    );
+    assert_eq!(after, warm, "the same instance answers: {}", current.log());
+    assert_eq!(containerds(&containerd_config).len(), 1);
+
+    terminate(current).await;
+    let left = containerds(&containerd_config);
+    let shims: Vec<_> = shims().into_iter().filter(|s| s.serves(&socket)).collect();
+    assert!(left.is_empty(), "containerd left running: {left:?}");
+    assert!(shims.is_empty(), "shims left running: {shims:?}");
 }

@@ -123,7 +123,10 @@ impl Daemon {
                 return Ok((daemon, channel));
             }
             for &pid in &found {
-                tracing::warn!(pid, "the embedded containerd a previous run left does not answer; stopping it");
+                tracing::warn!(
+                    pid,
+                    "the embedded containerd a previous run left does not answer; stopping it"
+                );
                 stop_pid(pid, None).await;
             }
         }
@@ -211,6 +214,14 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Leaves it running for the gateway that takes over from this one (an upgrade): dropping
+    /// this value no longer stops it.
+    pub(crate) fn keep_running(&mut self) {
+        self.pid = None;
+    }
+}
+
 /// SIGTERM to `pid`, up to 10 s for it to exit, then SIGKILL and up to 10 s more. `child`:
 /// when it is ours, waited for (reaped); otherwise `/proc` tells when it is gone.
 async fn stop_pid(pid: u32, child: Option<&mut Child>) {
@@ -246,7 +257,10 @@ async fn stop_pid(pid: u32, child: Option<&mut Child>) {
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -286,13 +300,15 @@ fn running_for(config: &Path, pid_file: &Path) -> Vec<u32> {
 async fn healthy(socket: &Path) -> Option<Channel> {
     let check = async {
         let channel = containerd_client::connect(socket).await.ok()?;
-        let mut version = containerd_client::services::v1::version_client::VersionClient::new(
-            channel.clone(),
-        );
+        let mut version =
+            containerd_client::services::v1::version_client::VersionClient::new(channel.clone());
         version.version(()).await.ok()?;
         Some(channel)
     };
-    tokio::time::timeout(HEALTH_TIMEOUT, check).await.ok().flatten()
+    tokio::time::timeout(HEALTH_TIMEOUT, check)
+        .await
+        .ok()
+        .flatten()
 }
 
 impl Drop for Daemon {

@@ -1,7 +1,10 @@
 //! [`Gateway`]: the proxy listener and the admin listener over one [`Engine`], started from a
 //! [`Config`], and [`GatewayError`], why a start failed.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +56,8 @@ pub struct Gateway {
     admin: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Copies of both listening sockets (gateway, admin), to hand over to a successor.
+    sockets: [OwnedFd; 2],
 }
 
 impl Gateway {
@@ -91,6 +96,9 @@ impl Gateway {
                 let mine = mine.into_iter().map(|(_, id, age)| (id, age)).collect();
                 engine.deploy_adopting(app, mine).await?;
             }
+            if let Some(handed) = takeover.listeners.take() {
+                return taken_over(handed.await);
+            }
             let listener = bind("listen", config.listen).await?;
             let admin_listener = bind("admin", config.admin).await?;
             Ok::<_, GatewayError>((listener, admin_listener))
@@ -100,6 +108,18 @@ impl Gateway {
             Err(err) => {
                 engine.shutdown().await;
                 return Err(err);
+            }
+        };
+        let copy = |l: &TcpListener| l.as_fd().try_clone_to_owned();
+        let sockets = match (copy(&listener), copy(&admin_listener)) {
+            (Ok(gateway), Ok(admin)) => [gateway, admin],
+            (Err(source), _) | (_, Err(source)) => {
+                engine.shutdown().await;
+                return Err(GatewayError::Bind {
+                    field: "listen",
+                    addr: listen,
+                    source,
+                });
             }
         };
         let (stop, stopped) = watch::channel(false);
@@ -149,6 +169,7 @@ impl Gateway {
             admin,
             stop,
             tasks: vec![gateway_task, admin_task],
+            sockets,
         })
     }
 
@@ -165,6 +186,27 @@ impl Gateway {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The listening sockets (gateway, admin), for a successor process to serve on
+    /// ([`Takeover::listeners`]): they stay open in both processes, so no connection is
+    /// refused while the successor takes over.
+    pub fn listening_sockets(&self) -> [BorrowedFd<'_>; 2] {
+        [self.sockets[0].as_fd(), self.sockets[1].as_fd()]
+    }
+
+    /// Hands over to a successor that took the listening sockets and adopted the instances:
+    /// every pool is detached ([`Pool::detach`](serverless_limits::Pool::detach): no instance
+    /// is stopped from here on), accepting stops, in-flight requests finish (up to 30 s;
+    /// streams and WebSockets included). The instances keep running.
+    pub async fn hand_over(self) {
+        for app in self.engine.apps() {
+            app.pool.detach();
+        }
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 
     /// Graceful shutdown: stop accepting, let in-flight requests finish (up to 30 s), then
@@ -190,12 +232,55 @@ impl std::fmt::Debug for Gateway {
 }
 
 /// What a new gateway takes over from a previous one ([`Gateway::start_with`]).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Takeover {
     /// Running instances to adopt: app name, instance id, age (`max_duration` counts from
     /// their real start). Instances of apps not in the config are ignored (the caller stops
     /// them).
     pub instances: Vec<(String, InstanceId, Duration)>,
+    /// The listening sockets (gateway, admin) to serve on instead of binding the config's
+    /// addresses: awaited once the apps are deployed, so the previous gateway keeps accepting
+    /// until this one is ready (see [`Gateway::listening_sockets`]).
+    pub listeners: Option<HandedListeners>,
+}
+
+/// The listening sockets a previous gateway hands over (gateway, admin), once asked for.
+pub type HandedListeners = Pin<
+    Box<
+        dyn Future<Output = std::io::Result<(std::net::TcpListener, std::net::TcpListener)>> + Send,
+    >,
+>;
+
+impl std::fmt::Debug for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Takeover")
+            .field("instances", &self.instances)
+            .field("listeners", &self.listeners.is_some())
+            .finish()
+    }
+}
+
+/// The handed-over sockets as tokio listeners with their addresses.
+fn taken_over(
+    handed: std::io::Result<(std::net::TcpListener, std::net::TcpListener)>,
+) -> Result<((TcpListener, SocketAddr), (TcpListener, SocketAddr)), GatewayError> {
+    let convert = |field: &'static str, l: std::net::TcpListener| {
+        let result = l
+            .set_nonblocking(true)
+            .and_then(|()| l.local_addr())
+            .and_then(|addr| Ok((TcpListener::from_std(l)?, addr)));
+        result.map_err(|source| GatewayError::Bind {
+            field,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })
+    };
+    let (gateway, admin) = handed.map_err(|source| GatewayError::Bind {
+        field: "listen",
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    Ok((convert("listen", gateway)?, convert("admin", admin)?))
 }
 
 /// Binds the listener of config key `field` and reads back its address (the port when 0).

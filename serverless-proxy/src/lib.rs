@@ -104,7 +104,7 @@ pub use error::{FailureCause, ForwardError, ERROR_HEADER};
 pub use forward::{ClientInfo, Forward, ForwardObserver, COLD_START_HEADER};
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
-pub use gateway::{Gateway, GatewayError, Takeover};
+pub use gateway::{Gateway, GatewayError, HandedListeners, Takeover};
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub use metrics::Metrics;

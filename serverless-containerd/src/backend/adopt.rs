@@ -150,6 +150,7 @@ impl ContainerdBackend {
             .ok()?
             .into_inner()
             .process?;
-        (ProcessStatus::try_from(process.status) == Ok(ProcessStatus::Running)).then_some(process.pid)
+        (ProcessStatus::try_from(process.status) == Ok(ProcessStatus::Running))
+            .then_some(process.pid)
     }
 }

@@ -138,6 +138,18 @@ impl ContainerdBackend {
         result
     }
 
+    /// Hands everything over to another process that adopted this one's instances (a gateway
+    /// upgrade, see [`adopt`](Self::adopt)): no more spare shims are made, and the embedded
+    /// containerd is left running when this backend is dropped. Nothing is stopped or removed;
+    /// the successor's [`reconcile`](Self::reconcile), once this process has exited, removes
+    /// what it did not adopt (this one's standbys, spare shim, instances still starting).
+    pub async fn leave_running(&self) {
+        self.inner.shims.lock().closed = true;
+        if let Some(daemon) = self.inner.daemon.lock().await.as_mut() {
+            daemon.keep_running();
+        }
+    }
+
     /// Like reconcile, but also instances still starting (shutdown only).
     async fn reconcile_all(&self) -> Result<(), BackendError> {
         for container in self.containers().await? {

@@ -168,7 +168,7 @@ impl Shared {
         let mut drain_deadline: Option<Instant> = None;
         loop {
             let now = Instant::now();
-            let (wake, deadline) = {
+            let (wake, deadline) = 'decide: {
                 let mut inner = self.lock();
                 let keep = self.app.scale.min as usize;
                 let active = inner
@@ -177,9 +177,14 @@ impl Shared {
                     .filter(|i| matches!(i.state, State::Starting | State::Ready))
                     .count();
                 let closed = inner.closed;
+                let detached = inner.detached;
                 let Some(inst) = inner.instances.iter_mut().find(|i| &i.id == id) else {
                     return StopReason::Gone;
                 };
+                if detached {
+                    // Another process runs it now: only its exit ends the watch here.
+                    break 'decide (inst.wake.clone(), now + Duration::from_secs(3600));
+                }
                 if inst.state == State::Ready && now >= inst.created + limits.max_duration {
                     inst.state = State::Draining;
                     tracing::debug!(instance = %id, "max_duration reached, draining");
@@ -270,8 +275,12 @@ impl Shared {
         } else {
             self.app.limits.stop_grace
         };
-        if let Err(err) = self.backend.stop(id, grace).await {
-            tracing::warn!(app = %self.app.name, instance = %id, error = %err, "stopping instance failed");
+        // Detached: the process that took the instances over stops them, not this one.
+        let detached = self.lock().detached;
+        if !detached {
+            if let Err(err) = self.backend.stop(id, grace).await {
+                tracing::warn!(app = %self.app.name, instance = %id, error = %err, "stopping instance failed");
+            }
         }
         if reason != StopReason::Exited {
             self.observer.stopped(&self.app.name, id, reason);

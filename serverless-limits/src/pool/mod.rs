@@ -174,6 +174,7 @@ impl PoolBuilder {
                         last: None,
                     },
                     closed: false,
+                    detached: false,
                 }),
             }),
         };
@@ -280,6 +281,21 @@ impl Pool {
         self.shared.evict(id);
     }
 
+    /// Hands the instances over to another process that adopted them (a gateway upgrade):
+    /// from now on this pool stops none of them — no idle stop, no recycle, no stop on
+    /// shutdown — and starts no more for `scale.min`. Requests in flight and waiting still
+    /// finish here (an instance started for a waiter after this is left running too).
+    pub fn detach(&self) {
+        let wakes: Vec<_> = {
+            let mut inner = self.shared.lock();
+            inner.detached = true;
+            inner.instances.iter().map(|i| i.wake.clone()).collect()
+        };
+        for wake in wakes {
+            wake.notify_one();
+        }
+    }
+
     /// Stops taking requests, answers waiting ones with [`PoolError::Closed`], lets in-flight
     /// requests finish (each instance bounded by `stop_grace`), and stops every instance.
     /// Returns when all are stopped and the backend has released what it kept for the app
@@ -306,7 +322,8 @@ impl Pool {
         }
         // Supervisors stop their instances; wait until every one is gone (starting ones are
         // stopped by their start task as soon as the backend returns).
-        while !self.shared.lock().instances.is_empty() {
+        // (A detached pool's instances are another process's: nothing to wait for.)
+        while !self.shared.lock().instances.is_empty() && !self.shared.lock().detached {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // Then whatever the backend keeps ready for this app (e.g. a standby) goes too.

@@ -42,6 +42,8 @@ pub(super) struct Inner {
     pub(super) next_seq: u64,
     pub(super) backoff: Backoff,
     pub(super) closed: bool,
+    /// Another process took the instances over ([`Pool::detach`](super::Pool::detach)).
+    pub(super) detached: bool,
 }
 
 pub(crate) struct Shared {
@@ -198,7 +200,8 @@ impl Shared {
                 .filter(|i| i.state == State::Starting)
                 .count();
             let demand = inner.waiters.iter().filter(|w| !w.tx.is_closed()).count();
-            let want = active < self.app.scale.min as usize || demand > starting * max_conc;
+            let for_min = !inner.detached && active < self.app.scale.min as usize;
+            let want = for_min || demand > starting * max_conc;
             if !want || active >= self.app.scale.max as usize {
                 return;
             }

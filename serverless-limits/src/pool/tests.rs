@@ -792,7 +792,11 @@ async fn adopted_instance_serves_at_once_and_keeps_its_age() {
     let lease = pool.try_acquire().expect("the adopted instance is ready");
     assert_eq!(lease.instance(), old);
     drop(lease);
-    assert_eq!(budget.used(), 1, "the adopted instance takes its place in the budget");
+    assert_eq!(
+        budget.used(),
+        1,
+        "the adopted instance takes its place in the budget"
+    );
     sleep(Duration::from_secs(1)).await;
     assert_eq!(backend.started(), 1, "no instance started");
     let snap = pool.snapshot();
@@ -801,7 +805,10 @@ async fn adopted_instance_serves_at_once_and_keeps_its_age() {
     // 60 s max_duration from its start, 50 s before the adoption: recycled ~10 s after it
     // (then replaced for scale.min), not 60 s after.
     sleep(Duration::from_secs(10)).await;
-    assert!(!backend.running("a").contains(&old), "recycled at its real age");
+    assert!(
+        !backend.running("a").contains(&old),
+        "recycled at its real age"
+    );
     assert_eq!(backend.running("a").len(), 1, "replaced for scale.min");
     pool.shutdown().await;
     assert!(backend.running("a").is_empty());
@@ -829,4 +836,34 @@ async fn adopted_instance_over_the_budget_is_stopped() {
     assert_eq!(pool.snapshot().instances.len(), 1);
     assert_eq!(budget.used(), 1);
     pool.shutdown().await;
+}
+
+/// A detached pool (its instances handed over to another process) stops none of them: not
+/// when idle, not at `max_duration`, not on shutdown; and starts none for `scale.min`.
+#[tokio::test(start_paused = true)]
+async fn detached_pool_stops_no_instance() {
+    let backend = FakeBackend::new();
+    let pool = Pool::new(
+        app("a", |a| {
+            a.scale.min = 1;
+            a.limits.idle_timeout = Duration::from_secs(1);
+            a.limits.max_duration = Duration::from_secs(5);
+        }),
+        Arc::new(backend.clone()),
+    )
+    .unwrap();
+    sleep(Duration::from_millis(100)).await;
+    let running = backend.running("a");
+    assert_eq!(running.len(), 1);
+    pool.detach();
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(backend.running("a"), running, "nothing stopped or started");
+    assert_eq!(backend.stopped(), 0);
+    pool.shutdown().await;
+    assert_eq!(
+        backend.running("a"),
+        running,
+        "shutdown leaves it to its new owner"
+    );
+    assert_eq!(backend.started(), 1);
 }
