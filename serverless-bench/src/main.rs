@@ -8,6 +8,7 @@
 //! serverless-bench step    OUT_DIR HELLO_BIN       # 0 → 50 clients
 //! serverless-bench idle    OUT_DIR HELLO_BIN       # idle stop precision, recycle under load
 //! serverless-bench memory  OUT_DIR SERVERLESS_BIN  # gateway RSS
+//! serverless-bench python  OUT_DIR                 # Python on Debian: boost, ctr/podman, first deploy
 //! serverless-bench report  OUT_DIR DOCS_DIR        # docs/benchmarks.md + SVGs
 //! ```
 //!
@@ -23,6 +24,7 @@ mod instr;
 mod lab;
 mod loadgen;
 mod memory;
+mod python;
 mod report;
 mod step;
 mod util;
@@ -32,7 +34,7 @@ use std::path::PathBuf;
 
 use util::Res;
 
-const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | instr OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT [hyper-client]";
+const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | instr OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | python OUT | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT [hyper-client]";
 
 fn main() {
     if let Err(e) = run() {
@@ -71,6 +73,7 @@ fn run() -> Res<()> {
             "step" => step::run(&out, &arg(&args, 3)?).await,
             "idle" => idle::run(&out, &arg(&args, 3)?).await,
             "memory" => memory::run(&out, &arg(&args, 3)?).await,
+            "python" => python::run(&out).await,
             _ => Err(USAGE.into()),
         }
     })

@@ -9,6 +9,7 @@ use crate::util::{Context, Res};
 
 mod cold;
 mod load;
+mod python;
 mod warm;
 
 use self::cold::cold_section;
@@ -125,6 +126,9 @@ pub(crate) fn run(out: &Path, docs: &Path) -> Res<()> {
     } else {
         md.push_str("## 5. Gateway memory\n\nNot run.\n\n");
     }
+    if let Some(p) = load(out, "python") {
+        python::python_section(&mut md, &p);
+    }
     // The mdBook page (images next to it) and docs/benchmarks.md (same text, paths from docs/).
     let page = docs.join("src").join("benchmarks.md");
     std::fs::write(&page, &md).context(format_args!("write {}", page.display()))?;
@@ -206,6 +210,24 @@ fn goals(md: &mut String, out: &Path) {
                 ratio >= 1.7,
             );
         }
+    }
+    if let Some(p) = load(out, "python") {
+        let ratio = f(&p["boost_vs_unthrottled"]);
+        line(
+            "Python app, default slot with boost ÷ unthrottled slot `c2` (cold start median)",
+            "≤ 1.25×",
+            ratio,
+            "×",
+            ratio <= 1.25,
+        );
+        let ratio = f(&p["ctr_cpus"]["summary"]["p50"]) / f(&p["boost"]["summary"]["p50"]);
+        line(
+            "Python app: faster than `ctr run --cpus 0.125` (cold start median)",
+            "> 1.0×",
+            ratio,
+            "×",
+            ratio > 1.0,
+        );
     }
     if let Some(w) = load(out, "warm") {
         let r = &w["results"];
