@@ -223,6 +223,58 @@ impl Upstream {
     }
 }
 
+/// An h2c instance that answers each request (a HEADERS frame) with `100` HEADERS frames
+/// until the gateway goes away: frames written by hand (`:status: 100` as an HPACK literal
+/// with name index 8).
+async fn h2c_interim_flood() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if stream.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // SETTINGS, then SETTINGS ACK (for the client's).
+                let mut hello = frame(0x4, 0, 0, b"");
+                hello.extend(frame(0x4, 0x1, 0, b""));
+                if stream.write_all(&hello).await.is_err() {
+                    return;
+                }
+                loop {
+                    let mut head = [0u8; 9];
+                    if stream.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let mut payload = vec![0u8; len];
+                    if stream.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    if head[3] == 0x1 {
+                        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+                        let interim = frame(0x1, 0x4, id, b"\x08\x03100");
+                        while stream.write_all(&interim).await.is_ok() {}
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// The fake backend's instances, dialed at the scripted upstream.
 #[derive(Clone)]
 struct Hostile {
@@ -304,6 +356,24 @@ impl Harness {
 
     async fn with_timeout(client: Client, response_timeout: Duration) -> Self {
         let (addr, upstream) = Upstream::start().await;
+        Self::over(client, response_timeout, addr, upstream, false).await
+    }
+
+    /// A gateway whose app speaks h2c, to an instance that answers every request with
+    /// endless `100` HEADERS frames.
+    async fn h2c_interim_flood(client: Client) -> Self {
+        let addr = h2c_interim_flood().await;
+        let timeout = Self::spin_timeout();
+        Self::over(client, timeout, addr, Arc::default(), true).await
+    }
+
+    async fn over(
+        client: Client,
+        response_timeout: Duration,
+        addr: SocketAddr,
+        upstream: Arc<Upstream>,
+        h2c: bool,
+    ) -> Self {
         let config = Config::from_toml(&format!(
             r#"
             listen = "127.0.0.1:0"
@@ -313,6 +383,7 @@ impl Harness {
             [[apps]]
             name = "web"
             image = "example/web:1"
+            h2c = {h2c}
             [apps.limits]
             response_timeout = "{}ms"
             body_idle_timeout = "{}ms"
@@ -643,6 +714,19 @@ async fn an_endless_interim_stream_is_cut_off() {
         let a = h.get("/interim-flood").await;
         // The 17th interim head is refused: a 502 naming it at once, not the response
         // timeout's 504 after a busy wait.
+        a.assert_error(502, "more than 16 interim (1xx) responses");
+        a.assert_bounded(Duration::ZERO);
+        let framing = r#"serverless_upstream_errors_total{app="web",cause="framing"}"#;
+        assert_eq!(h.metric(framing), 1, "{client:?}");
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn an_endless_interim_stream_from_an_h2c_instance_is_cut_off() {
+    for client in Client::ALL {
+        let h = Harness::h2c_interim_flood(client).await;
+        let a = h.get("/").await;
         a.assert_error(502, "more than 16 interim (1xx) responses");
         a.assert_bounded(Duration::ZERO);
         let framing = r#"serverless_upstream_errors_total{app="web",cause="framing"}"#;

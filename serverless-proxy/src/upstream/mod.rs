@@ -13,6 +13,7 @@
 //! connections when its pool removes the instance ([`Upstreams::forget`]).
 
 mod body;
+mod h2_interim;
 mod idle;
 mod interim;
 mod timeout;
@@ -35,6 +36,7 @@ use crate::body::{ForwardBody, Outgoing, ReqBody};
 use crate::h1;
 use body::Checkin;
 pub(crate) use body::UpstreamBody;
+use h2_interim::H2Interim;
 use idle::Shared;
 use interim::Interim;
 pub(crate) use timeout::Timeouts;
@@ -365,9 +367,17 @@ impl<B: ForwardBody> Upstreams<B> {
         &self,
         instance: &InstanceId,
     ) -> Result<http2::SendRequest<Outgoing<B>>, SendError> {
+        let io = self
+            .shared
+            .backend
+            .connect(instance)
+            .await
+            .map_err(SendError::Connect)?;
+        // hyper's HTTP/2 client skips interim responses unbounded: counted on the way in.
+        let io = TokioIo::new(H2Interim::new(io));
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .handshake(self.dial(instance).await?)
+            .handshake(io)
             .await
             .map_err(SendError::Failed)?;
         self.watch(instance, conn);
