@@ -17,6 +17,7 @@ pub(crate) async fn backend(
         .pull_progress(pull_progress())
         .spare_shim(spare_shim)
         .network(config.network.clone())
+        .security(config.security)
         .startup_cpu_boost(
             config.limits.max_boosted_instances,
             config.limits.startup_cpu_boost_millicpu,

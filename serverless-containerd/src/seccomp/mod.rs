@@ -194,9 +194,15 @@ mod tests {
             "kexec_load",
             "chroot",
             "clock_settime",
+            "ptrace",
+            "process_vm_readv",
+            "keyctl",
+            "add_key",
         ] {
             assert!(!a.contains(call), "{call}");
         }
+        let tracer: HashSet<Capability> = [Capability::SysPtrace].into();
+        assert!(allowed(&default_profile(&tracer).unwrap()).contains("ptrace"));
         let json = serde_json::to_value(&p).unwrap();
         assert!(json.to_string().contains("clone3"));
 
