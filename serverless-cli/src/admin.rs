@@ -66,16 +66,24 @@ pub(crate) async fn logs(admin: &AdminArgs, app: &str, follow: bool) -> Result<(
     }
 }
 
-/// `deploy`: the apps of a TOML config, or one JSON app spec.
-pub(crate) async fn deploy(admin: &AdminArgs, file: &Path) -> Result<(), BoxError> {
-    let apps: Vec<AppSpec> = if file.extension().is_some_and(|e| e == "json") {
+/// The apps of a file `deploy` takes: a TOML config, one JSON app spec, or a `now.json`.
+pub(crate) fn load_apps(file: &Path) -> Result<Vec<AppSpec>, BoxError> {
+    if file.extension().is_some_and(|e| e == "json") {
         let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        vec![AppSpec::from_json(&text)?]
-    } else {
-        Config::from_path(file)?.apps
-    };
+        return match AppSpec::from_json(&text) {
+            Ok(app) => Ok(vec![app]),
+            // Not an app spec: the seed's now.json (`limits.maxConcurrentReqs`, …), else the
+            // app spec's error.
+            Err(err) => Config::from_path(file).map(|c| c.apps).map_err(|_| err.into()),
+        };
+    }
+    Ok(Config::from_path(file)?.apps)
+}
+
+/// `deploy`: puts each app (built apps already carry their archive as image).
+pub(crate) async fn deploy(admin: &AdminArgs, apps: &[AppSpec]) -> Result<(), BoxError> {
     for app in apps {
-        let body = serde_json::to_vec(&app)?;
+        let body = serde_json::to_vec(app)?;
         admin_call(
             admin,
             Method::PUT,

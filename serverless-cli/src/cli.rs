@@ -73,12 +73,15 @@ pub(crate) enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Deploy or update the apps of a file (TOML config or a JSON app spec).
+    /// Deploy or update: a folder with a Dockerfile (built, then deployed), or the apps of a
+    /// file (TOML config, JSON app spec or now.json; `image = "build:DIR"` apps are built first).
     Deploy {
-        /// The file.
+        /// The folder or file.
         file: PathBuf,
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        build: BuildArgs,
     },
     /// Remove an app (drains and stops its instances).
     Rm {
@@ -92,6 +95,32 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+}
+
+/// How `deploy` builds a folder's Dockerfile.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BuildArgs {
+    /// The app's name (default: the folder's name).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// The Dockerfile, relative to the folder.
+    #[arg(long, short = 'f')]
+    pub(crate) dockerfile: Option<PathBuf>,
+    /// The stage to build.
+    #[arg(long)]
+    pub(crate) target: Option<String>,
+    /// A build argument, NAME=VALUE (repeatable).
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    pub(crate) build_args: Vec<String>,
+    /// The build's time budget, e.g. "10m".
+    #[arg(long)]
+    pub(crate) build_timeout: Option<String>,
+    /// Where builds keep their layer cache and images (the engine's data_dir).
+    #[arg(long, env = "SERVERLESS_DATA_DIR", default_value = "/var/lib/serverless")]
+    pub(crate) data_dir: PathBuf,
+    /// The gateway's address, for the URL printed after a deploy.
+    #[arg(long, env = "SERVERLESS_GATEWAY", default_value = "127.0.0.1:8080")]
+    pub(crate) gateway: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,7 @@
 //! ```text
 //! serverless serve --config serverless.toml   # the gateway and its apps over containerd
 //! serverless validate serverless.toml         # check a config (TOML or now.json), print it
-//! serverless ls | logs APP | deploy FILE | rm APP   # admin-API clients of a running gateway
+//! serverless ls | logs APP | deploy FILE|DIR | rm APP   # admin-API clients of a running gateway
 //! serverless image import FILE | image pull REF     # prepare images ahead
 //! ```
 //!
@@ -16,6 +16,7 @@
 mod admin;
 mod backend;
 mod cli;
+mod deploy;
 mod handover;
 mod image;
 mod kubernetes;
@@ -78,7 +79,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
         }
         Command::Ls { admin } => admin::ls(&admin).await,
         Command::Logs { app, follow, admin } => admin::logs(&admin, &app, follow).await,
-        Command::Deploy { file, admin } => admin::deploy(&admin, &file).await,
+        Command::Deploy { file, admin, build } => deploy::deploy(&admin, &file, &build).await,
         Command::Rm { app, admin } => admin::rm(&admin, &app).await,
         Command::Image { command } => image::run(command).await,
     }
