@@ -74,7 +74,9 @@ pub(crate) fn load_apps(file: &Path) -> Result<Vec<AppSpec>, BoxError> {
             Ok(app) => Ok(vec![app]),
             // Not an app spec: the seed's now.json (`limits.maxConcurrentReqs`, …), else the
             // app spec's error.
-            Err(err) => Config::from_path(file).map(|c| c.apps).map_err(|_| err.into()),
+            Err(err) => Config::from_path(file)
+                .map(|c| c.apps)
+                .map_err(|_| err.into()),
         };
     }
     Ok(Config::from_path(file)?.apps)

@@ -116,7 +116,11 @@ pub(crate) struct BuildArgs {
     #[arg(long)]
     pub(crate) build_timeout: Option<String>,
     /// Where builds keep their layer cache and images (the engine's data_dir).
-    #[arg(long, env = "SERVERLESS_DATA_DIR", default_value = "/var/lib/serverless")]
+    #[arg(
+        long,
+        env = "SERVERLESS_DATA_DIR",
+        default_value = "/var/lib/serverless"
+    )]
     pub(crate) data_dir: PathBuf,
     /// The gateway's address, for the URL printed after a deploy.
     #[arg(long, env = "SERVERLESS_GATEWAY", default_value = "127.0.0.1:8080")]
