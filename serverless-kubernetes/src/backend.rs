@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Pod;
@@ -16,6 +16,7 @@ use serverless_core::{
     OwnedInstance, Started,
 };
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::pod::{self, PodContext};
 use crate::status::{self, Assessment};

@@ -2,10 +2,14 @@
 //! Kubernetes backend and the scripted API server: an app served from zero Pods, then idled
 //! back to zero. Read top to bottom; no real cluster is involved (see `support/mod.rs`).
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::Method;
 use serverless_core::Config;

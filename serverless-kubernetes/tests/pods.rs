@@ -1,6 +1,8 @@
 //! The Kubernetes backend against a scripted API server (see `support/mod.rs`: kube's real
 //! client over a `tower_test` mock; Pods are tasks on loopback addresses). No real cluster.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;
