@@ -10,6 +10,7 @@ use crate::util::{Context, Res};
 mod cold;
 mod load;
 mod python;
+mod sandbox;
 mod warm;
 
 use self::cold::cold_section;
@@ -128,6 +129,9 @@ pub(crate) fn run(out: &Path, docs: &Path) -> Res<()> {
     }
     if let Some(p) = load(out, "python") {
         python::python_section(&mut md, &p);
+    }
+    if let Some(s) = load(out, "sandbox") {
+        sandbox::sandbox_section(&mut md, &s);
     }
     // The mdBook page (images next to it) and docs/benchmarks.md (same text, paths from docs/).
     let page = docs.join("src").join("benchmarks.md");
