@@ -161,7 +161,23 @@ pub(crate) struct Lab {
 
 impl Lab {
     /// Writes `images` (file name, image) into a temp dir, starts containerd and the gateway.
+    /// The bench's apps say `network = "none"`: a bridge start fails here (its namespace,
+    /// [`NO_BRIDGE_NETNS`](serverless_testkit::NO_BRIDGE_NETNS), does not exist), so nothing
+    /// the bench runs wires the machine's own network; `network.rs` puts its bridge in a
+    /// namespace it makes ([`start_with`](Self::start_with)).
     pub(crate) async fn start(namespace: &str, images: &[(&str, ImageBuilder)]) -> Res<Self> {
+        Self::start_with(namespace, images, |b| {
+            b.network_host_netns(serverless_testkit::NO_BRIDGE_NETNS)
+        })
+        .await
+    }
+
+    /// [`start`](Self::start) with more settings on the backend's builder.
+    pub(crate) async fn start_with(
+        namespace: &str,
+        images: &[(&str, ImageBuilder)],
+        configure: impl FnOnce(serverless_containerd::Builder) -> serverless_containerd::Builder,
+    ) -> Res<Self> {
         let dir = tempfile::Builder::new()
             .prefix("serverless-bench-")
             .tempdir()
@@ -173,11 +189,12 @@ impl Lab {
                 .context(format_args!("write {}", path.display()))?;
         }
         let containerd = Arc::new(
-            ContainerdBackend::builder(dir.path().join("containerd"))
-                .namespace(namespace)
-                .build()
-                .await
-                .context("start a private containerd (needs root, containerd and runc)")?,
+            configure(
+                ContainerdBackend::builder(dir.path().join("containerd")).namespace(namespace),
+            )
+            .build()
+            .await
+            .context("start a private containerd (needs root, containerd and runc)")?,
         );
         let rec = Arc::new(Recording::new(containerd.clone()));
         let config = Config::from_toml("listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n")

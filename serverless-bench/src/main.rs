@@ -9,6 +9,7 @@
 //! serverless-bench idle    OUT_DIR HELLO_BIN       # idle stop precision, recycle under load
 //! serverless-bench memory  OUT_DIR SERVERLESS_BIN  # gateway RSS
 //! serverless-bench python  OUT_DIR                 # Python on Debian: boost, ctr/podman, first deploy
+//! serverless-bench network OUT_DIR                 # cold start, bridge vs none; pool refill
 //! serverless-bench sandbox OUT_DIR                 # cold start, default sandbox vs none
 //! serverless-bench report  OUT_DIR DOCS_DIR        # docs/benchmarks.md + SVGs
 //! ```
@@ -25,6 +26,7 @@ mod instr;
 mod lab;
 mod loadgen;
 mod memory;
+mod network;
 mod python;
 mod report;
 mod sandbox;
@@ -36,7 +38,7 @@ use std::path::PathBuf;
 
 use util::Res;
 
-const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | instr OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | python OUT | sandbox OUT | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT [hyper-client]";
+const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | instr OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | python OUT | network OUT | sandbox OUT | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT [hyper-client]";
 
 fn main() {
     if let Err(e) = run() {
@@ -76,6 +78,7 @@ fn run() -> Res<()> {
             "idle" => idle::run(&out, &arg(&args, 3)?).await,
             "memory" => memory::run(&out, &arg(&args, 3)?).await,
             "python" => python::run(&out).await,
+            "network" => network::run(&out).await,
             "sandbox" => sandbox::run(&out).await,
             _ => Err(USAGE.into()),
         }

@@ -9,8 +9,9 @@ use crate::util::{Context, Res};
 
 mod cold;
 mod load;
-mod python;
+mod network;
 mod sandbox;
+mod python;
 mod warm;
 
 use self::cold::cold_section;
@@ -129,6 +130,9 @@ pub(crate) fn run(out: &Path, docs: &Path) -> Res<()> {
     }
     if let Some(p) = load(out, "python") {
         python::python_section(&mut md, &p);
+    }
+    if let Some(n) = load(out, "network") {
+        network::network_section(&mut md, &n);
     }
     if let Some(s) = load(out, "sandbox") {
         sandbox::sandbox_section(&mut md, &s);

@@ -4,7 +4,8 @@
 //!
 //! Routes: `GET /` (greeting, `x-hello-pid`, `x-hello-instance`), `GET /version` (the request's
 //! HTTP version), `GET /ws` (WebSocket echo), `GET /stream?chunks=N&ms=M`, `GET /bytes?n=N`,
-//! `POST /upload`, `GET /sleep?ms=M`, `GET /env/NAME`, `GET /exit?code=N`; anything else 404.
+//! `POST /upload`, `GET /sleep?ms=M`, `GET /env/NAME`, `GET /exit?code=N`, `GET /fetch` (the
+//! app that calls out: fetches `$FETCH_URL` and returns what it got); anything else 404.
 //! SIGTERM (or SIGINT) stops accepting, lets open connections finish (up to 10 s) and exits 0.
 
 use std::convert::Infallible;
@@ -99,6 +100,57 @@ fn port() -> Result<u16, String> {
     }
 }
 
+/// `GET /fetch`: the app that calls out. Fetches `$FETCH_URL` (`http://host[:port]/path`; the
+/// host is resolved with the instance's `/etc/resolv.conf`) and answers with what it got: its
+/// status line and body, or 502 naming what failed (no egress: `network = "none"`).
+async fn fetch() -> Result<Response<Body>, Failure> {
+    let bad = |msg: String| (StatusCode::BAD_GATEWAY, format!("{msg}\n"));
+    let url = std::env::var("FETCH_URL").map_err(|_| bad("FETCH_URL is not set".into()))?;
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| bad(format!("FETCH_URL {url:?}: {e}")))?;
+    let (Some("http"), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        return Err(bad(format!(
+            "FETCH_URL {url:?}: expected http://host[:port]/path"
+        )));
+    };
+    let port = uri.port_u16().unwrap_or(80);
+    let work = async {
+        let stream = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {host}:{port}: {e}"))?;
+        tokio::spawn(conn);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let req = Request::get(path)
+            .header(hyper::header::HOST, host)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = res.status();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body of {url}: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .map_err(|_| bad(format!("GET {url}: no answer within 5 s")))?
+        .map_err(bad)?;
+    Ok(text(
+        StatusCode::OK,
+        format!("GET {url}: {status}\n{}", String::from_utf8_lossy(&body)),
+    ))
+}
+
 /// This process's identity: hostname (the container id under containerd) and a random suffix.
 fn instance() -> &'static str {
     static INSTANCE: OnceLock<String> = OnceLock::new();
@@ -135,6 +187,7 @@ async fn route(req: Request<Incoming>) -> Result<Response<Body>, Failure> {
     match (req.method(), path.as_str()) {
         (&Method::GET, "/") => Ok(text(StatusCode::OK, "hello from serverless\n")),
         (&Method::GET, "/version") => Ok(text(StatusCode::OK, format!("{:?}", req.version()))),
+        (&Method::GET, "/fetch") => fetch().await,
         (&Method::GET, "/ws") => websocket(req),
         (&Method::GET, "/stream") => {
             let chunks: u64 = query(&req, "chunks", 3)?;
