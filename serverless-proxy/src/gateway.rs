@@ -260,10 +260,13 @@ impl std::fmt::Debug for Takeover {
     }
 }
 
+/// A listener and its address.
+type Bound = (TcpListener, SocketAddr);
+
 /// The handed-over sockets as tokio listeners with their addresses.
 fn taken_over(
     handed: std::io::Result<(std::net::TcpListener, std::net::TcpListener)>,
-) -> Result<((TcpListener, SocketAddr), (TcpListener, SocketAddr)), GatewayError> {
+) -> Result<(Bound, Bound), GatewayError> {
     let convert = |field: &'static str, l: std::net::TcpListener| {
         let result = l
             .set_nonblocking(true)
