@@ -76,7 +76,8 @@ struct BodyAlreadySent;
 /// again. Responses carry a [`ResBody`]; a failure in the middle of the body ends it with a
 /// [`ForwardError`], held back one poll so that the server writes out what was read before it
 /// (then closes the HTTP/1.1 connection or resets the HTTP/2 stream); a body broken in the
-/// same read as its head is an error before the head (answer it `502`). Requests waited for a cold start get [`COLD_START_HEADER`].
+/// same read as its head is an error before the head (answer it `502`). Requests waited for a
+/// cold start get [`COLD_START_HEADER`].
 ///
 /// ```
 /// # async fn doc(spec: serverless_core::AppSpec, backend: std::sync::Arc<dyn serverless_core::ContainerBackend>) -> Result<(), Box<dyn std::error::Error>> {
