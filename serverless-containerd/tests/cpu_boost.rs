@@ -193,10 +193,15 @@ async fn a_python_app_on_debian_cold_starts_boosted_at_the_default_slot_and_answ
     app.image = ImageRef::parse(&format!("oci-archive:{}", archive.display())).expect("reference");
     assert_eq!(app.slot.to_string(), "c.125-m512", "the default slot");
     app.limits.startup_timeout = Duration::from_secs(60);
+    let t = Instant::now();
     h.backend
         .prepare(&app)
         .await
         .expect("import the Python image");
+    println!(
+        "prepare (import, user-namespace copy) of the Python image: {:?}",
+        t.elapsed()
+    );
     let id = h.id("py");
     let (started, took, max_quota) = start_watching_quota(&h, &app, &id, id.as_str()).await;
     assert!(

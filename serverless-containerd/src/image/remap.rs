@@ -3,9 +3,13 @@
 //! once per image (chain id) and range, and kept as the parent of every instance's snapshot.
 //!
 //! containerd 1.6's overlay snapshotter cannot mount layers id-mapped, so the shift is a real
-//! `lchown` of each file (overlayfs copies each one up into the new layer: the remapped layer
-//! costs about the image's size on disk). It happens when the image is prepared (deploy), never
-//! on a cold start's path. The snapshot is found again by its name (`userns-BASE-SIZE-CHAINID`)
+//! `lchown` of each file. It is made on a copy, not through overlayfs: the image's merged layers
+//! (a read-only view) are copied with `cp -a` into a new snapshot without a parent, and every
+//! file of that copy is shifted there. An `lchown` through an overlay mount copies each file up
+//! one at a time (work dir, xattrs, rename): ≈ 25 s for the 8 000 files of a Debian Python
+//! image on this machine, against ≈ 2 s to copy the tree and 0.15 s to shift it on a plain
+//! directory. Either way the remapped copy costs about the image's size on disk. It happens when
+//! the image is prepared (deploy), never on a cold start's path. The snapshot is found again by its name (`userns-BASE-SIZE-CHAINID`)
 //! and kept alive by a garbage-collection reference from the image's top layer, so it goes
 //! with the image.
 
@@ -17,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use containerd_client::services::v1::snapshots::Info;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
-    UpdateSnapshotRequest,
+    UpdateSnapshotRequest, ViewSnapshotRequest,
 };
 use containerd_client::types::Mount;
 use nix::mount::MntFlags;
@@ -116,31 +120,53 @@ async fn make(
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let key = format!("remap-{nanos}-{chain_id}");
+    let view_key = format!("remap-view-{nanos}-{chain_id}");
     let managed: HashMap<String, String> = [(labels::MANAGED.to_owned(), "true".to_owned())].into();
-    let mounts = client
+    let view = client
+        .snapshots()
+        .view(client.leased(
+            ViewSnapshotRequest {
+                snapshotter: snapshotter.to_owned(),
+                key: view_key.clone(),
+                parent: chain_id.to_owned(),
+                labels: HashMap::new(),
+            },
+            &lease.value,
+        ))
+        .await
+        .map_err(|s| failed(format_args!("snapshot view of {chain_id}"), s))?
+        .into_inner()
+        .mounts;
+    // No parent: the copy holds the whole tree, so no file of the image's own layers shows
+    // through with its unshifted owner.
+    let prepared = client
         .snapshots()
         .prepare(client.leased(
             PrepareSnapshotRequest {
                 snapshotter: snapshotter.to_owned(),
                 key: key.clone(),
-                parent: chain_id.to_owned(),
+                parent: String::new(),
                 labels: managed.clone(),
             },
             &lease.value,
         ))
-        .await
-        .map_err(|s| failed(format_args!("snapshot prepare of {key}"), s))?
-        .into_inner()
-        .mounts;
-    let shifted = tokio::task::spawn_blocking(move || shift_mounted(&mounts, map))
-        .await
-        .map_err(|e| {
-            BackendError::new(
-                ErrorKind::Unavailable,
-                "remapping the image's files panicked",
-            )
-            .with_source(e)
-        })?;
+        .await;
+    let mounts = match prepared {
+        Ok(r) => r.into_inner().mounts,
+        Err(s) => {
+            remove(client, snapshotter, &view_key).await;
+            return Err(failed(format_args!("snapshot prepare of {key}"), s));
+        }
+    };
+    let shifted = tokio::task::spawn_blocking(move || copy_shifted(&view, &mounts, map)).await;
+    remove(client, snapshotter, &view_key).await;
+    let shifted = shifted.map_err(|e| {
+        BackendError::new(
+            ErrorKind::Unavailable,
+            "remapping the image's files panicked",
+        )
+        .with_source(e)
+    })?;
     if let Err(e) = shifted {
         remove(client, snapshotter, &key).await;
         return Err(BackendError::new(
@@ -215,8 +241,35 @@ async fn remove(client: &Client, snapshotter: &str, key: &str) {
     }
 }
 
-/// Mounts the active snapshot in a temp dir, shifts every file, unmounts.
-fn shift_mounted(mounts: &[Mount], map: IdMap) -> std::io::Result<()> {
+/// Mounts the image's view and the new snapshot in temp dirs, copies the one into the other
+/// (`cp -a`: owners, modes, times, hard links, symbolic links, device nodes and extended
+/// attributes kept), shifts every file of the copy, unmounts.
+fn copy_shifted(view: &[Mount], mounts: &[Mount], map: IdMap) -> std::io::Result<()> {
+    with_mounted(view, |from| {
+        with_mounted(mounts, |to| {
+            let out = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(from.join("."))
+                .arg(to)
+                .stdin(std::process::Stdio::null())
+                .output()?;
+            if !out.status.success() {
+                return Err(std::io::Error::other(format!(
+                    "copying the image's files failed: cp exited with {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            shift_tree(to, map)
+        })
+    })
+}
+
+/// Mounts `mounts` on a new temp dir, runs `f` on it, unmounts and removes the dir.
+fn with_mounted(
+    mounts: &[Mount],
+    f: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = nix::unistd::mkdtemp(&std::env::temp_dir().join("serverless-remap-XXXXXX"))?;
     let target = dir.as_path();
     let mut mounted = 0;
@@ -225,7 +278,7 @@ fn shift_mounted(mounts: &[Mount], map: IdMap) -> std::io::Result<()> {
             super::users::mount_one(m, target)?;
             mounted += 1;
         }
-        shift_tree(target, map)
+        f(target)
     })();
     let mut busy = false;
     for _ in 0..mounted {
