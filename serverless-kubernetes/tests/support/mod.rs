@@ -129,6 +129,40 @@ impl Cluster {
         (cluster, kube::Client::new(service, NAMESPACE))
     }
 
+    /// Also answers over plain HTTP on a loopback port, for a client in another process (the
+    /// `serverless` binary, through a kubeconfig whose server is `http://<the address>`).
+    pub async fn serve_http(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let cluster = cluster.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let cluster = cluster.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let req =
+                                    Request::from_parts(parts, kube::client::Body::from(body));
+                                Ok::<_, Infallible>(cluster.handle(req).await)
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
     pub fn behave(&self, app: &str, behavior: Behavior) {
         self.state().behaviors.insert(app.to_owned(), behavior);
     }
