@@ -25,6 +25,14 @@ pub(crate) fn spec_hash(
     app: &serverless_core::AppSpec,
     image: &crate::image::PreparedImage,
 ) -> String {
+    hash_parts(app, &image.chain_id, &image.config)
+}
+
+fn hash_parts(
+    app: &serverless_core::AppSpec,
+    chain_id: &str,
+    config: &Option<oci_spec::image::Config>,
+) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let mut spec = serde_json::to_value(app).unwrap_or_default();
@@ -34,11 +42,51 @@ pub(crate) fn spec_hash(
     }
     h.update(spec.to_string());
     h.update(b"\n");
-    h.update(image.chain_id.as_bytes());
+    h.update(chain_id.as_bytes());
     h.update(b"\n");
-    h.update(serde_json::to_vec(&image.config).unwrap_or_default());
+    h.update(serde_json::to_vec(config).unwrap_or_default());
     h.finalize()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serverless_core::{AppSpec, ImageRef, Slot};
+
+    use super::hash_parts;
+
+    /// What changes the instance changes the hash; routing and scaling do not.
+    #[test]
+    fn spec_hash_follows_what_the_instance_runs() {
+        let app = AppSpec::new("a", ImageRef::Registry("example/a:1".into()));
+        let hash = |app: &AppSpec, chain: &str| hash_parts(app, chain, &None);
+        let base = hash(&app, "sha256:1");
+        assert_eq!(base.len(), 32);
+        assert_eq!(base, hash(&app.clone(), "sha256:1"), "stable");
+        let mut routed = app.clone();
+        routed.hosts.push("other.example".into());
+        routed.scale.max += 1;
+        routed.scale.min = 1;
+        assert_eq!(
+            base,
+            hash(&routed, "sha256:1"),
+            "hosts and scale do not count"
+        );
+        let mut env = app.clone();
+        env.env.insert("K".into(), "v".into());
+        let mut slot = app.clone();
+        slot.slot = "c.250-m512".parse::<Slot>().unwrap();
+        let mut limits = app.clone();
+        limits.limits.max_concurrent_requests += 1;
+        for (what, changed) in [
+            ("env", hash(&env, "sha256:1")),
+            ("slot", hash(&slot, "sha256:1")),
+            ("limits", hash(&limits, "sha256:1")),
+            ("image layers", hash(&app, "sha256:2")),
+        ] {
+            assert_ne!(base, changed, "{what} counts");
+        }
+    }
 }
