@@ -368,3 +368,27 @@ impl crate::ForwardObserver for Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_totals_count_codes_errors_and_latency_buckets() {
+        let m = Metrics::new();
+        m.request("web", 200, Duration::ZERO);
+        m.request("web", 200, Duration::from_micros(500));
+        m.request("web", 200, Duration::from_micros(501));
+        m.request("web", 503, Duration::from_millis(3));
+        m.request("web", 200, Duration::from_secs(60));
+        let t = m.app_totals()["web"];
+        assert_eq!((t.requests, t.errors), (5, 1));
+        // ≤ 0.5 ms: two; ≤ 1 ms: one; ≤ 4 ms: one; above the last bound (16.4 s): one.
+        assert_eq!(t.latency[0], 2);
+        assert_eq!(t.latency[1], 1);
+        assert_eq!(t.latency[3], 1);
+        assert_eq!(t.latency[LATENCY_BUCKETS - 1], 1);
+        assert_eq!(LATENCY_BOUNDS_MS[3], 4.0);
+        assert_eq!(LATENCY_BOUNDS_MS[LATENCY_BUCKETS - 2], 16384.0);
+    }
+}

@@ -290,3 +290,32 @@ impl Status {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_neither_blocks_nor_grows_the_hub() {
+        let status = Status::new();
+        let mut idle = status.frames.subscribe();
+        let id = InstanceId::new("web-1-x");
+        for _ in 0..(CHANNEL_FRAMES * 10) {
+            status.starting("web", &id);
+        }
+        // The hub kept only its last frames; the idle client learns how many it missed.
+        match idle.recv().await {
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                assert_eq!(missed as usize, CHANNEL_FRAMES * 9);
+            }
+            other => panic!("expected a lag, got {other:?}"),
+        }
+        assert_eq!(status.lock().recent.len(), RECENT_EVENTS);
+    }
+
+    #[test]
+    fn frames_are_server_sent_events() {
+        let f = frame("state", &json!({"a": 1}));
+        assert_eq!(&f[..], b"event: state\ndata: {\"a\":1}\n\n");
+    }
+}
