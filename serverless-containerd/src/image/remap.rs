@@ -1,17 +1,17 @@
-//! An image's layers owned by the user-namespace range: a committed snapshot on top of the
-//! image's top layer in which every file's owner and group are shifted by the range's base, made
-//! once per image (chain id) and range, and kept as the parent of every instance's snapshot.
+//! An image's layers owned by the user-namespace range: a committed snapshot holding the image's
+//! whole tree with every file's owner and group shifted by the range's base, made once per image
+//! (chain id) and range, and kept as the parent of every instance's snapshot.
 //!
 //! containerd 1.6's overlay snapshotter cannot mount layers id-mapped, so the shift is a real
 //! `lchown` of each file. It is made on a copy, not through overlayfs: the image's merged layers
 //! (a read-only view) are copied with `cp -a` into a new snapshot without a parent, and every
 //! file of that copy is shifted there. An `lchown` through an overlay mount copies each file up
-//! one at a time (work dir, xattrs, rename): ≈ 25 s for the 8 000 files of a Debian Python
-//! image on this machine, against ≈ 2 s to copy the tree and 0.15 s to shift it on a plain
-//! directory. Either way the remapped copy costs about the image's size on disk. It happens when
-//! the image is prepared (deploy), never on a cold start's path. The snapshot is found again by its name (`userns-BASE-SIZE-CHAINID`)
-//! and kept alive by a garbage-collection reference from the image's top layer, so it goes
-//! with the image.
+//! one at a time (work dir, xattrs, rename), many times slower than copying the tree and
+//! shifting it on a plain directory (figures in docs/src/architecture.md, "Startup CPU boost").
+//! Either way the remapped copy costs about the image's size on disk. It happens when the image
+//! is prepared (deploy), never on a cold start's path. The snapshot is found again by its name
+//! (`userns-BASE-SIZE-CHAINID`) and kept alive by a garbage-collection reference from the
+//! image's top layer, so it goes with the image.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
