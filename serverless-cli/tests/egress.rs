@@ -20,7 +20,9 @@ async fn fetch(backend: &serverless_containerd::ContainerdBackend, id: &Instance
         .await
         .expect("write the request");
     let mut out = String::new();
-    conn.read_to_string(&mut out).await.expect("read the answer");
+    conn.read_to_string(&mut out)
+        .await
+        .expect("read the answer");
     out
 }
 
