@@ -338,10 +338,12 @@ struct Harness {
     thread: Option<std::thread::JoinHandle<()>>,
     upstream: Arc<Upstream>,
     client: Client,
+    /// The gateway's thread's name.
+    name: String,
 }
 
-/// The name of the gateway's thread.
-const GATEWAY_THREAD: &str = "gateway";
+/// Numbers the gateways' threads, so that tests running at once measure their own.
+static GATEWAYS: AtomicUsize = AtomicUsize::new(0);
 
 impl Harness {
     async fn start(client: Client) -> Self {
@@ -397,15 +399,17 @@ impl Harness {
             fake: FakeBackend::new(),
             addr,
         };
+        // A thread name is at most 15 bytes in /proc.
+        let name = format!("gateway-{}", GATEWAYS.fetch_add(1, Ordering::Relaxed));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .thread_name(GATEWAY_THREAD)
+            .thread_name(name.clone())
             .build()
             .unwrap();
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
-            .name(GATEWAY_THREAD.into())
+            .name(name.clone())
             .spawn(move || {
                 runtime.block_on(async {
                     let _ = stopped.await;
@@ -424,6 +428,7 @@ impl Harness {
             thread: Some(thread),
             upstream,
             client,
+            name,
         }
     }
 
@@ -439,15 +444,18 @@ impl Harness {
     }
 
     /// The CPU time the gateway's threads have used so far.
-    fn cpu() -> Duration {
-        let ticks: u64 = procfs::process::Process::myself()
+    fn cpu(&self) -> Duration {
+        let ticks: Vec<u64> = procfs::process::Process::myself()
             .unwrap()
             .tasks()
             .unwrap()
             .filter_map(|task| task.ok()?.stat().ok())
-            .filter(|stat| stat.comm == GATEWAY_THREAD)
+            .filter(|stat| stat.comm == self.name)
             .map(|stat| stat.utime + stat.stime)
-            .sum();
+            .collect();
+        // Not vacuous: the gateway's thread is there to be measured.
+        assert!(!ticks.is_empty(), "no thread named {}", self.name);
+        let ticks: u64 = ticks.iter().sum();
         Duration::from_millis(ticks * 1000 / procfs::ticks_per_second())
     }
 
@@ -478,7 +486,7 @@ impl Harness {
             "{method} {path} HTTP/1.1\r\nhost: web.localhost\r\ncontent-length: {}\r\n{close}\r\n{body}",
             body.len()
         );
-        let cpu = Self::cpu();
+        let cpu = self.cpu();
         let start = Instant::now();
         let mut s = TcpStream::connect(self.gateway().listen_addr())
             .await
@@ -494,7 +502,7 @@ impl Harness {
         );
         let mut answer = Answer::parse(&out);
         answer.took = start.elapsed();
-        answer.cpu = Self::cpu().saturating_sub(cpu);
+        answer.cpu = self.cpu().saturating_sub(cpu);
         answer.what = format!("{method} {path} ({:?})", self.client);
         answer
     }
