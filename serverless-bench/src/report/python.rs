@@ -74,7 +74,7 @@ pub(super) fn python_section(md: &mut String, p: &Value) {
         f(&p["no_boost_vs_boost"]),
         f(&p["ctr_cpus"]["summary"]["p50"]) / base,
     );
-    md.push_str("Backend phases (medians, ms) of each serverless variant: `port_ready` is the interpreter's boot until it listens, `boosted` the time spent above the slot, `slot_applied` the task update back to the slot's quota (after the port is found, in parallel with forwarding the request).\n\n");
+    md.push_str("Backend phases (medians, ms) of each serverless variant: `port_ready` is the interpreter's boot until it listens, `boosted` the time spent above the slot, `slot_applied` the task update back to the slot's quota (after the port is found and before the request is forwarded, so an instance is never `Ready` above its slot).\n\n");
     let keys = ["boost", "no_boost", "unthrottled", "standby"];
     let mut names: Vec<String> = Vec::new();
     for k in keys {
@@ -124,6 +124,10 @@ pub(super) fn python_section(md: &mut String, p: &Value) {
                 "serverless: deploy `oci-archive:` + first answer",
             ),
             (
+                "archive_no_userns",
+                "serverless: the same with `[apps.security] userns = false`",
+            ),
+            (
                 "ctr_import",
                 "`ctr images import` + `ctr run` + first answer",
             ),
@@ -135,7 +139,7 @@ pub(super) fn python_section(md: &mut String, p: &Value) {
         ] {
             row(md, name, &d[key]["summary"], base);
         }
-        md.push_str("\nWith `security.userns` (the default) a deploy also makes the image's copy owned by the engine's id range, once per image (`serverless-containerd/src/image/remap.rs`): containerd 1.6's overlay snapshotter cannot mount layers id-mapped, so every file is `lchown`ed and overlayfs copies each one up — the difference between the first two rows. The rest is containerd's own unpack (its diff service, the same code `ctr` drives), plus reading each gzip layer once more to check its unpacked size against `max_unpacked_bytes` before it is expanded.\n\n");
+        md.push_str("\nWith `security.userns` (the default) a deploy also makes the image's copy owned by the engine's id range, once per image (`serverless-containerd/src/image/remap.rs`): containerd 1.6's overlay snapshotter cannot mount layers id-mapped, so the image's tree is copied (`cp -a`) into a snapshot of its own and every file is `lchown`ed there — the difference between the first two rows. (It was made by `lchown` through an overlay mount before, which copied each file up one at a time: ≈ 30 s of a ≈ 45 s first deploy of this image, when `ctr images import` + `ctr run` took 10–21 s.) The rest is containerd's own unpack (its diff service, the same code `ctr` drives), plus reading each gzip layer once more to check its unpacked size against `max_unpacked_bytes` before it is expanded.\n\n");
     }
     let _ = writeln!(md, "Load while it ran: {}.\n", super::noise_line(p));
 }
