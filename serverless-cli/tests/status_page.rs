@@ -324,3 +324,190 @@ idle_timeout = "10m"
     let _ = chromium.kill().await;
     env.stop().await;
 }
+
+/// `s` percent-encoded for a query string.
+fn query_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every PromQL query of the Grafana dashboard, with Grafana's variables replaced.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/serverless.json"
+    );
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$app", ".*");
+            out.push((panel["title"].as_str().unwrap().to_owned(), expr));
+        }
+    }
+    out
+}
+
+/// The dashboard's queries in a real Prometheus (Debian's `prometheus`) scraping a gateway's
+/// `/metrics` with the admin token: each one parses and runs, and the main panels have data.
+/// (`serverless-proxy/tests/status.rs` checks the metric names against `/metrics` without
+/// Prometheus.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_queries_run_in_prometheus() {
+    if !can_run_with(
+        "grafana_queries_run_in_prometheus",
+        &[("prometheus", "prometheus")],
+    ) {
+        return;
+    }
+    use serverless_core::fake::{Behavior, FakeBackend};
+    let backend = FakeBackend::new();
+    backend.set_behavior(
+        "web",
+        Behavior {
+            start_delay: Duration::from_millis(100),
+            ..Default::default()
+        },
+    );
+    let config = serverless_core::Config::from_toml(&format!(
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nadmin_token = \"{TOKEN}\"\n\
+         [[apps]]\nname = \"web\"\nimage = \"example/web:1\"\nhosts = [\"web.localhost\"]\n"
+    ))
+    .unwrap();
+    let gateway = serverless_proxy::Gateway::start(config, std::sync::Arc::new(backend))
+        .await
+        .unwrap();
+    let client = serverless_testkit::client();
+    let get = |addr, host: &'static str, path: String| {
+        let client = client.clone();
+        async move {
+            serverless_testkit::send(&client, addr, host, Method::GET, &path, b"")
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..5 {
+        let answer = get(gateway.listen_addr(), "web.localhost", "/".to_owned()).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = serverless_testkit::free_port().unwrap();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: serverless\n    \
+             authorization:\n      credentials: {TOKEN}\n    static_configs:\n      \
+             - targets: ['{}']\n",
+            gateway.admin_addr()
+        ),
+    )
+    .unwrap();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start prometheus");
+    let prom: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let query = |expr: &str| {
+        get(
+            prom,
+            "127.0.0.1",
+            format!("/api/v1/query?query={}", query_encode(expr)),
+        )
+    };
+
+    // Scraped a few times (rates need two samples), with more requests in between.
+    let t0 = tokio::time::Instant::now();
+    loop {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            serverless_testkit::send(
+                &client,
+                prom,
+                "127.0.0.1",
+                Method::GET,
+                &format!(
+                    "/api/v1/query?query={}",
+                    query_encode("count_over_time(serverless_requests_total[1m])")
+                ),
+                b"",
+            ),
+        )
+        .await;
+        if let Ok(Ok(answer)) = answer {
+            let v: Value = serde_json::from_str(&answer.body).unwrap_or_default();
+            if v["data"]["result"][0]["value"][1]
+                .as_str()
+                .is_some_and(|n| n.parse::<u32>().unwrap_or(0) >= 3)
+            {
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "prometheus did not scrape the gateway 3 times within 30 s"
+        );
+        get(gateway.listen_addr(), "web.localhost", "/".to_owned()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 15, "{queries:?}");
+    let mut with_data = Vec::new();
+    for (title, expr) in &queries {
+        let answer = query(expr).await;
+        let v: Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(
+            v["status"], "success",
+            "panel {title:?}: prometheus refused {expr}: {}",
+            answer.body
+        );
+        if v["data"]["result"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+        {
+            with_data.push(title.as_str());
+        }
+    }
+    for title in [
+        "Requests per second",
+        "Responses by status code",
+        "Latency to response headers (p50, p99)",
+        "Cold-start phases (p50)",
+        "Instances by state",
+        "Queue depth",
+    ] {
+        assert!(
+            with_data.contains(&title),
+            "panel {title:?} has no data; with data: {with_data:?}"
+        );
+    }
+    eprintln!(
+        "{} dashboard queries ran in prometheus; with data: {with_data:?}",
+        queries.len()
+    );
+    let _ = prometheus.kill().await;
+    gateway.shutdown().await;
+}
