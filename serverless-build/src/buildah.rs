@@ -165,8 +165,8 @@ impl Buildah {
         args
     }
 
-    /// Removes what a killed build left behind: the runc containers of its `RUN` steps (state
-    /// and cgroups; their bundles are under `tmp`) and buildah's working containers.
+    /// Removes the runc containers of a killed build's `RUN` steps (state and cgroups; their
+    /// bundles are under `tmp`); its working containers go with [`Self::clean_up_failed`].
     async fn clean_up_killed(&self, tmp: &Path) {
         let runc = Command::new("runc")
             .arg("list")
@@ -190,6 +190,35 @@ impl Buildah {
                 }
             }
         }
+    }
+
+    /// An exclusive `flock` on `DIR/build.lock`, held until dropped.
+    async fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>, BuildError> {
+        let path = self.dir.join("build.lock");
+        tokio::task::spawn_blocking(move || {
+            let io = |source| BuildError::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io)?;
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, errno)| io(std::io::Error::from(errno)))
+        })
+        .await
+        .map_err(|e| BuildError::Io {
+            path: self.dir.join("build.lock"),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    /// Removes the working containers (and their mounts) a failed build left: with `--force-rm`
+    /// buildah removes most, but not one whose commit failed.
+    async fn clean_up_failed(&self) {
         let _ = self
             .command()
             .args(["rm", "--all"])
@@ -283,7 +312,13 @@ impl Builder for Buildah {
                 path: tmp.clone(),
                 source,
             })?;
+        // One build at a time per storage (also across processes): a failed build's working
+        // containers can then be removed without touching another build's.
+        let _lock = self.lock().await?;
         let result = self.build_in(request, &tmp, &dockerfile, events).await;
+        if result.is_err() {
+            self.clean_up_failed().await;
+        }
         let _ = tokio::fs::remove_dir_all(&tmp).await;
         result
     }

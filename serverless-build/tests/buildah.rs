@@ -66,6 +66,17 @@ impl Fixture {
             .expect("buildah containers");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
+
+    /// Mounts under the fixture's folder (a finished build leaves none).
+    fn mounts(&self) -> Vec<String> {
+        let dir = self.dir.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mounts")
+            .expect("mounts")
+            .lines()
+            .filter(|l| l.contains(&dir))
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 const TWO_STAGE: &str = r#"ARG BASE=oci-archive:BASE_ARCHIVE
@@ -251,6 +262,7 @@ async fn bad_dockerfiles_get_one_line_errors() {
         "{err}"
     );
     assert!(f.containers().is_empty(), "{}", f.containers());
+    assert!(f.mounts().is_empty(), "{:?}", f.mounts());
 }
 
 #[tokio::test]
