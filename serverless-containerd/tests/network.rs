@@ -237,7 +237,7 @@ fn veths(lab: &Lab) -> usize {
 /// they were after the first cycle, and shutdown leaves no veth, lease, mount or rule of ours.
 /// `SERVERLESS_NETWORK_CYCLES` sets the count: the default, 75, fits ~60 s on a loaded 2-core
 /// machine (~0.8 s a cycle in a debug build, the stop's CNI DEL and the background ADD
-/// included); the 1000 take ~14 min.
+/// included); the 1000 passed in 295 s on a quieter machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cycles_leave_leases_links_and_rules_at_baseline() {
     if !can_run_with("cycles_leave_leases_links_and_rules_at_baseline", PROGRAMS) {
