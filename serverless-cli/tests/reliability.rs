@@ -1058,7 +1058,7 @@ async fn bad_images_are_refused_and_leave_nothing() {
     };
     let mut figures = Vec::new();
     for (what, archive) in &cases {
-        let app = AppSpec::new("img", ImageRef::OciArchive(archive.clone()));
+        let app = serverless_testkit::loopback_app("img", ImageRef::OciArchive(archive.clone()));
         let err = backend
             .prepare(&app)
             .await
@@ -1079,7 +1079,10 @@ async fn bad_images_are_refused_and_leave_nothing() {
     // The limit is not in the way of a good image with the same first layer.
     let fine = hand_made_archive(dir.path(), "fine", &[(gz, good.clone())], None);
     let ok = backend
-        .prepare(&AppSpec::new("img", ImageRef::OciArchive(fine)))
+        .prepare(&serverless_testkit::loopback_app(
+            "img",
+            ImageRef::OciArchive(fine),
+        ))
         .await;
     eprintln!(
         "bad images:\n  {}\n  control image: {ok:?}",

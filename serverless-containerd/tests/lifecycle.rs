@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use serverless_core::{ContainerBackend, ErrorKind, ImageRef};
-use serverless_testkit::{busybox_image, busybox_sh, can_run, http_get, BackendHarness};
+use serverless_testkit::{
+    busybox_image, busybox_sh, can_run, http_get, loopback_app, BackendHarness,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finds_an_unusual_port() {
@@ -280,7 +282,7 @@ async fn image_import_formats_and_errors() {
     busybox_image()
         .write_docker_archive(&docker)
         .expect("docker archive");
-    let app = serverless_core::AppSpec::new(
+    let app = loopback_app(
         "docker",
         ImageRef::parse(&format!("oci-archive:{}", docker.display())).unwrap(),
     );
@@ -292,7 +294,7 @@ async fn image_import_formats_and_errors() {
     h.backend.stop(&id, Duration::ZERO).await.expect("stop");
 
     let image_err = |path: &std::path::Path| {
-        let app = serverless_core::AppSpec::new(
+        let app = loopback_app(
             "bad",
             ImageRef::parse(&format!("oci-archive:{}", path.display())).unwrap(),
         );
@@ -334,7 +336,7 @@ async fn image_import_formats_and_errors() {
         .unwrap()
         .port();
     let reference = format!("127.0.0.1:{port}/x:1");
-    let registry = serverless_core::AppSpec::new("reg", ImageRef::parse(&reference).unwrap());
+    let registry = loopback_app("reg", ImageRef::parse(&reference).unwrap());
     let err = h.backend.prepare(&registry).await.expect_err("no registry");
     assert_eq!(err.kind(), ErrorKind::Image);
     assert!(
@@ -369,7 +371,7 @@ async fn image_user_names_resolve_inside_the_image() {
     };
     let path = dir.join("users.tar");
     image("web").write_oci_archive(&path).unwrap();
-    let mut app = serverless_core::AppSpec::new(
+    let mut app = loopback_app(
         "users",
         ImageRef::parse(&format!("oci-archive:{}", path.display())).unwrap(),
     );
@@ -388,7 +390,7 @@ async fn image_user_names_resolve_inside_the_image() {
     // A name the image does not know: refused when the image is prepared, naming it.
     let ghost = dir.join("ghost.tar");
     image("ghost:web").write_oci_archive(&ghost).unwrap();
-    let app = serverless_core::AppSpec::new(
+    let app = loopback_app(
         "ghost",
         ImageRef::parse(&format!("oci-archive:{}", ghost.display())).unwrap(),
     );

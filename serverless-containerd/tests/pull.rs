@@ -18,7 +18,8 @@ use oci_client::{Reference, RegistryOperation};
 use serverless_containerd::{ImageBuilder, PullProgress};
 use serverless_core::{AppSpec, ContainerBackend, ErrorKind, ImageRef};
 use serverless_testkit::{
-    busybox_image, can_run, can_run_with, free_port, http_get, BackendHarness, BUSYBOX,
+    busybox_image, can_run, can_run_with, free_port, http_get, loopback_app, BackendHarness,
+    BUSYBOX,
 };
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -315,7 +316,7 @@ async fn push_docker_image(registry: &Registry, repo: &str, tag: &str, dir: &Pat
 }
 
 fn app(name: &str, reference: &str) -> AppSpec {
-    AppSpec::new(name, ImageRef::Registry(reference.to_owned()))
+    loopback_app(name, ImageRef::Registry(reference.to_owned()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,13 +61,11 @@ impl BackendHarness {
     /// An app named `name` running the busybox image, with `network = "none"` (a test of
     /// bridges sets `bridge` and runs the backend in a [`NetLab`](crate::NetLab)).
     pub fn app(&self, name: &str) -> AppSpec {
-        let mut app = AppSpec::new(
+        loopback_app(
             name,
             ImageRef::parse(&format!("oci-archive:{}", self.image.display()))
                 .expect("an archive reference"),
-        );
-        app.network = NetworkMode::None;
-        app
+        )
     }
 
     /// A new instance id for `app`.
@@ -146,4 +144,13 @@ impl Drop for BackendHarness {
             );
         }
     }
+}
+
+/// An app named `name` running `image` with `network = "none"` (loopback only): what tests that
+/// do not test networking use, so nothing wires the machine's own network (the default `bridge`
+/// would; `tests/network.rs` runs bridge apps inside a [`crate::NetLab`]).
+pub fn loopback_app(name: &str, image: ImageRef) -> AppSpec {
+    let mut app = AppSpec::new(name, image);
+    app.network = NetworkMode::None;
+    app
 }

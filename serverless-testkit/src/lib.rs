@@ -50,7 +50,7 @@ mod procs;
 mod require;
 mod util;
 
-pub use backend::BackendHarness;
+pub use backend::{loopback_app, BackendHarness};
 pub use client::{
     client, connect, free_port, get, http_get, send, wait_http, Answer, HttpClient, Sender,
     ERROR_HEADER,

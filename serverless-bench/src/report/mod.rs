@@ -10,8 +10,8 @@ use crate::util::{Context, Res};
 mod cold;
 mod load;
 mod network;
-mod sandbox;
 mod python;
+mod sandbox;
 mod warm;
 
 use self::cold::cold_section;

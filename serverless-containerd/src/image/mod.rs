@@ -15,6 +15,6 @@ pub use builder::{BuildError, ImageBuilder};
 pub(crate) use import::{import_archive, PreparedImage};
 pub(crate) use logins::RegistryLogins;
 pub(crate) use pull::{pull_image, ProgressHook};
-pub(crate) use remap::{remapped, IdMap};
 pub use pull::{PullProgress, PullProgressFn};
+pub(crate) use remap::{remapped, IdMap};
 pub(crate) use users::ImageUser;
