@@ -13,9 +13,10 @@ use tokio::time::Instant;
 use http::StatusCode;
 use serde_json::json;
 
-use serverless_testkit::{busybox_image, connect, env_num, free_port, get};
+use serverless_testkit::{busybox_image, connect, env_num, free_port};
 
 use crate::lab::{Lab, StartRecord};
+use crate::peer::{ctr, first_response, podman, remove_ctr, remove_podman, PODMAN_ULIMITS};
 use crate::util::{headline, ms, noise, summary, Context, Res};
 
 const CTR_NS: &str = "bench-ctr";
@@ -302,14 +303,8 @@ async fn gateway_cold(
     Ok((total, header))
 }
 
-fn ctr(sock: &Path) -> Command {
-    let mut c = Command::new("ctr");
-    c.arg("--address").arg(sock).args(["--namespace", CTR_NS]);
-    c
-}
-
 fn ctr_import(sock: &Path, tar: &Path) -> Res<String> {
-    let out = ctr(sock)
+    let out = ctr(sock, CTR_NS)
         .args(["images", "import"])
         .arg(tar)
         .output()
@@ -322,23 +317,6 @@ fn ctr_import(sock: &Path, tar: &Path) -> Res<String> {
         .into());
     }
     Ok("serverless.local/image:bench".to_owned())
-}
-
-/// Polls `127.0.0.1:port` until a GET answers 200.
-async fn first_response(port: u16, timeout: Duration) -> Res<()> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(mut tx) = connect(addr).await {
-            if let Ok((StatusCode::OK, _)) = get(&mut tx, "peer", "/").await {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no answer on port {port} within {timeout:?}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 /// Like a user isolating it the way the gateway does: `ip netns add` (+ loopback up), `ctr run
@@ -359,7 +337,7 @@ async fn ctr_netns_cold(sock: &Path, image: &str, i: usize) -> Res<Duration> {
         }
         quiet(Command::new("ip").args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"]));
         let ns = format!("network:/var/run/netns/{name}");
-        if !quiet(ctr(sock).args(["run", "-d", "--with-ns", &ns, image, &name])) {
+        if !quiet(ctr(sock, CTR_NS).args(["run", "-d", "--with-ns", &ns, image, &name])) {
             return Err("ctr run --with-ns failed".into());
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -385,26 +363,9 @@ async fn ctr_netns_cold(sock: &Path, image: &str, i: usize) -> Res<Duration> {
     }
     .await;
     let took = t.elapsed();
-    remove_ctr(sock, &name).await?;
+    remove_ctr(sock, CTR_NS, &name).await;
     quiet(Command::new("ip").args(["netns", "delete", &name]));
     result.map(|()| took)
-}
-
-async fn remove_ctr(sock: &Path, name: &str) -> Res<()> {
-    let quiet = |c: &mut Command| {
-        let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
-    };
-    quiet(ctr(sock).args(["task", "kill", "-s", "SIGKILL", name]));
-    for _ in 0..200 {
-        let out = ctr(sock).args(["task", "ls", "-q"]).output()?;
-        if !String::from_utf8_lossy(&out.stdout).contains(name) {
-            break;
-        }
-        quiet(ctr(sock).args(["task", "delete", name]));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    quiet(ctr(sock).args(["containers", "delete", name]));
-    Ok(())
 }
 
 /// `ctr run -d --net-host` (busybox httpd on a unique port) + first response; then removed.
@@ -412,7 +373,7 @@ async fn ctr_cold(sock: &Path, image: &str, i: usize) -> Res<Duration> {
     let port = free_port()?;
     let name = format!("bench-ctr-{}-{i}", std::process::id());
     let t = Instant::now();
-    let status = ctr(sock)
+    let status = ctr(sock, CTR_NS)
         .args(["run", "-d", "--net-host", image, &name])
         .args(["/bin/busybox", "httpd", "-f", "-h", "/www", "-p"])
         .arg(port.to_string())
@@ -425,7 +386,7 @@ async fn ctr_cold(sock: &Path, image: &str, i: usize) -> Res<Duration> {
         Err(format!("ctr run exited with {status}").into())
     };
     let took = t.elapsed();
-    remove_ctr(sock, &name).await?;
+    remove_ctr(sock, CTR_NS, &name).await;
     result.map(|()| took)
 }
 
@@ -497,37 +458,15 @@ async fn runc_cold(bundle: &Path, i: usize) -> Res<Duration> {
     result.map(|()| took)
 }
 
-fn podman(root: &Path) -> Command {
-    let mut c = Command::new("podman");
-    c.arg("--root")
-        .arg(root.join("root"))
-        .arg("--runroot")
-        .arg(root.join("run"))
-        .args(["--cgroup-manager", "cgroupfs", "--events-backend", "none"]);
-    c
-}
-
 /// `podman run -d --network host` + first response; then removed.
 async fn podman_cold(root: &Path, i: usize) -> Res<Duration> {
     let port = free_port()?;
     let name = format!("bench-podman-{}-{i}", std::process::id());
     let t = Instant::now();
     let out = podman(root)
-        .args([
-            "run",
-            "-d",
-            "--network",
-            "host",
-            // This machine lacks CAP_SYS_RESOURCE: podman's default (and `--ulimit host`)
-            // rlimits cannot be set, explicit low ones can.
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=4096:4096",
-            "--name",
-            &name,
-            PODMAN_IMAGE,
-        ])
+        .args(["run", "-d", "--network", "host"])
+        .args(PODMAN_ULIMITS)
+        .args(["--name", &name, PODMAN_IMAGE])
         .args(["/bin/busybox", "httpd", "-f", "-h", "/www", "-p"])
         .arg(port.to_string())
         .output()
@@ -542,10 +481,6 @@ async fn podman_cold(root: &Path, i: usize) -> Res<Duration> {
         .into())
     };
     let took = t.elapsed();
-    let _ = podman(root)
-        .args(["rm", "-f", "-t", "0", &name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    remove_podman(root, &name);
     result.map(|()| took)
 }

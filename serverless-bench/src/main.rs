@@ -27,6 +27,7 @@ mod lab;
 mod loadgen;
 mod memory;
 mod network;
+mod peer;
 mod python;
 mod report;
 mod sandbox;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use serverless_testkit::{connect, env_num, free_port, get, PYTHON_IMAGE_NAME};
 
 use crate::lab::{Lab, StartRecord};
+use crate::peer::{ctr, first_response, podman, remove_ctr, remove_podman, PODMAN_ULIMITS};
 use crate::util::{headline, ms, noise, summary, Context, Res};
 
 const CTR_NS: &str = "bench-py-ctr";
@@ -269,14 +270,6 @@ async fn first_request(gw: SocketAddr, name: &str) -> Res<Duration> {
     Ok(took)
 }
 
-fn ctr(sock: &Path, namespace: &str) -> Command {
-    let mut c = Command::new("ctr");
-    c.arg("--address")
-        .arg(sock)
-        .args(["--namespace", namespace]);
-    c
-}
-
 fn checked(cmd: &mut Command, what: &str) -> Res<()> {
     let out = cmd.output().context(format_args!("run {what}"))?;
     if !out.status.success() {
@@ -290,23 +283,6 @@ fn ctr_import(sock: &Path, namespace: &str, archive: &Path) -> Res<()> {
         ctr(sock, namespace).args(["images", "import"]).arg(archive),
         "ctr images import",
     )
-}
-
-/// Polls `127.0.0.1:port` until a GET answers 200.
-async fn first_response(port: u16, timeout: Duration) -> Res<()> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(mut tx) = connect(addr).await {
-            if let Ok((http::StatusCode::OK, _)) = get(&mut tx, "peer", "/").await {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no answer on port {port} within {timeout:?}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 /// `ctr run -d --net-host [--cpus N]` with `PORT` set, + first response; then removed.
@@ -345,34 +321,6 @@ async fn ctr_run(
     result.map(|()| took)
 }
 
-async fn remove_ctr(sock: &Path, namespace: &str, name: &str) {
-    let quiet = |c: &mut Command| {
-        let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
-    };
-    quiet(ctr(sock, namespace).args(["task", "kill", "-s", "SIGKILL", name]));
-    for _ in 0..200 {
-        let Ok(out) = ctr(sock, namespace).args(["task", "ls", "-q"]).output() else {
-            break;
-        };
-        if !String::from_utf8_lossy(&out.stdout).contains(name) {
-            break;
-        }
-        quiet(ctr(sock, namespace).args(["task", "delete", name]));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    quiet(ctr(sock, namespace).args(["containers", "delete", name]));
-}
-
-fn podman(root: &Path) -> Command {
-    let mut c = Command::new("podman");
-    c.arg("--root")
-        .arg(root.join("root"))
-        .arg("--runroot")
-        .arg(root.join("run"))
-        .args(["--cgroup-manager", "cgroupfs", "--events-backend", "none"]);
-    c
-}
-
 /// `podman load` of the OCI archive; the loaded image's name.
 fn podman_load(root: &Path, archive: &Path) -> Res<String> {
     let out = podman(root)
@@ -404,14 +352,7 @@ async fn podman_cold(root: &Path, image: &str, i: usize) -> Res<Duration> {
     let t = Instant::now();
     let out = podman(root)
         .args(["run", "-d", "--network", "host", "--cpus", "0.125"])
-        // This machine lacks CAP_SYS_RESOURCE: podman's default (and `--ulimit host`) rlimits
-        // cannot be set, explicit low ones can.
-        .args([
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=4096:4096",
-        ])
+        .args(PODMAN_ULIMITS)
         .args(["--env", &format!("PORT={port}"), "--name", &name, image])
         .output()
         .context("podman run")?;
@@ -425,11 +366,7 @@ async fn podman_cold(root: &Path, image: &str, i: usize) -> Res<Duration> {
         .into())
     };
     let took = t.elapsed();
-    let _ = podman(root)
-        .args(["rm", "-f", "-t", "0", &name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    remove_podman(root, &name);
     result.map(|()| took)
 }
 
