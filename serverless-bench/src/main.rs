@@ -11,6 +11,7 @@
 //! serverless-bench python  OUT_DIR                 # Python on Debian: boost, ctr/podman, first deploy
 //! serverless-bench network OUT_DIR                 # cold start, bridge vs none; pool refill
 //! serverless-bench sandbox OUT_DIR                 # cold start, default sandbox vs none
+//! serverless-bench build   OUT_DIR                 # Dockerfile build time vs buildah by hand
 //! serverless-bench report  OUT_DIR DOCS_DIR        # docs/benchmarks.md + SVGs
 //! ```
 //!
@@ -20,6 +21,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod build;
 mod cold;
 mod idle;
 mod instr;
@@ -39,7 +41,7 @@ use std::path::PathBuf;
 
 use util::Res;
 
-const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | instr OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | python OUT | network OUT | sandbox OUT | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT [hyper-client]";
+const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | instr OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | python OUT | network OUT | sandbox OUT | build OUT | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT [hyper-client]";
 
 fn main() {
     if let Err(e) = run() {
@@ -81,6 +83,7 @@ fn run() -> Res<()> {
             "python" => python::run(&out).await,
             "network" => network::run(&out).await,
             "sandbox" => sandbox::run(&out).await,
+            "build" => build::run(&out).await,
             _ => Err(USAGE.into()),
         }
     })

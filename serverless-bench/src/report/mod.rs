@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::util::{Context, Res};
 
+mod build;
 mod cold;
 mod load;
 mod network;
@@ -136,6 +137,9 @@ pub(crate) fn run(out: &Path, docs: &Path) -> Res<()> {
     }
     if let Some(s) = load(out, "sandbox") {
         sandbox::sandbox_section(&mut md, &s);
+    }
+    if let Some(b) = load(out, "build") {
+        build::build_section(&mut md, &b);
     }
     // The mdBook page (images next to it) and docs/benchmarks.md (same text, paths from docs/).
     let page = docs.join("src").join("benchmarks.md");
