@@ -3,9 +3,13 @@
 //! the real buildah building `examples/dockerfile-app` (two stages, `RUN` in both forms,
 //! `COPY --from`, `ENV`, `ARG`, `WORKDIR`, `USER`, `LABEL`, `EXPOSE`, `ENTRYPOINT`+`CMD`,
 //! `.dockerignore`) on a base image the test writes (the testkit's busybox as an OCI archive),
-//! imported into the real containerd and served from zero.
+//! imported into the real containerd and served from zero. And a Dockerfile for an app nobody
+//! here wrote: a Python standard-library server `FROM` a Debian python image (the testkit's
+//! debootstrap image, built once and cached under `target/bench-images`) served by a real
+//! `docker-registry` on loopback.
 //!
-//! Needs root, `containerd`, `runc`, `ctr`, `buildah` and Debian's `busybox-static`.
+//! Needs root, `containerd`, `runc`, `ctr`, `buildah` and Debian's `busybox-static`; the Python
+//! test also `docker-registry` and `debootstrap` (and the Debian mirror, the first time).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -288,4 +292,222 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// Debian's `docker-registry` on a free loopback port, with its own config and storage; killed
+/// on drop.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sl-reg-")
+            .tempdir()
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port().unwrap());
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {addr}\n",
+                dir.path().join("storage").display(),
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry starts");
+        let registry = Registry {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&registry.addr)
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "docker-registry did not listen on {} within 20s",
+                registry.addr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        registry
+    }
+}
+
+/// `buildah ARGS…` with storage under `dir`, to completion; panics with its stderr on failure.
+async fn buildah(dir: &Path, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new("buildah");
+    cmd.arg("--root")
+        .arg(dir.join("storage"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args(["--storage-driver", "overlay"])
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run buildah"))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "buildah {args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// A Dockerfile nobody here wrote the app for: a Python standard-library HTTP server `FROM` a
+/// Debian image (the testkit's debootstrap python image) pulled from a real registry on
+/// loopback (plain http, marked insecure in a `registries.conf` of the test's), `COPY`, `ENV`,
+/// `CMD` in exec form; deployed with `serverless deploy FILE` and served from zero through the
+/// real gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_dockerfile_from_a_registry_base_builds_and_serves_from_zero() {
+    if !can_run_with(
+        "a_python_dockerfile_from_a_registry_base_builds_and_serves_from_zero",
+        &[
+            ("buildah", "buildah"),
+            ("docker-registry", "docker-registry"),
+            ("debootstrap", "debootstrap"),
+        ],
+    ) {
+        return;
+    }
+    // Built once with debootstrap (minutes), cached under target/bench-images.
+    let base = tokio::task::spawn_blocking(python_archive)
+        .await
+        .unwrap()
+        .expect("the Debian python image");
+    let _shared = shared().await;
+    let dir = tempfile::Builder::new().prefix("sl-bp-").tempdir().unwrap();
+
+    // The base goes to the registry the way an image gets there: pulled into a builder's
+    // storage and pushed.
+    let registry = Registry::start().await;
+    let reference = format!("{}/debian/python3:bookworm", registry.addr);
+    let push_store = dir.path().join("push");
+    let id = buildah(
+        &push_store,
+        &[
+            "pull",
+            "--quiet",
+            &format!("oci-archive:{}", base.display()),
+        ],
+    )
+    .await;
+    buildah(
+        &push_store,
+        &[
+            "push",
+            "--quiet",
+            "--tls-verify=false",
+            id.trim(),
+            &format!("docker://{reference}"),
+        ],
+    )
+    .await;
+    let registries = dir.path().join("registries.conf");
+    std::fs::write(
+        &registries,
+        format!(
+            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+            registry.addr
+        ),
+    )
+    .unwrap();
+
+    let app = dir.path().join("pyapp");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("app.py"),
+        r#"import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("%s says hi from %s\n" % (os.environ["GREETER"], self.path)).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+HTTPServer(("", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("Dockerfile"),
+        format!(
+            "FROM {reference}\nCOPY app.py /srv/app.py\nENV GREETER=python3 PYTHONUNBUFFERED=1\nCMD [\"python3\", \"/srv/app.py\"]\n"
+        ),
+    )
+    .unwrap();
+    let apps = dir.path().join("apps.toml");
+    std::fs::write(
+        &apps,
+        format!(
+            "[[apps]]\nname = \"pyapp\"\nimage = \"build:{}\"\nnetwork = \"none\"\n",
+            app.display()
+        ),
+    )
+    .unwrap();
+
+    let data = dir.path().join("data");
+    let config = dir.path().join("serverless.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let gateway = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
+    let admin = admin_addr(&gateway);
+    let mut deploy = std::process::Command::new(SERVERLESS);
+    deploy
+        .arg("deploy")
+        .arg(&apps)
+        .args(["--admin", &admin, "--data-dir"])
+        .arg(&data)
+        .args(["--gateway", &gateway.addr.to_string()])
+        .env("CONTAINERS_REGISTRIES_CONF", &registries);
+    let out = tokio::task::spawn_blocking(move || deploy.output().expect("run serverless"))
+        .await
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", gateway.log());
+    assert!(stderr.contains("STEP 4/4: CMD"), "steps streamed: {stderr}");
+
+    // From zero: the first request starts the Python app the Dockerfile made.
+    let answer = get(gateway.addr, "pyapp.localhost", "/hello").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "{answer:?}\n{}",
+        gateway.log()
+    );
+    assert_eq!(answer.body, "python3 says hi from /hello\n");
+    terminate(gateway).await;
+    drop(registry);
 }
