@@ -249,12 +249,61 @@ min = 1
     assert_eq!(containerd.objects(&namespace), Objects::default());
 }
 
-/// Upgrades under load: while a gateway serves (embedded containerd, one warm instance, four
-/// clients sending back to back and a 10 s request in flight), a new `serverless serve` — a
-/// second copy of the binary, then the first again, three times — starts on the same config:
-/// it takes the listening sockets over, the old one finishes its requests and exits. No
-/// request fails, the 10 s request is answered, the same instance answers throughout (no cold
-/// start), and SIGTERM at the end leaves no containerd.
+/// A streamed response (`/stream?chunks=N&ms=M`) read whole: its status and whether every chunk
+/// arrived (the last line is `chunk N-1`).
+async fn stream(addr: std::net::SocketAddr, chunks: u32, ms: u32) -> Result<bool, String> {
+    let answer = send(
+        &client(),
+        addr,
+        "web.localhost",
+        Method::GET,
+        &format!("/stream?chunks={chunks}&ms={ms}"),
+        b"",
+    )
+    .await?;
+    if answer.status != StatusCode::OK {
+        return Err(format!("{} {}", answer.status, answer.reason));
+    }
+    Ok(answer.body.lines().count() == chunks as usize
+        && answer.body.ends_with(&format!("chunk {}\n", chunks - 1)))
+}
+
+/// A WebSocket to the hello app's echo through the gateway at `addr`.
+async fn websocket(
+    addr: std::net::SocketAddr,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (ws, res) = tokio_tungstenite::client_async("ws://web.localhost/ws", stream)
+        .await
+        .expect("websocket handshake through the gateway");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+/// Sends `text` on `ws` and expects it echoed.
+async fn echo(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, text: String) {
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("send {text:?}: {e}"));
+    let answer = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap_or_else(|_| panic!("no echo of {text:?} within 5 s"))
+        .expect("the WebSocket is open")
+        .unwrap();
+    assert_eq!(answer.into_text().unwrap().as_str(), text);
+}
+
+/// Upgrades under load (the test): while a gateway serves (embedded containerd, one
+/// warm instance, four clients sending GETs back to back, a 10 s request and three long streams
+/// in flight), a new `serverless serve` — a second copy of the binary, then the first again,
+/// five times — starts on the same config: it takes the listening sockets over, the old one
+/// finishes its requests and exits. Each round also starts a 2 s stream and opens a WebSocket
+/// on the old process just before the upgrade: the stream completes, and the WebSocket keeps
+/// echoing after the new process serves — the old process owns that connection and stays
+/// until the client closes it, then exits. No request fails (none refused), every stream is
+/// whole, the same instance answers throughout (no cold start), and SIGTERM at the end leaves
+/// no containerd and no shim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_under_load_fails_no_request() {
     if !can_run("upgrade_under_load_fails_no_request") {
@@ -276,7 +325,7 @@ name = "web"
 image = "oci-archive:{image}"
 network = "none"
 [apps.limits]
-max_concurrent_requests = 8
+max_concurrent_requests = 16
 [apps.scale]
 min = 1
 max = 1
@@ -321,35 +370,81 @@ max = 1
         .await;
         (answer, t.elapsed())
     });
+    // Long streams: 5, 10 and 15 s, a chunk every 100 ms.
+    let mut streams: Vec<_> = [50, 100, 150]
+        .into_iter()
+        .map(|chunks| tokio::spawn(stream(addr, chunks, 100)))
+        .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for round in 1..=3 {
+    let rounds = 5;
+    for round in 1..=rounds {
+        // A 2 s stream and a WebSocket on the old process, just before the upgrade.
+        let short = tokio::spawn(stream(addr, 20, 100));
+        let mut ws = websocket(addr).await;
+        echo(&mut ws, format!("round {round} before")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
         let t = Instant::now();
         let next = GatewayProcess::start(binaries[round % 2], &config).await;
         assert_eq!(next.addr, addr, "the same listening socket");
         let serving = t.elapsed();
+        // The new process answers while the old one still holds the WebSocket and the stream.
+        let _ = instance_of(addr, "web.localhost").await;
+        let short = short.await.unwrap();
+        assert_eq!(short, Ok(true), "the 2 s stream of round {round} is whole");
+        for i in 0..3 {
+            echo(&mut ws, format!("round {round} after {i}")).await;
+        }
+        if round > 1 {
+            // Nothing else is in flight on the old process: the WebSocket alone keeps it.
+            assert!(
+                current.child.try_wait().unwrap().is_none(),
+                "the old gateway exited with a WebSocket open: {}",
+                current.log()
+            );
+        }
+        {
+            use futures_util::StreamExt;
+            ws.close(None).await.unwrap();
+            while ws.next().await.is_some() {}
+            drop(ws);
+        }
+        let closed = Instant::now();
         let status = tokio::time::timeout(Duration::from_secs(40), current.child.wait())
             .await
             .expect("the old gateway exits after the hand-over")
             .unwrap();
         assert!(status.success(), "{}", current.log());
+        let exited = closed.elapsed();
         eprintln!(
-            "upgrade {round}: new one serving after {serving:?}, old one gone after {:?}; {} requests so far",
+            "upgrade {round}: new one serving after {serving:?}, old one gone after {:?} ({exited:?} after the WebSocket closed); {} requests so far",
             t.elapsed(),
             load.sent()
         );
+        if round > 1 {
+            assert!(
+                exited < Duration::from_secs(5),
+                "the old gateway lingered {exited:?} after its last connection closed"
+            );
+        }
         assert!(
             !next.log().contains("instance ready"),
             "a cold start after the upgrade: {}",
             next.log()
         );
         current = next;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let (sent, failed) = load.finish().await;
     let (long, took) = long.await.unwrap();
+    let mut whole = Vec::new();
+    for s in streams.drain(..) {
+        whole.push(s.await.unwrap());
+    }
     let after = instance_of(addr, "web.localhost").await;
+    let refused = failed.iter().filter(|f| f.contains("refused")).count();
     eprintln!(
-        "3 upgrades under load: sent {sent}, failed {}; the 10 s request: {:?} after {took:?}; instance {warm} -> {after}",
+        "{rounds} upgrades under load: sent {sent}, failed {} ({refused} refused); the 10 s request: {:?} after {took:?}; long streams whole: {whole:?}; instance {warm} -> {after}",
         failed.len(),
         long.as_ref().map(|a| a.status)
     );
@@ -357,6 +452,10 @@ max = 1
     assert_eq!(
         long.expect("the 10 s request is answered").status,
         StatusCode::OK
+    );
+    assert!(
+        whole.iter().all(|w| w == &Ok(true)),
+        "every long stream is whole: {whole:?}"
     );
     assert_eq!(after, warm, "the same instance answers: {}", current.log());
     assert_eq!(containerds(&containerd_config).len(), 1);

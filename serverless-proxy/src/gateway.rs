@@ -199,13 +199,29 @@ impl Gateway {
     /// every pool is detached ([`Pool::detach`](serverless_limits::Pool::detach): no instance
     /// is stopped from here on), accepting stops, in-flight requests finish (up to 30 s;
     /// streams and WebSockets included). The instances keep running.
+    ///
+    /// An upgraded connection (a WebSocket) leaves its HTTP connection when it upgrades, so
+    /// the servers' drain does not wait for it: its tunnel holds its request's place on the
+    /// instance instead, and this waits until no place is held (within the same 30 s).
     pub async fn hand_over(self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         for app in self.engine.apps() {
             app.pool.detach();
         }
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        let held = |engine: &Engine| -> u32 {
+            engine
+                .apps()
+                .iter()
+                .flat_map(|app| app.pool.snapshot().instances)
+                .map(|i| i.in_flight)
+                .sum()
+        };
+        while held(&self.engine) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -36,6 +36,12 @@ use crate::body::{BoxError, ResBody};
 /// before it gives its buffers back; see the module docs.
 pub(super) const PARK_AFTER: Duration = Duration::from_millis(250);
 
+/// How long an idle HTTP/1 connection stays open once the server stops (a shutdown or a
+/// hand-over to a successor): a request that arrives meanwhile is answered with
+/// `Connection: close`. Closing an idle keep-alive connection at once would race a client
+/// that is sending its next request on it (it sees the connection closed with no answer).
+pub(super) const STOP_LINGER: Duration = Duration::from_millis(1000);
+
 /// How [`drive_until_parked`] left a hyper connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum H1End {
@@ -59,11 +65,20 @@ where
     F: Future<Output = Response<ResBody>> + Send + 'static,
 {
     let state: Arc<ConnState> = io.state.clone();
+    // Set once the stop signal was seen while parked: the next connection starts stopping.
+    let mut stopped = false;
     loop {
         let svc = connection_service(handler.clone(), info, state.clone());
         // Boxed so that a parked connection's task does not keep room for it.
         let mut conn = Box::new(shared.h1.serve_connection(io, svc).with_upgrades());
-        let end = drive_until_parked(&mut *conn, &state, stop, shared.header_read_timeout).await?;
+        let end = drive_until_parked(
+            &mut *conn,
+            &state,
+            stop,
+            stopped,
+            shared.header_read_timeout,
+        )
+        .await?;
         if end == H1End::Closed {
             return Ok(());
         }
@@ -81,13 +96,21 @@ where
         if io.prefix.is_empty() {
             // Idle connections are closed after `header_read_timeout`, as hyper would.
             let wait = shared.header_read_timeout.saturating_sub(PARK_AFTER);
-            tokio::select! {
-                ready = tokio::time::timeout(wait, io.io.inner().readable()) => match ready {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => return Err(err.into()),
-                    Err(_) => return Ok(()),
-                },
-                _ = stop.changed() => return Ok(()),
+            if !stopped {
+                tokio::select! {
+                    ready = tokio::time::timeout(wait, io.io.inner().readable()) => match ready {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(err)) => return Err(err.into()),
+                        Err(_) => return Ok(()),
+                    },
+                    _ = stop.changed() => stopped = true,
+                }
+            }
+            // Stopping: one more request within STOP_LINGER is answered, then it closes.
+            match tokio::time::timeout(STOP_LINGER, io.io.inner().readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(err.into()),
+                Err(_) => return Ok(()),
             }
         }
     }
@@ -111,10 +134,15 @@ fn concat(first: &[u8], then: &[u8]) -> Bytes {
 /// head has come within `header_read_timeout` — what hyper's own header timer does, which
 /// costs an allocation and a timer registration per request (so it is off for these
 /// connections). While an exchange is active no deadline applies, as with hyper's.
+///
+/// Once `stop` changes (or from the start when `stopped`), the connection ends after its
+/// current or next exchange (answered with `Connection: close`), or when it stayed idle for
+/// [`STOP_LINGER`].
 async fn drive_until_parked<C>(
     conn: &mut C,
     state: &ConnState,
     stop: &mut watch::Receiver<()>,
+    stopped: bool,
     header_read_timeout: Duration,
 ) -> Result<H1End, BoxError>
 where
@@ -123,7 +151,7 @@ where
     // The stop signal's future is polled once to register, then only when the cheap version
     // check says it changed (polling it on every wake is costly).
     let mut watcher = stop.clone();
-    let mut stopped = pin!(watcher.changed());
+    let mut watched = pin!(watcher.changed());
     let mut registered = false;
     let mut since = Instant::now();
     let mut timer = pin!(tokio::time::sleep_until(
@@ -135,14 +163,20 @@ where
     // PARK_AFTER has passed since `since`: park as soon as hyper is idle.
     let mut park_due = false;
     let mut parking = false;
-    let mut stopping = false;
+    let mut stopping = stopped;
+    // The connection was told to end (hyper's graceful shutdown).
+    let mut ending = false;
+    if stopped {
+        timer.as_mut().reset(Instant::now() + STOP_LINGER);
+    }
     std::future::poll_fn(|cx| {
         if !stopping
             && (!registered || stop.has_changed().unwrap_or(true))
-            && stopped.as_mut().poll(cx).is_ready()
+            && watched.as_mut().poll(cx).is_ready()
         {
             stopping = true;
-            conn.graceful();
+            seen = state.exchanges.load(Relaxed);
+            timer.as_mut().reset(Instant::now() + STOP_LINGER);
         }
         registered = true;
         loop {
@@ -154,7 +188,20 @@ where
                 };
                 return Poll::Ready(done.map(|()| end).map_err(Into::into));
             }
-            if parking || stopping {
+            if parking || ending {
+                return Poll::Pending;
+            }
+            if stopping {
+                // An exchange in flight (or one since the stop) ends with `Connection: close`;
+                // an idle connection lingers for STOP_LINGER first.
+                if state.active.load(Relaxed) > 0
+                    || state.exchanges.load(Relaxed) != seen
+                    || timer.as_mut().poll(cx).is_ready()
+                {
+                    ending = true;
+                    conn.graceful();
+                    continue;
+                }
                 return Poll::Pending;
             }
             if state.active.load(Relaxed) > 0 {
