@@ -12,6 +12,7 @@
 //! serverless-bench network OUT_DIR                 # cold start, bridge vs none; pool refill
 //! serverless-bench sandbox OUT_DIR                 # cold start, default sandbox vs none
 //! serverless-bench build   OUT_DIR                 # Dockerfile build time vs buildah by hand
+//! serverless-bench upgrade OUT_DIR SERVERLESS HELLO # req/s and errors with and without an upgrade
 //! serverless-bench report  OUT_DIR DOCS_DIR        # docs/benchmarks.md + SVGs
 //! ```
 //!
@@ -34,6 +35,7 @@ mod python;
 mod report;
 mod sandbox;
 mod step;
+mod upgrade;
 mod util;
 mod warm;
 
@@ -41,7 +43,7 @@ use std::path::PathBuf;
 
 use util::Res;
 
-const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | instr OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | python OUT | network OUT | sandbox OUT | build OUT | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT [hyper-client]";
+const USAGE: &str = "usage: serverless-bench cold OUT | warm OUT HELLO_BIN | instr OUT HELLO_BIN | step OUT HELLO_BIN | idle OUT HELLO_BIN | memory OUT SERVERLESS_BIN | python OUT | network OUT | sandbox OUT | build OUT | upgrade OUT SERVERLESS_BIN HELLO_BIN | report OUT DOCS | gateway-native LISTEN UPSTREAM_PORT [hyper-client]";
 
 fn main() {
     if let Err(e) = run() {
@@ -84,6 +86,7 @@ fn run() -> Res<()> {
             "network" => network::run(&out).await,
             "sandbox" => sandbox::run(&out).await,
             "build" => build::run(&out).await,
+            "upgrade" => upgrade::run(&out, &arg(&args, 3)?, &arg(&args, 4)?).await,
             _ => Err(USAGE.into()),
         }
     })

@@ -13,6 +13,7 @@ mod load;
 mod network;
 mod python;
 mod sandbox;
+mod upgrade;
 mod warm;
 
 use self::cold::cold_section;
@@ -140,6 +141,9 @@ pub(crate) fn run(out: &Path, docs: &Path) -> Res<()> {
     }
     if let Some(b) = load(out, "build") {
         build::build_section(&mut md, &b);
+    }
+    if let Some(u) = load(out, "upgrade") {
+        upgrade::upgrade_section(&mut md, &u);
     }
     // The mdBook page (images next to it) and docs/benchmarks.md (same text, paths from docs/).
     let page = docs.join("src").join("benchmarks.md");
