@@ -986,7 +986,7 @@ async fn bad_images_are_refused_and_leave_nothing() {
         return;
     }
     let _shared = shared().await;
-    use serverless_core::{AppSpec, ContainerBackend, ErrorKind, ImageRef};
+    use serverless_core::{ContainerBackend, ErrorKind, ImageRef};
     const LIMIT: u64 = 16 << 20;
     let dir = tempfile::Builder::new()
         .prefix("sl-rel-")
