@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::conn::{connection_service, ClientInfo, ConnIo, ConnState};
-use super::park::serve_h1;
+use super::park::{serve_h1, STOP_LINGER};
 use super::protocols::Shared;
 use crate::body::{BoxError, ResBody};
 
@@ -41,9 +41,19 @@ where
     };
     // The first bytes tell HTTP/2's preface from an HTTP/1 request; until they come the
     // connection holds no buffers, and it may wait at most `header_read_timeout`.
-    let first = tokio::select! {
-        first = tokio::time::timeout(shared.header_read_timeout, read_preface(io.io.inner_mut())) => first,
-        _ = stop.changed() => return Ok(()),
+    // A client that connected just before the server stopped is still answered (then the
+    // connection closes): its first bytes may come within STOP_LINGER.
+    let (first, stopped) = {
+        let read =
+            tokio::time::timeout(shared.header_read_timeout, read_preface(io.io.inner_mut()));
+        let mut read = std::pin::pin!(read);
+        tokio::select! {
+            first = &mut read => (first, false),
+            _ = stop.changed() => match tokio::time::timeout(STOP_LINGER, &mut read).await {
+                Ok(first) => (first, true),
+                Err(_) => return Ok(()),
+            },
+        }
     };
     let (prefix, is_h2) = match first {
         Ok(Ok(Some(first))) => first,
@@ -52,14 +62,18 @@ where
     };
     io.prefix = prefix;
     if !is_h2 {
-        return serve_h1(io, info, handler, shared, &mut stop).await;
+        return serve_h1(io, info, handler, shared, &mut stop, stopped).await;
     }
     let svc = connection_service(handler, info, state);
     // Boxed, like HTTP/1's: the task keeps no room for it.
     let mut conn = Box::pin(shared.h2.serve_connection(io, svc));
-    tokio::select! {
-        done = conn.as_mut() => return done.map_err(Into::into),
-        _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+    if stopped {
+        conn.as_mut().graceful_shutdown();
+    } else {
+        tokio::select! {
+            done = conn.as_mut() => return done.map_err(Into::into),
+            _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+        }
     }
     conn.await.map_err(Into::into)
 }

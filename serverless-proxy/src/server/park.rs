@@ -52,21 +52,22 @@ enum H1End {
 }
 
 /// Serves HTTP/1.1 on a plain-TCP connection, parking it whenever it is idle, until it closes
-/// or `stop` asks the server to finish.
+/// or `stop` asks the server to finish (`stopped`: it already did).
 pub(super) async fn serve_h1<H, F>(
     mut io: ConnIo,
     info: ClientInfo,
     handler: H,
     shared: &Shared,
     stop: &mut watch::Receiver<()>,
+    stopped: bool,
 ) -> Result<(), BoxError>
 where
     H: Fn(Request<Incoming>, ClientInfo) -> F + Clone + Send + Sync + Unpin + 'static,
     F: Future<Output = Response<ResBody>> + Send + 'static,
 {
     let state: Arc<ConnState> = io.state.clone();
-    // Set once the stop signal was seen while parked: the next connection starts stopping.
-    let mut stopped = false;
+    // Set once the stop signal was seen outside a hyper connection: the next one starts stopping.
+    let mut stopped = stopped;
     loop {
         let svc = connection_service(handler.clone(), info, state.clone());
         // Boxed so that a parked connection's task does not keep room for it.
