@@ -403,6 +403,39 @@ async fn start_phases(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_of_a_bridge_app_fills_the_pool_so_the_first_start_is_pooled() {
+    if !can_run_with(
+        "prepare_of_a_bridge_app_fills_the_pool_so_the_first_start_is_pooled",
+        PROGRAMS,
+    ) {
+        return;
+    }
+    let lab = Lab::new(17);
+    let h = lab.backend(2).await;
+    let mut bridge = h.app("first");
+    bridge.network = NetworkMode::Bridge;
+    let wired = || {
+        std::fs::read_dir(h.dir.path().join("data/network/wired"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        wired(),
+        0,
+        "nothing is wired before a bridge app is prepared"
+    );
+    h.backend.prepare(&bridge).await.expect("prepare");
+    serverless_testkit::eventually("the pool is full after prepare", || wired() == 2).await;
+    // The first cold start of the app takes a wired namespace: no CNI on its path.
+    let (_, phases) = start_phases(&h, &bridge).await;
+    assert!(
+        phases.iter().any(|(p, _)| *p == "network_pooled"),
+        "{phases:?}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_namespace_keeps_cni_off_the_start_and_shutdown_releases_the_pool() {
     if !can_run_with(
         "a_pooled_namespace_keeps_cni_off_the_start_and_shutdown_releases_the_pool",

@@ -24,9 +24,10 @@ const BOOT_LOG_BYTES: u64 = 4 * 1024;
 
 #[async_trait]
 impl ContainerBackend for ContainerdBackend {
-    /// Checks that the host can wire `network = "bridge"` (the CNI plugins, iptables), then
-    /// imports or pulls the image; with [`Scale::standby`](serverless_core::Scale::standby)
-    /// also creates the app's standby (a failing standby is logged, never an error).
+    /// Checks that the host can wire `network = "bridge"` (the CNI plugins, iptables) and
+    /// starts filling the pool of wired namespaces, then imports or pulls the image; with
+    /// [`Scale::standby`](serverless_core::Scale::standby) also creates the app's standby (a
+    /// failing standby is logged, never an error).
     async fn prepare(&self, app: &AppSpec) -> Result<(), BackendError> {
         if app.network == serverless_core::NetworkMode::Bridge {
             self.inner.network.check_tools().map_err(|e| {
@@ -35,6 +36,7 @@ impl ContainerBackend for ContainerdBackend {
                     app.name
                 ))
             })?;
+            self.inner.network.refill();
         }
         self.prepared(app).await?;
         self.refill_shim(Duration::ZERO);

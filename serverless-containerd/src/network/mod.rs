@@ -243,8 +243,9 @@ impl Network {
         })
     }
 
-    /// Starts wiring namespaces in the background until the pool is full.
-    fn refill(self: &Arc<Self>) {
+    /// Starts wiring namespaces in the background until the pool is full: at the prepare of a
+    /// bridge app (so its first cold start already takes a wired namespace) and after each take.
+    pub(crate) fn refill(self: &Arc<Self>) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(REFILL_DELAY).await;
