@@ -12,7 +12,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serverless_core::{ContainerBackend, NetworkMode};
-use serverless_testkit::{busybox_sh, can_run_with, BackendHarness, NetLab as Lab, BUSYBOX};
+use serverless_testkit::{
+    busybox_sh, can_run_with, network_on_disk as on_disk, network_settled as settled,
+    BackendHarness, NetLab as Lab, BUSYBOX,
+};
 
 const PROGRAMS: &[(&str, &str)] = serverless_testkit::NETLAB_PROGRAMS;
 
@@ -190,48 +193,6 @@ async fn an_instance_reaches_neither_another_instance_nor_the_host() {
     h.shutdown().await;
 }
 
-/// What a backend's data dir holds for its namespaces: wired directories, host-local leases,
-/// and namespace files still mounted.
-fn on_disk(data: &std::path::Path) -> (usize, Vec<String>, usize) {
-    let network = data.join("network");
-    let wired = std::fs::read_dir(network.join("wired")).map_or(0, |d| d.count());
-    let leases = std::fs::read_dir(network.join("ipam/serverless"))
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with("10."))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .filter(|l| l.contains(&*network.to_string_lossy()))
-        .count();
-    (wired, leases, mounts)
-}
-
-/// Whether the data dir holds exactly `n` namespaces, each wired (ADD done) and none taken by
-/// `not`: a steady state to compare.
-fn settled(data: &std::path::Path, n: usize, not: &str) -> bool {
-    let Ok(dirs) = std::fs::read_dir(data.join("network/wired")) else {
-        return false;
-    };
-    let dirs: Vec<_> = dirs.filter_map(|e| Some(e.ok()?.path())).collect();
-    dirs.len() == n
-        && dirs.iter().all(|d| {
-            d.join("result.json").exists()
-                && std::fs::read_to_string(d.join("instance")).map_or(true, |o| o != not)
-        })
-}
-
-fn veths(lab: &Lab) -> usize {
-    lab.state()
-        .0
-        .iter()
-        .filter(|l| l.starts_with("veth"))
-        .count()
-}
-
 /// Cold-start cycles with the default pool (2 namespaces wired ahead): at the same steady state
 /// (pool full, no instance) the data dir, the engine namespace's links and its rules are what
 /// they were after the first cycle, and shutdown leaves no veth, lease, mount or rule of ours.
@@ -259,7 +220,7 @@ async fn cycles_leave_leases_links_and_rules_at_baseline() {
     let (_, baseline_leases, baseline_mounts) = on_disk(&data);
     let (baseline_links, baseline_rules) = lab.state();
     assert_eq!(
-        (baseline_leases.len(), baseline_mounts, veths(&lab)),
+        (baseline_leases.len(), baseline_mounts, lab.veths()),
         (2, 2, 2)
     );
 
@@ -288,7 +249,7 @@ async fn cycles_leave_leases_links_and_rules_at_baseline() {
     );
     assert_eq!((leases.len(), mounts), (2, 2), "{leases:?}");
     assert_eq!(links.len(), baseline_links.len(), "{links:?}");
-    assert_eq!(veths(&lab), 2);
+    assert_eq!(lab.veths(), 2);
     // Rule names carry each namespace's id: the count is what must not grow.
     assert_eq!(rules.len(), baseline_rules.len(), "{rules:#?}");
 
@@ -300,7 +261,7 @@ async fn cycles_leave_leases_links_and_rules_at_baseline() {
         "a namespace file is still mounted"
     );
     let (_, rules) = lab.state();
-    assert_eq!(veths(&lab), 0);
+    assert_eq!(lab.veths(), 0);
     assert!(
         !rules
             .iter()
@@ -376,7 +337,7 @@ async fn a_containerd_restart_leaves_no_namespace_behind() {
     let (wired, leases, mounts) = on_disk(&data);
     assert_eq!((wired, leases.len(), mounts), (0, 0, 0), "{leases:?}");
     let (_, rules) = lab.state();
-    assert_eq!(veths(&lab), 0);
+    assert_eq!(lab.veths(), 0);
     assert!(!rules.iter().any(|r| r.contains("SLS-IN")), "{rules:#?}");
     drop(containerd);
 }

@@ -30,7 +30,25 @@ impl GatewayProcess {
         let parsed = serverless_core::Config::from_path(config)
             .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
         crate::assert_no_bridge(&parsed);
-        let mut child = tokio::process::Command::new(bin)
+        Self::spawn(tokio::process::Command::new(bin), bin, config).await
+    }
+
+    /// Like [`start`](Self::start), with the process in `lab`'s engine namespace (`nsenter
+    /// --net`, which then runs the binary itself: [`child`](Self::child) is the gateway), so
+    /// its apps may have `network = "bridge"`: the bridge, NAT and rules are made there. It
+    /// keeps this process's mount namespace, as a gateway on a host does. Its listening
+    /// address is on the lab's loopback: reach it with [`NetLab::send`](crate::NetLab::send).
+    pub async fn start_in(lab: &crate::NetLab, bin: &Path, config: &Path) -> Self {
+        let mut command = tokio::process::Command::new("nsenter");
+        command
+            .arg(format!("--net={}", lab.engine_netns().display()))
+            .arg("--")
+            .arg(bin);
+        Self::spawn(command, bin, config).await
+    }
+
+    async fn spawn(mut command: tokio::process::Command, bin: &Path, config: &Path) -> Self {
+        let mut child = command
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")

@@ -21,7 +21,8 @@
 //! - **Networks:** [`NetLab`], namespaces of the test's own for `network = "bridge"` (an
 //!   outside world with HTTP and DNS, the engine's bridge); every other test runs
 //!   `network = "none"`, which the harnesses enforce ([`NO_BRIDGE_NETNS`],
-//!   [`assert_no_bridge`]).
+//!   [`assert_no_bridge`]). Their leak checks: [`network_on_disk`], [`network_settled`],
+//!   [`network_wired`], [`NetLab::veths`], [`NetLab::state`].
 //! - **Processes:** [`processes`], [`parent_of`], [`children_of`], [`instance_pids`],
 //!   [`memory_kib`], [`rss_kib`], [`fds`], [`signal`].
 //! - **Clients:** [`client`] and [`send`] (an [`Answer`]), [`connect`] and [`get`] (one
@@ -69,7 +70,10 @@ pub use leaks::{
     leftovers, objects, remove_all, shims, wait_for_no_shims, Objects, Shim, SPARE_SHIM,
 };
 pub use load::Load;
-pub use netlab::{assert_no_bridge, NetLab, NETLAB_PROGRAMS, NO_BRIDGE_NETNS};
+pub use netlab::{
+    assert_no_bridge, network_on_disk, network_settled, network_wired, NetLab, Wired,
+    NETLAB_PROGRAMS, NO_BRIDGE_NETNS,
+};
 pub use procs::{
     children_of, fds, instance_pids, memory_kib, parent_of, peak_rss_kib, processes, rss_kib,
     signal,

@@ -12,15 +12,23 @@
 //! - the gateway harnesses refuse a config with a `bridge` app ([`assert_no_bridge`]): write
 //!   `network = "none"` in each `[[apps]]` table.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use nix::sched::{setns, CloneFlags};
 
 use serverless_core::config::Ipv4Subnet;
 use serverless_core::{Config, NetworkConfig, NetworkMode};
 
 use crate::backend::BackendHarness;
+use crate::client::Answer;
 use crate::images::BUSYBOX;
+use crate::util::BoxError;
 
 /// Where a [`BackendHarness`] that is not a lab's puts its bridge: nowhere (the path does not
 /// exist), so starting a `bridge` instance fails naming it.
@@ -238,6 +246,67 @@ impl NetLab {
         run(&all)
     }
 
+    /// A TCP connection to `addr` made from inside the engine namespace: to a gateway that
+    /// runs there ([`GatewayProcess::start_in`](crate::GatewayProcess::start_in)) and listens
+    /// on its loopback. The socket is made on a thread that joins the namespace (`setns`
+    /// changes only the calling thread) and then ends; the socket keeps its namespace.
+    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        let netns = self.engine_netns();
+        let stream = tokio::task::spawn_blocking(move || {
+            let ns = std::fs::File::open(&netns)?;
+            std::thread::scope(|s| {
+                s.spawn(|| -> std::io::Result<std::net::TcpStream> {
+                    setns(&ns, CloneFlags::CLONE_NEWNET)?;
+                    let stream =
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                    stream.set_nonblocking(true)?;
+                    Ok(stream)
+                })
+                .join()
+                .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
+            })
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        tokio::net::TcpStream::from_std(stream)
+    }
+
+    /// `method path` with `Host: host` to `addr` inside the engine namespace (one HTTP/1.1
+    /// connection, see [`connect`](Self::connect)); the whole answer.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        method: http::Method,
+        path: &str,
+    ) -> Result<Answer, BoxError> {
+        let stream = self
+            .connect(addr)
+            .await
+            .map_err(|e| format!("connect to {addr} in {}: {e}", self.engine))?;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, host)
+            .body(Empty::<Bytes>::new())?;
+        let (parts, body) = tx.send_request(req).await?.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Answer::new(parts, &body))
+    }
+
+    /// The host-side veths in the engine namespace (one per wired namespace).
+    pub fn veths(&self) -> usize {
+        self.state()
+            .0
+            .iter()
+            .filter(|l| l.starts_with("veth"))
+            .count()
+    }
+
     /// What the engine namespace holds that an instance could leak: link names and the
     /// `filter` and `nat` rules, sorted.
     pub fn state(&self) -> (Vec<String>, Vec<String>) {
@@ -262,6 +331,93 @@ impl NetLab {
         rules.sort();
         (links, rules)
     }
+}
+
+/// What a backend's data dir (`data`: the gateway's `data_dir`, or a backend's) holds for its
+/// `bridge` namespaces: how many namespace directories (`network/wired/*`), the host-local
+/// address leases, and how many namespace files are still mounted (in this process's mount
+/// namespace, which a gateway started by [`GatewayProcess::start_in`](crate::GatewayProcess::start_in)
+/// shares).
+pub fn network_on_disk(data: &Path) -> (usize, Vec<String>, usize) {
+    let network = data.join("network");
+    let wired = std::fs::read_dir(network.join("wired")).map_or(0, |d| d.count());
+    let leases = std::fs::read_dir(network.join("ipam/serverless"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(&*network.to_string_lossy()))
+        .count();
+    (wired, leases, mounts)
+}
+
+/// Whether `data` holds exactly `n` namespaces, each wired (ADD done) and none taken by
+/// instance `not`: a steady state to compare.
+pub fn network_settled(data: &Path, n: usize, not: &str) -> bool {
+    let Ok(dirs) = std::fs::read_dir(data.join("network/wired")) else {
+        return false;
+    };
+    let dirs: Vec<_> = dirs.filter_map(|e| Some(e.ok()?.path())).collect();
+    dirs.len() == n
+        && dirs.iter().all(|d| {
+            d.join("result.json").exists()
+                && std::fs::read_to_string(d.join("instance")).map_or(true, |o| o != not)
+        })
+}
+
+/// One namespace directory of a data dir (`network/wired/<cni id>`), as the engine left it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Wired {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The instance that took it (its `instance` file); `None` for a pooled one.
+    pub instance: Option<String>,
+    /// The instance's address, from the saved CNI result.
+    pub ip: Option<String>,
+    /// The host side of its veth, from the saved CNI result.
+    pub veth: Option<String>,
+}
+
+/// The namespaces of `data` (see [`Wired`]), sorted by directory.
+pub fn network_wired(data: &Path) -> Vec<Wired> {
+    let Ok(dirs) = std::fs::read_dir(data.join("network/wired")) else {
+        return Vec::new();
+    };
+    let mut wired: Vec<_> = dirs
+        .filter_map(|e| {
+            let dir = e.ok()?.path();
+            let instance = std::fs::read_to_string(dir.join("instance")).ok();
+            let result: Option<serde_json::Value> = std::fs::read(dir.join("result.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let ip = result.as_ref().and_then(|r| {
+                let a = r["ips"][0]["address"].as_str()?;
+                Some(a.split('/').next()?.to_owned())
+            });
+            let veth = result.as_ref().and_then(|r| {
+                r["interfaces"]
+                    .as_array()?
+                    .iter()
+                    .filter(|i| i["sandbox"].as_str().is_none_or(str::is_empty))
+                    .filter_map(|i| i["name"].as_str())
+                    .find(|n| n.starts_with("veth"))
+                    .map(str::to_owned)
+            });
+            Some(Wired {
+                dir,
+                instance,
+                ip,
+                veth,
+            })
+        })
+        .collect();
+    wired.sort();
+    wired
 }
 
 impl Drop for NetLab {

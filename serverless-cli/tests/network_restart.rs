@@ -1,0 +1,359 @@
+//! Gateway restarts with `network = "bridge"` (issue 14's "SIGKILL of the gateway" leak check):
+//! the real `serverless serve`, run inside a [`NetLab`]'s engine namespace (its bridge, NAT and
+//! rules live there), SIGKILLed while bridge instances run and started again on the same
+//! `data_dir`. The next gateway adopts the instance of an unchanged app with its network (the
+//! namespace, address lease, veth and rules survive its reconcile; the instance still fetches
+//! from the outside server by name and the gateway still dials it), replaces a changed app's
+//! instance and releases what that one held, releases the killed run's pool and fills its own.
+//! Removing the adopted app then releases its network at once, and SIGTERM leaves no veth,
+//! lease, mounted namespace or rule of ours.
+//!
+//! Needs root, `containerd`, `runc`, `ctr` and what a [`NetLab`] needs ([`NETLAB_PROGRAMS`]).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serverless_testkit::*;
+use tokio::time::Instant;
+
+const HELLO: &str = env!("CARGO_BIN_EXE_serverless-hello");
+const SERVERLESS: &str = env!("CARGO_BIN_EXE_serverless");
+
+/// `GET path` for app `host` through the gateway at `addr` in the lab.
+async fn get(lab: &NetLab, addr: SocketAddr, host: &str, path: &str) -> Answer {
+    lab.send(addr, host, Method::GET, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} for {host}: {e}"))
+}
+
+/// `GET /` for `host`: 200 and the answering process's identity (`x-hello-instance`: its
+/// container's hostname and a random suffix drawn when it started).
+async fn instance_of(lab: &NetLab, addr: SocketAddr, host: &str) -> String {
+    let answer = get(lab, addr, host, "/").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    answer.headers["x-hello-instance"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `GET /fetch` for `host`: the app fetched `http://outside.test/` (DNS and egress through
+/// the bridge's NAT) and returned what it got.
+async fn fetches(lab: &NetLab, addr: SocketAddr, host: &str) {
+    let answer = get(lab, addr, host, "/fetch").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(
+        answer
+            .body
+            .contains("GET http://outside.test/: 200 OK\nhello from outside"),
+        "{answer:?}"
+    );
+}
+
+/// The admin address a gateway logged.
+fn admin_addr(gateway: &GatewayProcess) -> SocketAddr {
+    gateway
+        .log()
+        .split("admin on http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address: {}", gateway.log()))
+}
+
+/// Sends SIGKILL and waits for the process to be gone.
+async fn kill(mut gateway: GatewayProcess) {
+    gateway.signal("KILL");
+    tokio::time::timeout(Duration::from_secs(10), gateway.child.wait())
+        .await
+        .expect("exits on SIGKILL")
+        .unwrap();
+}
+
+/// SIGTERM, and the exit status must be success.
+async fn terminate(mut gateway: GatewayProcess) {
+    gateway.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(60), gateway.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{}", gateway.log());
+}
+
+/// The namespace taken by an instance of `app` (instance ids start with the app's name).
+fn taken_by(data: &Path, app: &str) -> Wired {
+    let wired = network_wired(data);
+    let mut of_app = wired.iter().filter(|w| {
+        w.instance
+            .as_deref()
+            .is_some_and(|i| i.starts_with(&format!("{app}-")))
+    });
+    let found = of_app
+        .next()
+        .unwrap_or_else(|| panic!("no namespace of app {app}: {wired:#?}"))
+        .clone();
+    assert!(
+        of_app.next().is_none(),
+        "two instances of {app}: {wired:#?}"
+    );
+    found
+}
+
+/// The lab's links and rules, the data dir's leases and mounts: what must be the same at the
+/// same steady state (the same number of instances and a full pool).
+#[derive(Debug, PartialEq, Eq)]
+struct Footprint {
+    wired: usize,
+    leases: usize,
+    mounts: usize,
+    veths: usize,
+    links: usize,
+    rules: usize,
+}
+
+fn footprint(lab: &NetLab, data: &Path) -> Footprint {
+    let (wired, leases, mounts) = network_on_disk(data);
+    let (links, rules) = lab.state();
+    Footprint {
+        wired,
+        leases: leases.len(),
+        mounts,
+        veths: lab.veths(),
+        links: links.len(),
+        rules: rules.len(),
+    }
+}
+
+/// Whether no line of the gateway's log says `app` cold-started an instance.
+fn no_cold_start(log: &str, app: &str) -> bool {
+    !log.lines()
+        .map(plain)
+        .any(|l| l.contains("instance ready") && l.contains(&format!(" app={app} ")))
+}
+
+/// A log line without its terminal colours (`ESC [ … m`).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Two bridge apps, both cold-started and fetching by name; SIGKILL; the config changes one
+/// app's env; a second gateway adopts the unchanged app's instance and its network (same
+/// process answers and still fetches; its namespace directory, lease and veth are the ones it
+/// had) and replaces the changed app's (its namespace, lease and veth are gone); the killed
+/// run's pool is released and the new one fills, so links, rules, leases and mounts are what
+/// they were before the kill. Removing the adopted app (admin API) releases its namespace,
+/// lease and veth at once; SIGTERM leaves none and no rule of ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
+    if !can_run_with(
+        "sigkilled_gateway_adopts_bridge_instances_with_their_network",
+        NETLAB_PROGRAMS,
+    ) {
+        return;
+    }
+    let t0 = Instant::now();
+    let lab = NetLab::new(51);
+    let dir = tempfile::Builder::new().prefix("sl-nr-").tempdir().unwrap();
+    let containerd = Containerd::start(dir.path());
+    let namespace = unique("net-restart");
+    let data = dir.path().join("gw");
+    struct Cleanup<'a>(&'a Containerd, &'a str, PathBuf);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            remove_all(&self.0.socket, self.1, &self.2.with_file_name("cleanup"));
+            // A failed test's namespaces stay mounted in this mount namespace.
+            let data = self.2.display().to_string();
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+                if point.starts_with(&data) {
+                    let _ = std::process::Command::new("umount")
+                        .args(["--lazy", point])
+                        .status();
+                }
+            }
+        }
+    }
+    let _cleanup = Cleanup(&containerd, &namespace, data.clone());
+    let image = hello_archive(HELLO, dir.path());
+    let config = dir.path().join("serverless.toml");
+    let write = |greeting: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+data_dir = "{data}"
+[containerd]
+socket = "{socket}"
+namespace = "{namespace}"
+[network]
+subnet = "10.252.{n}.0/24"
+nameservers = ["{dns}"]
+[[apps]]
+name = "kept"
+image = "oci-archive:{image}"
+network = "bridge"
+env = {{ FETCH_URL = "http://outside.test/" }}
+[[apps]]
+name = "changed"
+image = "oci-archive:{image}"
+network = "bridge"
+env = {{ FETCH_URL = "http://outside.test/", GREETING = "{greeting}" }}
+"#,
+                data = data.display(),
+                socket = containerd.socket.display(),
+                n = lab.n,
+                dns = lab.outside_ip(),
+                image = image.display(),
+            ),
+        )
+        .unwrap();
+    };
+    write("one");
+
+    // 1. Cold starts; both apps fetch by name.
+    let first = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), &config).await;
+    let addr = first.addr;
+    let kept = instance_of(&lab, addr, "kept.localhost").await;
+    let changed = instance_of(&lab, addr, "changed.localhost").await;
+    fetches(&lab, addr, "kept.localhost").await;
+    fetches(&lab, addr, "changed.localhost").await;
+    assert!(
+        !no_cold_start(&first.log(), "kept"),
+        "the first run cold-starts: {}",
+        first.log()
+    );
+    // Two instances and the pool's two namespaces.
+    eventually("the first run's pool is full", || {
+        network_settled(&data, 4, "")
+    })
+    .await;
+    let before = footprint(&lab, &data);
+    let kept_net = taken_by(&data, "kept");
+    let changed_net = taken_by(&data, "changed");
+    let pool_before: Vec<_> = network_wired(&data)
+        .into_iter()
+        .filter(|w| w.instance.is_none())
+        .collect();
+    eprintln!(
+        "first run: {before:?}; kept {kept} on {:?}, changed {changed} on {:?}",
+        kept_net.ip, changed_net.ip
+    );
+    assert_eq!((before.wired, before.leases, before.mounts), (4, 4, 4));
+    assert_eq!(before.veths, 4, "{before:?}");
+
+    // 2. SIGKILL; one app changes; the next gateway adopts the other.
+    kill(first).await;
+    write("two");
+    let t = Instant::now();
+    let second = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), &config).await;
+    let restart = t.elapsed();
+    let addr = second.addr;
+    let kept_after = instance_of(&lab, addr, "kept.localhost").await;
+    fetches(&lab, addr, "kept.localhost").await;
+    let changed_after = instance_of(&lab, addr, "changed.localhost").await;
+    fetches(&lab, addr, "changed.localhost").await;
+    eprintln!(
+        "restart after SIGKILL: serving in {restart:?}; kept {kept} -> {kept_after}; changed {changed} -> {changed_after}"
+    );
+    assert_eq!(kept_after, kept, "the kept app's instance is adopted");
+    assert!(
+        second.log().contains("adopted a running instance") && no_cold_start(&second.log(), "kept"),
+        "no cold start of the kept app: {}",
+        second.log()
+    );
+    assert_ne!(
+        changed_after, changed,
+        "the changed app's instance is replaced"
+    );
+
+    // The adopted instance keeps its namespace, lease and veth: reconcile left them alone.
+    assert_eq!(
+        taken_by(&data, "kept"),
+        kept_net,
+        "the adopted instance's namespace"
+    );
+    let (_, leases, _) = network_on_disk(&data);
+    let (links, _) = lab.state();
+    let kept_ip = kept_net.ip.clone().unwrap();
+    let kept_veth = kept_net.veth.clone().unwrap();
+    assert!(leases.contains(&kept_ip), "{kept_ip} in {leases:?}");
+    assert!(links.contains(&kept_veth), "{kept_veth} in {links:?}");
+    // The changed app's old instance released its namespace, lease and veth; the killed
+    // run's pool is released too.
+    let changed_now = taken_by(&data, "changed");
+    assert_ne!(changed_now.dir, changed_net.dir);
+    assert!(!changed_net.dir.exists(), "{changed_net:?}");
+    let changed_ip = changed_net.ip.clone().unwrap();
+    let changed_veth = changed_net.veth.clone().unwrap();
+    assert!(!leases.contains(&changed_ip), "{changed_ip} in {leases:?}");
+    assert!(
+        !links.contains(&changed_veth),
+        "{changed_veth} in {links:?}"
+    );
+    for pooled in &pool_before {
+        assert!(
+            !pooled.dir.exists(),
+            "the killed run's pool: {pooled:?} (its namespace may have been taken, then it is an instance's)"
+        );
+    }
+    // The new pool fills: the same footprint as before the kill.
+    eventually("the second run's pool is full", || {
+        network_settled(&data, 4, "")
+    })
+    .await;
+    let after = footprint(&lab, &data);
+    eprintln!("after the restart: {after:?}");
+    assert_eq!(
+        after, before,
+        "links, rules, leases and mounts at the same steady state"
+    );
+
+    // 3. Removing the adopted app stops its instance: its network is released at once (the
+    // stop finds the namespace a previous run attached), not only at shutdown.
+    let admin = admin_addr(&second);
+    let removed = lab
+        .send(admin, "localhost", Method::DELETE, "/v1/apps/kept")
+        .await
+        .unwrap();
+    assert_eq!(removed.status, StatusCode::OK, "{removed:?}");
+    eventually("the adopted instance's namespace is released", || {
+        !kept_net.dir.exists()
+    })
+    .await;
+    let (_, leases, _) = network_on_disk(&data);
+    let (links, _) = lab.state();
+    assert!(!leases.contains(&kept_ip), "{kept_ip} in {leases:?}");
+    assert!(!links.contains(&kept_veth), "{kept_veth} in {links:?}");
+
+    // 4. SIGTERM: nothing of the network is left.
+    terminate(second).await;
+    let end = footprint(&lab, &data);
+    let (_, rules) = lab.state();
+    eprintln!("after SIGTERM: {end:?}; whole test {:?}", t0.elapsed());
+    assert_eq!(
+        (end.wired, end.leases, end.mounts, end.veths),
+        (0, 0, 0, 0),
+        "{end:?}"
+    );
+    assert!(
+        !rules
+            .iter()
+            .any(|r| r.contains("SLS-IN") || r.contains("CNI-DN") || r.contains("10.252.")),
+        "{rules:#?}"
+    );
+    assert_eq!(containerd.objects(&namespace), Objects::default());
+}
