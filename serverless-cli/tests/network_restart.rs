@@ -127,6 +127,39 @@ fn footprint(lab: &NetLab, data: &Path) -> Footprint {
     }
 }
 
+/// Tries a TCP connection from the network namespace of `wired` (an instance's) to the host
+/// service of the lab (port 7777 on the bridge's address): whether it was refused.
+fn host_refused(lab: &NetLab, wired: &Wired) -> bool {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", wired.dir.join("netns").display()))
+        .args(["--", BUSYBOX, "nc", "-w", "2", &lab.bridge_ip(), "7777"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    !out.status.success()
+}
+
+/// How many TCP connections the isolation rules refused (the packet counter of the
+/// `tcp-reset` rule of the bridge's input chain); `None` when the chain does not exist.
+fn refused_count(lab: &NetLab) -> Option<u64> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.engine])
+        .args(["iptables", "-w", "5", "-S", "SLS-IN-sls0", "-v"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let rules = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = rules
+        .lines()
+        .find(|l| l.contains("tcp-reset"))
+        .unwrap_or_else(|| panic!("no tcp-reset rule: {rules}"));
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "-c");
+    words.next().and_then(|n| n.parse().ok())
+}
+
 /// Whether no line of the gateway's log says `app` cold-started an instance.
 fn no_cold_start(log: &str, app: &str) -> bool {
     !log.lines()
@@ -254,6 +287,15 @@ env = {{ FETCH_URL = "http://outside.test/", GREETING = "{greeting}" }}
     );
     assert_eq!((before.wired, before.leases, before.mounts), (4, 4, 4));
     assert_eq!(before.veths, 4, "{before:?}");
+    // The instance cannot reach the host's services: the rules refuse it.
+    // (Control: the service answers from outside, so a refusal is the rules'.)
+    lab.exec(
+        &lab.outside,
+        &[BUSYBOX, "nc", "-w", "2", &lab.uplink_ip(), "7777"],
+    );
+    assert!(host_refused(&lab, &kept_net), "the host service is refused");
+    let refused = refused_count(&lab).expect("the isolation chain");
+    assert!(refused >= 1, "the refusal was the rules': {refused}");
 
     // 2. SIGKILL; one app changes; the next gateway adopts the other.
     kill(first).await;
@@ -317,12 +359,60 @@ env = {{ FETCH_URL = "http://outside.test/", GREETING = "{greeting}" }}
     .await;
     let after = footprint(&lab, &data);
     eprintln!("after the restart: {after:?}");
+    // The isolation rules stayed in place across the restart (their counter was not reset by
+    // a rebuild, which would leave the adopted instance unisolated meanwhile) and still refuse.
+    let kept_refused = refused_count(&lab);
+    assert!(
+        kept_refused >= Some(refused),
+        "the isolation chain was rebuilt at the restart: refused {refused} before, {kept_refused:?} after"
+    );
+    assert!(
+        host_refused(&lab, &kept_net),
+        "the host service is refused after the restart"
+    );
     assert_eq!(
         after, before,
         "links, rules, leases and mounts at the same steady state"
     );
 
-    // 3. Removing the adopted app stops its instance: its network is released at once (the
+    // 3. An upgrade (a second `serve` on the same config takes over, the old process exits,
+    // then the new one reconciles while its own pool fills): the same instances, same network.
+    let t = Instant::now();
+    let third = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), &config).await;
+    let serving = t.elapsed();
+    assert_eq!(third.addr, addr, "the same listening socket");
+    let mut second = second;
+    let status = tokio::time::timeout(Duration::from_secs(30), second.child.wait())
+        .await
+        .expect("the old gateway exits after the hand-over")
+        .unwrap();
+    assert!(status.success(), "{}", second.log());
+    eventually("the successor removed what its predecessor left", || {
+        third.log().contains("the previous gateway exited")
+    })
+    .await;
+    eprintln!(
+        "upgrade: serving after {serving:?}, the old one gone after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(instance_of(&lab, addr, "kept.localhost").await, kept);
+    assert_eq!(
+        instance_of(&lab, addr, "changed.localhost").await,
+        changed_after
+    );
+    fetches(&lab, addr, "kept.localhost").await;
+    fetches(&lab, addr, "changed.localhost").await;
+    assert_eq!(taken_by(&data, "kept"), kept_net);
+    assert_eq!(taken_by(&data, "changed"), changed_now);
+    eventually("the pool is full after the upgrade", || {
+        network_settled(&data, 4, "")
+    })
+    .await;
+    let upgraded = footprint(&lab, &data);
+    assert_eq!(upgraded, before, "after the upgrade");
+    let second = third;
+
+    // 4. Removing the adopted app stops its instance: its network is released at once (the
     // stop finds the namespace a previous run attached), not only at shutdown.
     let admin = admin_addr(&second);
     let removed = lab
@@ -339,7 +429,7 @@ env = {{ FETCH_URL = "http://outside.test/", GREETING = "{greeting}" }}
     assert!(!leases.contains(&kept_ip), "{kept_ip} in {leases:?}");
     assert!(!links.contains(&kept_veth), "{kept_veth} in {links:?}");
 
-    // 4. SIGTERM: nothing of the network is left.
+    // 5. SIGTERM: nothing of the network is left.
     terminate(second).await;
     let end = footprint(&lab, &data);
     let (_, rules) = lab.state();

@@ -22,42 +22,37 @@ fn input_chain(bridge: &str) -> String {
     format!("SLS-IN-{bridge}")
 }
 
-/// Installs (or replaces) the rules of `bridge`. Idempotent.
+/// The rules of the input chain, in order.
+const INPUT_RULES: [&[&str]; 3] = [
+    &[
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    ],
+    &["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+    &["-j", "REJECT"],
+];
+
+/// Installs the rules of `bridge`. Idempotent: a chain that already holds exactly these rules
+/// (a previous run's, whose instances a restarted engine adopted) is left as it is, since
+/// emptying and refilling it would leave those instances unisolated in between; any other
+/// content is replaced.
 pub(crate) async fn install(bridge: &str, host_netns: Option<&Path>) -> Result<(), NetworkError> {
     let chain = input_chain(bridge);
-    // Create or empty our chain, then fill it.
-    if run(host_netns, &["-N", &chain]).await.is_err() {
-        run(host_netns, &["-F", &chain]).await?;
+    let created = run(host_netns, &["-N", &chain]).await.is_ok();
+    if created || !holds_input_rules(host_netns, &chain).await {
+        if !created {
+            run(host_netns, &["-F", &chain]).await?;
+        }
+        for rule in INPUT_RULES {
+            let mut append = vec!["-A", chain.as_str()];
+            append.extend_from_slice(rule);
+            run(host_netns, &append).await?;
+        }
     }
-    run(
-        host_netns,
-        &[
-            "-A",
-            &chain,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ],
-    )
-    .await?;
-    run(
-        host_netns,
-        &[
-            "-A",
-            &chain,
-            "-p",
-            "tcp",
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ],
-    )
-    .await?;
-    run(host_netns, &["-A", &chain, "-j", "REJECT"]).await?;
     ensure_first(host_netns, "INPUT", &["-i", bridge, "-j", &chain]).await?;
     let _ = run(host_netns, &["-N", "CNI-ADMIN"]).await;
     for base in ["FORWARD", "CNI-ADMIN"] {
@@ -69,6 +64,21 @@ pub(crate) async fn install(bridge: &str, host_netns: Option<&Path>) -> Result<(
         .await?;
     }
     Ok(())
+}
+
+/// Whether `chain` holds [`INPUT_RULES`] and nothing else.
+async fn holds_input_rules(host_netns: Option<&Path>, chain: &str) -> bool {
+    for rule in INPUT_RULES {
+        let mut check = vec!["-C", chain];
+        check.extend_from_slice(rule);
+        if run(host_netns, &check).await.is_err() {
+            return false;
+        }
+    }
+    // `-S` lists the chain (`-N`) and then one line per rule.
+    output(host_netns, "iptables", &["-w", "5", "-S", chain])
+        .await
+        .is_ok_and(|listed| listed.lines().count() == INPUT_RULES.len() + 1)
 }
 
 /// Whether the chain of `bridge` exists (this run's or a previous one's).
@@ -145,6 +155,15 @@ pub(crate) async fn command(
     program: &str,
     args: &[&str],
 ) -> Result<(), NetworkError> {
+    output(host_netns, program, args).await.map(drop)
+}
+
+/// Runs `program` (in `host_netns` when set): its stdout, or a failure with its stderr.
+async fn output(
+    host_netns: Option<&Path>,
+    program: &str,
+    args: &[&str],
+) -> Result<String, NetworkError> {
     let mut cmd = match host_netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
@@ -162,7 +181,7 @@ pub(crate) async fn command(
         .await
         .map_err(|e| NetworkError::Io(format!("running {program}"), e))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(NetworkError::Command(
             format!("{program} {}", args.join(" ")),
