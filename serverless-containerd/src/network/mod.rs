@@ -22,6 +22,8 @@
 
 mod cni;
 mod firewall;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -441,24 +443,13 @@ impl Network {
         Ok(())
     }
 
-    /// Releases every namespace on disk that is neither in the pool nor taken by an instance
-    /// `held` accepts (a previous run's leftovers); returns how many.
+    /// Releases every namespace on disk that is neither this run's
+    /// ([`is_this_runs`](Self::is_this_runs)) nor taken by an instance `held` accepts (a
+    /// previous run's leftovers); returns how many.
     pub(crate) async fn release_others(&self, held: impl Fn(&str) -> bool) -> usize {
-        let mut keep_all: Vec<String> = self.pool.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        keep_all.extend(
-            self.wiring
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .cloned(),
-        );
         let mut n = 0;
         for (cni_id, owner) in self.on_disk() {
-            let keep = match &owner {
-                Some(id) => held(id),
-                None => keep_all.contains(&cni_id),
-            };
-            if keep {
+            if self.is_this_runs(&cni_id) || owner.as_deref().is_some_and(&held) {
                 continue;
             }
             if let Some(id) = &owner {
@@ -475,6 +466,29 @@ impl Network {
             }
         }
         n
+    }
+
+    /// Whether namespace `cni_id` is this run's, asked at the moment it is considered: in the
+    /// pool, being wired, or taken by an instance — also one still starting, which the
+    /// backend does not know as an instance yet (a reconcile can run while the gateway serves,
+    /// after an upgrade's hand-over).
+    fn is_this_runs(&self, cni_id: &str) -> bool {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|c| c == cni_id)
+            || self
+                .wiring
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(cni_id)
+            || self
+                .taken
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|c| c == cni_id)
     }
 
     /// Stops refills, releases the pool and removes the isolation rules if this engine
