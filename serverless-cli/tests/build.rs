@@ -84,25 +84,15 @@ async fn serve_builds_a_dockerfile_app_and_serves_it_from_zero() {
     let dir = tempfile::Builder::new().prefix("sl-bd-").tempdir().unwrap();
     let base = busybox_archive(dir.path());
     let config = dir.path().join("serverless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-data_dir = "{data}"
-[[apps]]
-name = "site"
-image = "build:{example}"
-network = "none"
-build = {{ args = {{ BASE = "oci-archive:{base}", GREETING = "built by serve" }} }}
-"#,
-            data = dir.path().join("data").display(),
-            example = example().display(),
-            base = base.display(),
-        ),
-    )
-    .unwrap();
+    GatewayToml::new()
+        .data_dir(dir.path().join("data"))
+        .app(
+            AppToml::new("site", format_args!("build:{}", example().display())).with(&format!(
+                "build = {{ args = {{ BASE = \"oci-archive:{}\", GREETING = \"built by serve\" }} }}",
+                base.display()
+            )),
+        )
+        .write(&config);
     let gateway = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
     let log = gateway.log();
     assert!(log.contains("[2/2] STEP 9/9: CMD"), "steps streamed: {log}");
@@ -140,14 +130,7 @@ async fn deploy_dir_builds_deploys_and_rebuilds_from_cache() {
     let base = busybox_archive(dir.path());
     let data = dir.path().join("data");
     let config = dir.path().join("serverless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
-            data.display()
-        ),
-    )
-    .unwrap();
+    GatewayToml::new().data_dir(&data).write(&config);
     let gateway = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
     let admin = admin_addr(&gateway);
     // The app is a copy of the example (the test changes a file in it).
@@ -465,23 +448,13 @@ HTTPServer(("", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
     let apps = dir.path().join("apps.toml");
     std::fs::write(
         &apps,
-        format!(
-            "[[apps]]\nname = \"pyapp\"\nimage = \"build:{}\"\nnetwork = \"none\"\n",
-            app.display()
-        ),
+        AppToml::new("pyapp", format_args!("build:{}", app.display())).to_string(),
     )
     .unwrap();
 
     let data = dir.path().join("data");
     let config = dir.path().join("serverless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
-            data.display()
-        ),
-    )
-    .unwrap();
+    GatewayToml::new().data_dir(&data).write(&config);
     let gateway = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
     let admin = admin_addr(&gateway);
     let mut deploy = std::process::Command::new(SERVERLESS);

@@ -15,7 +15,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serverless_core::ContainerBackend;
 use serverless_proxy::COLD_START_HEADER;
-use serverless_testkit::{busybox_archive, can_run, hello_archive, rss_kib, GatewayHarness, Load};
+use serverless_testkit::{
+    apps_toml, busybox_archive, can_run, hello_archive, rss_kib, AppToml, GatewayHarness, Load,
+};
 
 const HELLO: &str = env!("CARGO_BIN_EXE_serverless-hello");
 
@@ -25,20 +27,9 @@ async fn cold_start_warm_scale_out_and_idle_stop() {
         return;
     }
     let env = GatewayHarness::start(|dir| {
-        format!(
-            r#"
-[[apps]]
-name = "web"
-network = "none"
-image = "oci-archive:{}"
-[apps.limits]
-max_concurrent_requests = 2
-idle_timeout = "1500ms"
-[apps.scale]
-max = 3
-"#,
-            busybox_archive(dir).display()
-        )
+        AppToml::archive("web", busybox_archive(dir))
+            .with("[apps.limits]\nmax_concurrent_requests = 2\nidle_timeout = \"1500ms\"\n[apps.scale]\nmax = 3")
+            .to_string()
     })
     .await;
 
@@ -98,19 +89,9 @@ async fn recycle_under_load_fails_nothing() {
         return;
     }
     let env = GatewayHarness::start(|dir| {
-        format!(
-            r#"
-[[apps]]
-name = "web"
-network = "none"
-image = "oci-archive:{}"
-[apps.limits]
-max_concurrent_requests = 4
-max_duration = "1s"
-stop_grace = "1s"
-"#,
-            busybox_archive(dir).display()
-        )
+        AppToml::archive("web", busybox_archive(dir))
+            .with("[apps.limits]\nmax_concurrent_requests = 4\nmax_duration = \"1s\"\nstop_grace = \"1s\"")
+            .to_string()
     })
     .await;
     let load = Load::start(env.addr(), "web.localhost", "/", 3);
@@ -140,16 +121,9 @@ async fn app_that_fails_to_boot_gets_503_with_exit_code_and_logs() {
         return;
     }
     let env = GatewayHarness::start(|dir| {
-        format!(
-            r#"
-[[apps]]
-name = "broken"
-network = "none"
-image = "oci-archive:{}"
-command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]
-"#,
-            busybox_archive(dir).display()
-        )
+        AppToml::archive("broken", busybox_archive(dir))
+            .with(r#"command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]"#)
+            .to_string()
     })
     .await;
     let answer = env.get("broken.localhost", "/").await.unwrap();
@@ -184,22 +158,10 @@ async fn websocket_h2c_and_100mb_streams_through_the_gateway() {
 
     let env = GatewayHarness::start(|dir| {
         let image = hello_archive(HELLO, dir);
-        format!(
-            r#"
-[[apps]]
-name = "hello"
-network = "none"
-image = "oci-archive:{image}"
-port = 9000
-slot = "c1-m256"
-[[apps]]
-name = "grpcish"
-network = "none"
-image = "oci-archive:{image}"
-h2c = true
-"#,
-            image = image.display()
-        )
+        apps_toml([
+            AppToml::archive("hello", &image).with("port = 9000\nslot = \"c1-m256\""),
+            AppToml::archive("grpcish", &image).with("h2c = true"),
+        ])
     })
     .await;
     let addr = env.addr();

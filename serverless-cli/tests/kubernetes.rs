@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use http::Method;
+use serverless_testkit::{AppToml, GatewayToml};
 use support::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -40,27 +41,17 @@ async fn serve_with_a_kubernetes_table_serves_an_app_from_zero_pods() {
         .unwrap()
         .port();
     let config = dir.path().join("serverless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-
-[kubernetes]
-namespace = "apps"
-kubeconfig = "{}"
-gateway = "e2e"
-
-[[apps]]
-name = "hello"
-image = "registry.example/hello:1"
-port = {port}
-"#,
+    GatewayToml::new()
+        .top(&format!(
+            "[kubernetes]\nnamespace = \"apps\"\nkubeconfig = \"{}\"\ngateway = \"e2e\"",
             kubeconfig.display()
-        ),
-    )
-    .unwrap();
+        ))
+        .app(
+            AppToml::new("hello", "registry.example/hello:1")
+                .without_network()
+                .with(&format!("port = {port}")),
+        )
+        .write(&config);
 
     // 3. `serverless serve`; it prints where the gateway listens.
     let mut child = Command::new(env!("CARGO_BIN_EXE_serverless"))

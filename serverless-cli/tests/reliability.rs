@@ -71,19 +71,9 @@ async fn instance_sigkilled_under_load() {
     }
     let _shared = shared().await;
     let env = GatewayHarness::start(|dir| {
-        format!(
-            r#"
-[[apps]]
-name = "web"
-network = "none"
-image = "oci-archive:{}"
-[apps.limits]
-max_concurrent_requests = 16
-[apps.scale]
-max = 3
-"#,
-            hello_archive(HELLO, dir).display()
-        )
+        AppToml::archive("web", hello_archive(HELLO, dir))
+            .with("[apps.limits]\nmax_concurrent_requests = 16\n[apps.scale]\nmax = 3")
+            .to_string()
     })
     .await;
     let addr = env.addr();
@@ -142,23 +132,10 @@ async fn containerd_killed_and_restarted() {
     let _shared = shared().await;
     let mut env = GatewayHarness::start(|dir| {
         let image = hello_archive(HELLO, dir);
-        format!(
-            r#"
-[[apps]]
-name = "warm"
-network = "none"
-image = "oci-archive:{image}"
-[apps.scale]
-min = 1
-[[apps]]
-name = "cold"
-network = "none"
-image = "oci-archive:{image}"
-[apps.limits]
-idle_timeout = "100ms"
-"#,
-            image = image.display()
-        )
+        apps_toml([
+            AppToml::archive("warm", &image).with("[apps.scale]\nmin = 1"),
+            AppToml::archive("cold", &image).with("[apps.limits]\nidle_timeout = \"100ms\""),
+        ])
     })
     .await;
     let addr = env.addr();
@@ -258,31 +235,14 @@ async fn gateway_sigkilled_and_restarted() {
     }
     let _cleanup = Cleanup(&containerd, &namespace, dir.path());
     let config = dir.path().join("serverless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-data_dir = "{data}"
-[containerd]
-socket = "{socket}"
-namespace = "{namespace}"
-[[apps]]
-name = "web"
-network = "none"
-image = "oci-archive:{image}"
-[apps.limits]
-max_concurrent_requests = 2
-[apps.scale]
-min = 1
-"#,
-            data = dir.path().join("gw").display(),
-            socket = containerd.socket.display(),
-            image = hello_archive(HELLO, dir.path()).display(),
-        ),
-    )
-    .unwrap();
+    GatewayToml::new()
+        .data_dir(dir.path().join("gw"))
+        .containerd(&containerd.socket, &namespace)
+        .app(
+            AppToml::archive("web", hello_archive(HELLO, dir.path()))
+                .with("[apps.limits]\nmax_concurrent_requests = 2\n[apps.scale]\nmin = 1"),
+        )
+        .write(&config);
     let objects = |c: &Containerd| c.objects(&namespace);
     let ids = |c: &Containerd| c.container_ids(&namespace);
 
@@ -357,19 +317,9 @@ async fn recycled_ten_times_under_load() {
     }
     let _shared = shared().await;
     let env = GatewayHarness::start(|dir| {
-        format!(
-            r#"
-[[apps]]
-name = "web"
-network = "none"
-image = "oci-archive:{}"
-[apps.limits]
-max_concurrent_requests = 4
-max_duration = "1s"
-stop_grace = "2s"
-"#,
-            hello_archive(HELLO, dir).display()
-        )
+        AppToml::archive("web", hello_archive(HELLO, dir))
+            .with("[apps.limits]\nmax_concurrent_requests = 4\nmax_duration = \"1s\"\nstop_grace = \"2s\"")
+            .to_string()
     })
     .await;
     let recycled =
@@ -403,14 +353,10 @@ async fn idle_stop_races_new_requests() {
     let races = env_num("RELIABILITY_IDLE_RACES", 1000).unwrap();
     let env = GatewayHarness::start(|dir| {
         let image = hello_archive(HELLO, dir);
-        (0..APPS)
-            .map(|i| {
-                format!(
-                    "[[apps]]\nname = \"a{i}\"\nnetwork = \"none\"\nimage = \"oci-archive:{}\"\n[apps.limits]\nidle_timeout = \"100ms\"\n",
-                    image.display()
-                )
-            })
-            .collect()
+        apps_toml((0..APPS).map(|i| {
+            AppToml::archive(&format!("a{i}"), &image)
+                .with("[apps.limits]\nidle_timeout = \"100ms\"")
+        }))
     })
     .await;
     let env = std::sync::Arc::new(env);
@@ -459,16 +405,9 @@ async fn crash_loop_backs_off_without_pile_up() {
     }
     let _shared = shared().await;
     let env = GatewayHarness::start(|dir| {
-        format!(
-            r#"
-[[apps]]
-name = "broken"
-network = "none"
-image = "oci-archive:{}"
-command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]
-"#,
-            busybox_archive(dir).display()
-        )
+        AppToml::archive("broken", busybox_archive(dir))
+            .with(r#"command = ["/bin/busybox", "sh", "-c", "echo config missing >&2; exit 3"]"#)
+            .to_string()
     })
     .await;
     let load = Load::start(env.addr(), "broken.localhost", "/", 2);
@@ -508,17 +447,9 @@ async fn cold_start_cycles_leak_nothing() {
     let _alone = exclusive().await;
     let cycles = env_num("RELIABILITY_COLD_CYCLES", 1000).unwrap();
     let env = GatewayHarness::start(|dir| {
-        format!(
-            r#"
-[[apps]]
-name = "web"
-network = "none"
-image = "oci-archive:{}"
-[apps.limits]
-idle_timeout = "100ms"
-"#,
-            hello_archive(HELLO, dir).display()
-        )
+        AppToml::archive("web", hello_archive(HELLO, dir))
+            .with("[apps.limits]\nidle_timeout = \"100ms\"")
+            .to_string()
     })
     .await;
     let pool = env.gateway().engine().app("web").unwrap().pool.clone();
@@ -605,21 +536,10 @@ async fn instances_cannot_reach_each_other_or_the_host() {
     }
     let _shared = shared().await;
     let env = GatewayHarness::start(|dir| {
-        format!(
-            r#"
-[[apps]]
-name = "probe"
-network = "none"
-image = "oci-archive:{}"
-[[apps]]
-name = "other"
-network = "none"
-image = "oci-archive:{}"
-port = 9000
-"#,
-            busybox_archive(dir).display(),
-            hello_archive(HELLO, dir).display()
-        )
+        apps_toml([
+            AppToml::archive("probe", busybox_archive(dir)),
+            AppToml::archive("other", hello_archive(HELLO, dir)).with("port = 9000"),
+        ])
     })
     .await;
     // Another instance (listening on 9000 in its own namespace), and a host listener on all
@@ -677,22 +597,13 @@ async fn memory_bomb_is_oom_killed_and_replaced() {
     }
     let _shared = shared().await;
     let env = GatewayHarness::start(|dir| {
-        format!(
-            r#"
-[[apps]]
-name = "bomb"
-network = "none"
-image = "oci-archive:{busybox}"
-slot = "c.125-m128"
-command = ["/bin/sh", "-c", "/bin/busybox httpd -f -p 8080 -h /www & while [ ! -e /tmp/bomb ]; do /bin/busybox sleep 0.05; done; exec /bin/busybox dd if=/dev/zero of=/dev/null bs=1G count=1"]
-[[apps]]
-name = "other"
-network = "none"
-image = "oci-archive:{hello}"
-"#,
-            busybox = busybox_archive(dir).display(),
-            hello = hello_archive(HELLO, dir).display()
-        )
+        apps_toml([
+            AppToml::archive("bomb", busybox_archive(dir)).with(
+                r#"slot = "c.125-m128"
+command = ["/bin/sh", "-c", "/bin/busybox httpd -f -p 8080 -h /www & while [ ! -e /tmp/bomb ]; do /bin/busybox sleep 0.05; done; exec /bin/busybox dd if=/dev/zero of=/dev/null bs=1G count=1"]"#,
+            ),
+            AppToml::archive("other", hello_archive(HELLO, dir)),
+        ])
     })
     .await;
     assert_eq!(
@@ -740,20 +651,10 @@ async fn fork_bomb_stops_at_the_pids_limit() {
     }
     let _shared = shared().await;
     let env = GatewayHarness::start(|dir| {
-        format!(
-            r#"
-[[apps]]
-name = "forky"
-network = "none"
-image = "oci-archive:{busybox}"
-[[apps]]
-name = "other"
-network = "none"
-image = "oci-archive:{hello}"
-"#,
-            busybox = busybox_archive(dir).display(),
-            hello = hello_archive(HELLO, dir).display()
-        )
+        apps_toml([
+            AppToml::archive("forky", busybox_archive(dir)),
+            AppToml::archive("other", hello_archive(HELLO, dir)),
+        ])
     })
     .await;
     assert_eq!(
@@ -805,10 +706,9 @@ async fn cpu_hog_gets_its_slot_share() {
     }
     let _shared = shared().await;
     let env = GatewayHarness::start(|dir| {
-        format!(
-            "[[apps]]\nname = \"hog\"\nnetwork = \"none\"\nimage = \"oci-archive:{}\"\nslot = \"c.125-m512\"\n",
-            busybox_archive(dir).display()
-        )
+        AppToml::archive("hog", busybox_archive(dir))
+            .with(r#"slot = "c.125-m512""#)
+            .to_string()
     })
     .await;
     assert_eq!(
@@ -1148,19 +1048,13 @@ async fn hostile_http_is_answered_or_cut_off() {
     let _shared = shared().await;
     let backend = FakeBackend::new();
     let config = serverless_core::Config::from_toml(
-        r#"
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[server]
-header_read_timeout = "1s"
-max_header_bytes = 16384
-[[apps]]
-name = "hello"
-network = "none"
-image = "example/hello:1"
-[apps.limits]
-max_concurrent_requests = 256
-"#,
+        &GatewayToml::new()
+            .top("[server]\nheader_read_timeout = \"1s\"\nmax_header_bytes = 16384")
+            .app(
+                AppToml::new("hello", "example/hello:1")
+                    .with("[apps.limits]\nmax_concurrent_requests = 256"),
+            )
+            .to_string(),
     )
     .unwrap();
     let gateway = serverless_proxy::Gateway::start(config, std::sync::Arc::new(backend.clone()))

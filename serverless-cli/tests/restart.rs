@@ -75,23 +75,10 @@ async fn sigkilled_gateway_adopts_its_containerd_and_warm_instance() {
     let dir = tempfile::Builder::new().prefix("sl-rs-").tempdir().unwrap();
     let data = dir.path().join("gw");
     let config = dir.path().join("serverless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-data_dir = "{data}"
-[[apps]]
-name = "web"
-image = "oci-archive:{image}"
-network = "none"
-"#,
-            data = data.display(),
-            image = hello_archive(HELLO, dir.path()).display(),
-        ),
-    )
-    .unwrap();
+    GatewayToml::new()
+        .data_dir(&data)
+        .app(AppToml::archive("web", hello_archive(HELLO, dir.path())))
+        .write(&config);
     let containerd_config = data.join("containerd").join("config.toml");
     let socket = data.join("containerd").join("containerd.sock");
     struct Cleanup(std::path::PathBuf, std::path::PathBuf);
@@ -186,36 +173,14 @@ async fn restart_adopts_unchanged_apps_and_replaces_changed_ones() {
     let image = hello_archive(HELLO, dir.path());
     let config = dir.path().join("serverless.toml");
     let write = |greeting: &str| {
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-data_dir = "{data}"
-[containerd]
-socket = "{socket}"
-namespace = "{namespace}"
-[[apps]]
-name = "kept"
-image = "oci-archive:{image}"
-network = "none"
-[apps.scale]
-min = 1
-[[apps]]
-name = "changed"
-image = "oci-archive:{image}"
-network = "none"
-env = {{ GREETING = "{greeting}" }}
-[apps.scale]
-min = 1
-"#,
-                data = dir.path().join("gw").display(),
-                socket = containerd.socket.display(),
-                image = image.display(),
-            ),
-        )
-        .unwrap();
+        GatewayToml::new()
+            .data_dir(dir.path().join("gw"))
+            .containerd(&containerd.socket, &namespace)
+            .app(AppToml::archive("kept", &image).with("[apps.scale]\nmin = 1"))
+            .app(AppToml::archive("changed", &image).with(&format!(
+                "env = {{ GREETING = \"{greeting}\" }}\n[apps.scale]\nmin = 1"
+            )))
+            .write(&config);
     };
     write("one");
     let first = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
@@ -313,28 +278,14 @@ async fn upgrade_under_load_fails_no_request() {
     let dir = tempfile::Builder::new().prefix("sl-rs-").tempdir().unwrap();
     let data = dir.path().join("gw");
     let config = dir.path().join("serverless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-data_dir = "{data}"
-[[apps]]
-name = "web"
-image = "oci-archive:{image}"
-network = "none"
-[apps.limits]
-max_concurrent_requests = 16
-[apps.scale]
-min = 1
-max = 1
-"#,
-            data = data.display(),
-            image = hello_archive(HELLO, dir.path()).display(),
-        ),
-    )
-    .unwrap();
+    GatewayToml::new()
+        .data_dir(&data)
+        .app(
+            AppToml::archive("web", hello_archive(HELLO, dir.path())).with(
+                "[apps.limits]\nmax_concurrent_requests = 16\n[apps.scale]\nmin = 1\nmax = 1",
+            ),
+        )
+        .write(&config);
     let containerd_config = data.join("containerd").join("config.toml");
     let socket = data.join("containerd").join("containerd.sock");
     struct Cleanup(std::path::PathBuf, std::path::PathBuf);

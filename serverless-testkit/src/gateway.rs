@@ -12,6 +12,7 @@ use serverless_proxy::Gateway;
 
 use crate::client::{client, send, Answer, HttpClient};
 use crate::containerd::Containerd;
+use crate::gateway_toml::GatewayToml;
 use crate::leaks::{objects, remove_all, wait_for_no_shims, Objects};
 use crate::util::unique;
 
@@ -49,7 +50,8 @@ impl std::fmt::Debug for GatewayHarness {
 
 impl GatewayHarness {
     /// Starts it; `apps` gets the temp dir (to write images into) and returns the `[[apps]]`
-    /// TOML, each with `network = "none"` ([`assert_no_bridge`](crate::assert_no_bridge)).
+    /// TOML, each with `network = "none"` ([`assert_no_bridge`](crate::assert_no_bridge)):
+    /// [`apps_toml`](crate::apps_toml) of [`AppToml`](crate::AppToml)s, or one's `to_string()`.
     /// The gateway listens on loopback ports of its choosing.
     pub async fn start(apps: impl FnOnce(&Path) -> String) -> Self {
         Self::start_with("", apps).await
@@ -73,10 +75,8 @@ impl GatewayHarness {
                 .await
                 .expect("connect to the test's containerd"),
         );
-        let config = Config::from_toml(&format!(
-            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{top}\n{apps}"
-        ))
-        .expect("a valid config");
+        let config = Config::from_toml(&format!("{}{apps}", GatewayToml::new().top(top)))
+            .expect("a valid config");
         crate::assert_no_bridge(&config);
         let gateway = Gateway::start(config, backend.clone())
             .await

@@ -11,6 +11,8 @@
 //! - **Harnesses:** [`BackendHarness`], a `ContainerdBackend` on its own embedded containerd;
 //!   `GatewayHarness` (feature `gateway`), the in-process gateway over a [`Containerd`] process
 //!   the test may kill and restart; [`GatewayProcess`], the real `serverless` binary as a child.
+//! - **Configs:** [`GatewayToml`] (loopback `listen`/`admin`, `data_dir`, `[containerd]`) and
+//!   [`AppToml`] (`[[apps]]` with `network = "none"`), for those harnesses ([`apps_toml`]).
 //! - **containerd:** [`Containerd`] (start, stop, SIGKILL, restart), [`ctr`] rows and
 //!   [`container_ids`].
 //! - **Images:** [`busybox_image`] (busybox httpd with CGI scripts), [`hello_image`] (the demo
@@ -43,6 +45,7 @@ mod debian;
 #[cfg(feature = "gateway")]
 mod gateway;
 mod gateway_process;
+mod gateway_toml;
 mod images;
 mod leaks;
 mod load;
@@ -65,6 +68,7 @@ pub use debian::{
 #[cfg(feature = "gateway")]
 pub use gateway::{instance_ids, metric, GatewayHarness};
 pub use gateway_process::GatewayProcess;
+pub use gateway_toml::{apps_toml, AppToml, GatewayToml};
 pub use images::{busybox_archive, busybox_image, busybox_sh, hello_archive, hello_image, BUSYBOX};
 pub use leaks::{
     leftovers, objects, remove_all, shims, wait_for_no_shims, Objects, Shim, SPARE_SHIM,
