@@ -15,7 +15,7 @@ use serde_json::json;
 
 use serverless_testkit::{busybox_image, connect, env_num, free_port};
 
-use crate::lab::{Lab, StartRecord};
+use crate::lab::{phase_breakdown, Lab, PhaseSummary, StartRecord};
 use crate::peer::{ctr, first_response, podman, remove_ctr, remove_podman, PODMAN_ULIMITS};
 use crate::util::{headline, ms, noise, summary, Context, Res};
 
@@ -163,8 +163,16 @@ async fn measure(lab: &Lab, runs: usize, peers: &str, use_standby: bool) -> Res<
     let from_standby = |r: &&StartRecord| r.phases.first().is_some_and(|(p, _)| *p == "standby");
     let plain: Vec<&StartRecord> = starts.iter().filter(|r| !from_standby(r)).collect();
     let standby: Vec<&StartRecord> = starts.iter().filter(from_standby).collect();
-    let plain = breakdown(&plain[plain.len().saturating_sub(runs)..], &ours);
-    let standby = breakdown(&standby[standby.len().saturating_sub(runs)..], &sb);
+    let plain = phase_breakdown(
+        plain[plain.len().saturating_sub(runs)..].iter().copied(),
+        PhaseSummary::Full { totals: &ours },
+    );
+    let standby = phase_breakdown(
+        standby[standby.len().saturating_sub(runs)..]
+            .iter()
+            .copied(),
+        PhaseSummary::Full { totals: &sb },
+    );
 
     let s_ours = summary(&ours);
     headline("cold_start_gateway_median_ms", format!("{:.1}", s_ours.p50));
@@ -222,44 +230,6 @@ async fn measure(lab: &Lab, runs: usize, peers: &str, use_standby: bool) -> Res<
         eprintln!("cold: {e}");
     }
     Ok(value)
-}
-
-/// The backend's phases of some starts, their totals, and what the gateway added to them
-/// (`totals`: the client-side times of the same runs, in order).
-fn breakdown(records: &[&StartRecord], totals: &[f64]) -> serde_json::Value {
-    let mut phase_names: Vec<&str> = Vec::new();
-    for s in records {
-        for (p, _) in &s.phases {
-            if !phase_names.contains(p) {
-                phase_names.push(p);
-            }
-        }
-    }
-    let mut phases = serde_json::Map::new();
-    for name in &phase_names {
-        let v: Vec<f64> = records
-            .iter()
-            .filter_map(|s| {
-                s.phases
-                    .iter()
-                    .find(|(p, _)| p == name)
-                    .map(|(_, d)| ms(*d))
-            })
-            .collect();
-        phases.insert((*name).to_owned(), json!(summary(&v)));
-    }
-    let backend_start: Vec<f64> = records.iter().map(|s| ms(s.took)).collect();
-    let overhead: Vec<f64> = totals
-        .iter()
-        .zip(&backend_start)
-        .map(|(total, start)| total - start)
-        .collect();
-    json!({
-        "phases": phases,
-        "phase_order": phase_names,
-        "backend_start": summary(&backend_start),
-        "gateway_overhead": summary(&overhead),
-    })
 }
 
 /// A fresh app per run (so it has no instance): deploy (with `standby`, deploy returns once

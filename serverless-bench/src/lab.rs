@@ -16,13 +16,79 @@ use serverless_core::{
 };
 use serverless_proxy::Gateway;
 
-use crate::util::{Context, Res};
+use serde_json::json;
+
+use crate::util::{ms, summary, Context, Res};
 
 /// One recorded start.
 #[derive(Debug, Clone)]
 pub(crate) struct StartRecord {
     pub(crate) took: Duration,
     pub(crate) phases: Vec<(&'static str, Duration)>,
+}
+
+/// What [`phase_breakdown`] reports of each phase's samples.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PhaseSummary<'a> {
+    /// Each phase's [`Summary`](crate::util::Summary) (`phases`, in `phase_order`), the
+    /// backend's whole start (`backend_start`), and what the gateway added to it
+    /// (`gateway_overhead`): `totals` are the client-side times of the same runs, in order.
+    Full { totals: &'a [f64] },
+    /// Only medians: each phase's (`median_ms`, in `order`) and the backend's whole start's
+    /// (`backend_start_median_ms`).
+    Medians,
+}
+
+/// The backend's phases of some recorded starts, in the order they first appear, in ms,
+/// summarized as `how` says.
+pub(crate) fn phase_breakdown<'a>(
+    records: impl IntoIterator<Item = &'a StartRecord>,
+    how: PhaseSummary<'_>,
+) -> serde_json::Value {
+    let records: Vec<&StartRecord> = records.into_iter().collect();
+    let mut order: Vec<&str> = Vec::new();
+    for r in &records {
+        for (p, _) in &r.phases {
+            if !order.contains(p) {
+                order.push(p);
+            }
+        }
+    }
+    let backend_start: Vec<f64> = records.iter().map(|r| ms(r.took)).collect();
+    // `f` of each phase's samples, by phase name.
+    let each = |f: fn(&[f64]) -> serde_json::Value| {
+        order
+            .iter()
+            .map(|name| {
+                let samples: Vec<f64> = records
+                    .iter()
+                    .filter_map(|r| r.phases.iter().find(|(p, _)| p == name))
+                    .map(|(_, d)| ms(*d))
+                    .collect();
+                ((*name).to_owned(), f(&samples))
+            })
+            .collect::<serde_json::Map<_, _>>()
+    };
+    match how {
+        PhaseSummary::Full { totals } => {
+            let overhead: Vec<f64> = totals
+                .iter()
+                .zip(&backend_start)
+                .map(|(total, start)| total - start)
+                .collect();
+            json!({
+                "phases": each(|v| json!(summary(v))),
+                "phase_order": order,
+                "backend_start": summary(&backend_start),
+                "gateway_overhead": summary(&overhead),
+            })
+        }
+        PhaseSummary::Medians => json!({
+            "order": order,
+            "median_ms": each(|v| json!(summary(v).p50)),
+            "backend_start_median_ms": summary(&backend_start).p50,
+        }),
+    }
 }
 
 /// One recorded stop.
@@ -281,5 +347,48 @@ impl Lab {
             .context("stop the private containerd")?;
         drop(self.dir);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{phase_breakdown, PhaseSummary, StartRecord};
+
+    #[test]
+    fn phase_breakdown_keeps_first_seen_order_in_both_summaries() {
+        let ms = Duration::from_millis;
+        let records = [
+            StartRecord {
+                took: ms(30),
+                phases: vec![("create", ms(10)), ("start", ms(20))],
+            },
+            StartRecord {
+                took: ms(50),
+                phases: vec![("standby", ms(1)), ("create", ms(30)), ("start", ms(19))],
+            },
+        ];
+        let full = phase_breakdown(
+            &records,
+            PhaseSummary::Full {
+                totals: &[32.0, 55.0],
+            },
+        );
+        assert_eq!(
+            full["phase_order"],
+            serde_json::json!(["create", "start", "standby"])
+        );
+        assert_eq!(full["phases"]["create"]["n"], 2);
+        assert_eq!(full["phases"]["standby"]["n"], 1);
+        assert_eq!(full["backend_start"]["max"], 50.0);
+        assert_eq!(full["gateway_overhead"]["min"], 2.0);
+        assert_eq!(full["gateway_overhead"]["max"], 5.0);
+
+        let medians = phase_breakdown(&records, PhaseSummary::Medians);
+        assert_eq!(medians["order"], full["phase_order"]);
+        assert_eq!(medians["median_ms"]["create"], 10.0);
+        assert_eq!(medians["median_ms"]["standby"], 1.0);
+        assert_eq!(medians["backend_start_median_ms"], 30.0);
     }
 }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use serverless_testkit::{connect, env_num, free_port, get, PYTHON_IMAGE_NAME};
 
-use crate::lab::{Lab, StartRecord};
+use crate::lab::{phase_breakdown, Lab, PhaseSummary, StartRecord};
 use crate::peer::{ctr, first_response, podman, remove_ctr, remove_podman, PODMAN_ULIMITS};
 use crate::util::{headline, ms, noise, summary, Context, Res};
 
@@ -190,7 +190,7 @@ async fn cold_starts(
             "standby": v.standby,
             "samples": samples[k],
             "summary": s,
-            "phases": phases(&records[k]),
+            "phases": phase_breakdown(&records[k], PhaseSummary::Medians),
         });
     }
     let p50 = |k: usize| summary(&samples[k]).p50;
@@ -218,33 +218,6 @@ async fn cold_starts(
         eprintln!("python: {e}");
     }
     Ok(value)
-}
-
-/// Medians of each cold-start phase the backend reported.
-fn phases(records: &[StartRecord]) -> serde_json::Value {
-    let mut names: Vec<&str> = Vec::new();
-    for r in records {
-        for (p, _) in &r.phases {
-            if !names.contains(p) {
-                names.push(p);
-            }
-        }
-    }
-    let mut out = serde_json::Map::new();
-    for name in &names {
-        let v: Vec<f64> = records
-            .iter()
-            .filter_map(|r| {
-                r.phases
-                    .iter()
-                    .find(|(p, _)| p == name)
-                    .map(|(_, d)| ms(*d))
-            })
-            .collect();
-        out.insert((*name).to_owned(), json!(summary(&v).p50));
-    }
-    let took: Vec<f64> = records.iter().map(|r| ms(r.took)).collect();
-    json!({ "order": names, "median_ms": out, "backend_start_median_ms": summary(&took).p50 })
 }
 
 /// Deploys the app (with a standby, deploy returns once the standby is made), times one
