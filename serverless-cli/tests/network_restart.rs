@@ -4,9 +4,10 @@
 //! `data_dir`. The next gateway adopts the instance of an unchanged app with its network (the
 //! namespace, address lease, veth and rules survive its reconcile; the instance still fetches
 //! from the outside server by name and the gateway still dials it), replaces a changed app's
-//! instance and releases what that one held, releases the killed run's pool and fills its own.
-//! Removing the adopted app then releases its network at once, and SIGTERM leaves no veth,
-//! lease, mounted namespace or rule of ours.
+//! instance and releases what that one held, releases the killed run's pool and fills its own;
+//! the isolation rules stay in place (not rebuilt under the adopted instance). An upgrade (a
+//! second `serve` taking over) keeps all of it. Removing the adopted app then releases its
+//! network at once, and SIGTERM leaves no veth, lease, mounted namespace or rule of ours.
 //!
 //! Needs root, `containerd`, `runc`, `ctr` and what a [`NetLab`] needs ([`NETLAB_PROGRAMS`]).
 
@@ -186,8 +187,10 @@ fn plain(line: &str) -> String {
 /// process answers and still fetches; its namespace directory, lease and veth are the ones it
 /// had) and replaces the changed app's (its namespace, lease and veth are gone); the killed
 /// run's pool is released and the new one fills, so links, rules, leases and mounts are what
-/// they were before the kill. Removing the adopted app (admin API) releases its namespace,
-/// lease and veth at once; SIGTERM leaves none and no rule of ours.
+/// they were before the kill; the host service stays refused to the adopted instance, by the
+/// same rules (their counter kept). An upgrade changes none of it. Removing the adopted app
+/// (admin API) releases its namespace, lease and veth at once; SIGTERM leaves none and no rule
+/// of ours.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
     if !can_run_with(
@@ -240,11 +243,13 @@ name = "kept"
 image = "oci-archive:{image}"
 network = "bridge"
 env = {{ FETCH_URL = "http://outside.test/" }}
+limits = {{ idle_timeout = "10m" }}
 [[apps]]
 name = "changed"
 image = "oci-archive:{image}"
 network = "bridge"
 env = {{ FETCH_URL = "http://outside.test/", GREETING = "{greeting}" }}
+limits = {{ idle_timeout = "10m" }}
 "#,
                 data = data.display(),
                 socket = containerd.socket.display(),
