@@ -7,7 +7,9 @@
 //! instance and releases what that one held, releases the killed run's pool and fills its own;
 //! the isolation rules stay in place (not rebuilt under the adopted instance). An upgrade (a
 //! second `serve` taking over) keeps all of it. Removing the adopted app then releases its
-//! network at once, and SIGTERM leaves no veth, lease, mounted namespace or rule of ours.
+//! network at once, and SIGTERM leaves no veth, lease, mounted namespace or rule of ours. And
+//! when the instances and the kernel's state died with the gateway (as after a reboot), the
+//! next one releases every namespace directory and lease the data dir kept.
 //!
 //! Needs root, `containerd`, `runc`, `ctr` and what a [`NetLab`] needs ([`NETLAB_PROGRAMS`]).
 
@@ -182,51 +184,36 @@ fn plain(line: &str) -> String {
     out
 }
 
-/// Two bridge apps, both cold-started and fetching by name; SIGKILL; the config changes one
-/// app's env; a second gateway adopts the unchanged app's instance and its network (same
-/// process answers and still fetches; its namespace directory, lease and veth are the ones it
-/// had) and replaces the changed app's (its namespace, lease and veth are gone); the killed
-/// run's pool is released and the new one fills, so links, rules, leases and mounts are what
-/// they were before the kill; the host service stays refused to the adopted instance, by the
-/// same rules (their counter kept). An upgrade changes none of it. Removing the adopted app
-/// (admin API) releases its namespace, lease and veth at once; SIGTERM leaves none and no rule
-/// of ours.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
-    if !can_run_with(
-        "sigkilled_gateway_adopts_bridge_instances_with_their_network",
-        NETLAB_PROGRAMS,
-    ) {
-        return;
-    }
-    let t0 = Instant::now();
-    let lab = NetLab::new(51);
-    let dir = tempfile::Builder::new().prefix("sl-nr-").tempdir().unwrap();
-    let containerd = Containerd::start(dir.path());
-    let namespace = unique("net-restart");
-    let data = dir.path().join("gw");
-    struct Cleanup<'a>(&'a Containerd, &'a str, PathBuf);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            remove_all(&self.0.socket, self.1, &self.2.with_file_name("cleanup"));
-            // A failed test's namespaces stay mounted in this mount namespace.
-            let data = self.2.display().to_string();
-            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
-                if point.starts_with(&data) {
-                    let _ = std::process::Command::new("umount")
-                        .args(["--lazy", point])
-                        .status();
-                }
-            }
+/// A test's gateway setup: its own containerd (in this process's network namespace) and
+/// containerd namespace, a `data_dir`, the hello app's archive and the config file.
+struct World {
+    dir: tempfile::TempDir,
+    containerd: Containerd,
+    namespace: String,
+    data: PathBuf,
+    image: PathBuf,
+    config: PathBuf,
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("sl-nr-").tempdir().unwrap();
+        let containerd = Containerd::start(dir.path());
+        let image = hello_archive(HELLO, dir.path());
+        Self {
+            containerd,
+            namespace: unique("net-restart"),
+            data: dir.path().join("gw"),
+            image,
+            config: dir.path().join("serverless.toml"),
+            dir,
         }
     }
-    let _cleanup = Cleanup(&containerd, &namespace, data.clone());
-    let image = hello_archive(HELLO, dir.path());
-    let config = dir.path().join("serverless.toml");
-    let write = |greeting: &str| {
+
+    /// Two bridge apps that fetch `outside.test`: `kept`, and `changed` with `GREETING`.
+    fn write(&self, lab: &NetLab, greeting: &str) {
         std::fs::write(
-            &config,
+            &self.config,
             format!(
                 r#"
 listen = "127.0.0.1:0"
@@ -251,15 +238,71 @@ network = "bridge"
 env = {{ FETCH_URL = "http://outside.test/", GREETING = "{greeting}" }}
 limits = {{ idle_timeout = "10m" }}
 "#,
-                data = data.display(),
-                socket = containerd.socket.display(),
+                data = self.data.display(),
+                socket = self.containerd.socket.display(),
+                namespace = self.namespace,
                 n = lab.n,
                 dns = lab.outside_ip(),
-                image = image.display(),
+                image = self.image.display(),
             ),
         )
         .unwrap();
-    };
+    }
+}
+
+/// A failed test's instances are removed and its namespaces, which stay mounted in this
+/// mount namespace, unmounted.
+impl Drop for World {
+    fn drop(&mut self) {
+        remove_all(
+            &self.containerd.socket,
+            &self.namespace,
+            &self.dir.path().join("cleanup"),
+        );
+        umount_all(&self.data);
+    }
+}
+
+/// Unmounts (lazily) whatever is mounted under `dir`.
+fn umount_all(dir: &Path) {
+    let dir = dir.display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if point.starts_with(&dir) {
+            let _ = std::process::Command::new("umount")
+                .args(["--lazy", point])
+                .status();
+        }
+    }
+}
+
+/// Two bridge apps, both cold-started and fetching by name; SIGKILL; the config changes one
+/// app's env; a second gateway adopts the unchanged app's instance and its network (same
+/// process answers and still fetches; its namespace directory, lease and veth are the ones it
+/// had) and replaces the changed app's (its namespace, lease and veth are gone); the killed
+/// run's pool is released and the new one fills, so links, rules, leases and mounts are what
+/// they were before the kill; the host service stays refused to the adopted instance, by the
+/// same rules (their counter kept). An upgrade changes none of it. Removing the adopted app
+/// (admin API) releases its namespace, lease and veth at once; SIGTERM leaves none and no rule
+/// of ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
+    if !can_run_with(
+        "sigkilled_gateway_adopts_bridge_instances_with_their_network",
+        NETLAB_PROGRAMS,
+    ) {
+        return;
+    }
+    let t0 = Instant::now();
+    let lab = NetLab::new(51);
+    let world = World::new();
+    let (data, config, containerd, namespace) = (
+        &world.data,
+        &world.config,
+        &world.containerd,
+        &world.namespace,
+    );
+    let write = |greeting: &str| world.write(&lab, greeting);
     write("one");
 
     // 1. Cold starts; both apps fetch by name.
@@ -451,4 +494,107 @@ limits = {{ idle_timeout = "10m" }}
         "{rules:#?}"
     );
     assert_eq!(containerd.objects(&namespace), Objects::default());
+}
+
+/// As after a host reboot (or a crash that took the instances down with it): the gateway is
+/// SIGKILLed, then its instances die and everything the kernel held for their network goes —
+/// namespaces unmounted, veths and the bridge gone, the rules flushed — while the data dir
+/// keeps the namespace directories and host-local's address leases. The next gateway adopts
+/// nothing, and its reconcile releases every one of those directories and leases (CNI DEL
+/// with nothing left to delete still succeeds); its apps then cold-start with working egress,
+/// and SIGTERM leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_the_kernel_state_is_gone_releases_every_lease() {
+    if !can_run_with(
+        "a_restart_after_the_kernel_state_is_gone_releases_every_lease",
+        NETLAB_PROGRAMS,
+    ) {
+        return;
+    }
+    let lab = NetLab::new(52);
+    let world = World::new();
+    let data = &world.data;
+    world.write(&lab, "one");
+    let first = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), &world.config).await;
+    let addr = first.addr;
+    let kept = instance_of(&lab, addr, "kept.localhost").await;
+    instance_of(&lab, addr, "changed.localhost").await;
+    eventually("the pool is full", || network_settled(data, 4, "")).await;
+    let old = network_wired(data);
+    kill(first).await;
+
+    // The instances die; the kernel forgets their network.
+    for id in world.containerd.container_ids(&world.namespace) {
+        let _ = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&world.containerd.socket)
+            .args(["--namespace", &world.namespace])
+            .args(["task", "kill", "--signal", "SIGKILL", &id])
+            .output();
+    }
+    eventually("the instances are dead", || {
+        world
+            .containerd
+            .ctr(&world.namespace, &["task", "ls", "-q"])
+            .iter()
+            .all(|l| !l.contains("RUNNING"))
+    })
+    .await;
+    umount_all(data);
+    let _ = std::process::Command::new("ip")
+        .args(["-n", &lab.engine, "link", "del", "sls0"])
+        .status();
+    for table in ["filter", "nat"] {
+        for flag in ["-F", "-X"] {
+            lab.exec(&lab.engine, &["iptables", "-w", "5", "-t", table, flag]);
+        }
+    }
+    eventually("the veths are gone", || lab.veths() == 0).await;
+    let (wired, leases, mounts) = network_on_disk(data);
+    eprintln!("left on disk: {wired} namespace directories, leases {leases:?}, {mounts} mounts");
+    assert_eq!((wired, leases.len(), mounts), (4, 4, 0));
+
+    let second = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), &world.config).await;
+    let addr = second.addr;
+    let again = instance_of(&lab, addr, "kept.localhost").await;
+    fetches(&lab, addr, "kept.localhost").await;
+    fetches(&lab, addr, "changed.localhost").await;
+    assert_ne!(again, kept, "a dead instance is not adopted");
+    eventually("the second run's pool is full", || {
+        network_settled(data, 4, "")
+    })
+    .await;
+    for w in &old {
+        assert!(!w.dir.exists(), "released: {w:?}");
+    }
+    let (_, leases, _) = network_on_disk(data);
+    let mut held: Vec<String> = network_wired(data)
+        .into_iter()
+        .filter_map(|w| w.ip)
+        .collect();
+    let mut leases = leases;
+    held.sort();
+    leases.sort();
+    assert_eq!(leases, held, "no lease without a namespace");
+    assert!(
+        !second
+            .log()
+            .lines()
+            .any(|l| l.contains("releasing") && l.contains("failed")),
+        "no release failed: {}",
+        second.log()
+    );
+
+    terminate(second).await;
+    let end = footprint(&lab, data);
+    eprintln!("after SIGTERM: {end:?}");
+    assert_eq!(
+        (end.wired, end.leases, end.mounts, end.veths),
+        (0, 0, 0, 0),
+        "{end:?}"
+    );
+    assert_eq!(
+        world.containerd.objects(&world.namespace),
+        Objects::default()
+    );
 }
