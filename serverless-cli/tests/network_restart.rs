@@ -9,7 +9,8 @@
 //! second `serve` taking over) keeps all of it. Removing the adopted app then releases its
 //! network at once, and SIGTERM leaves no veth, lease, mounted namespace or rule of ours. And
 //! when the instances and the kernel's state died with the gateway (as after a reboot), the
-//! next one releases every namespace directory and lease the data dir kept.
+//! next one releases every namespace directory and lease the data dir kept. A bridge app with a
+//! standby keeps the same footprint across a SIGKILL too.
 //!
 //! Needs root, `containerd`, `runc`, `ctr` and what a [`NetLab`] needs ([`NETLAB_PROGRAMS`]).
 
@@ -306,7 +307,7 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
     write("one");
 
     // 1. Cold starts; both apps fetch by name.
-    let first = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), &config).await;
+    let first = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), config).await;
     let addr = first.addr;
     let kept = instance_of(&lab, addr, "kept.localhost").await;
     let changed = instance_of(&lab, addr, "changed.localhost").await;
@@ -319,13 +320,13 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
     );
     // Two instances and the pool's two namespaces.
     eventually("the first run's pool is full", || {
-        network_settled(&data, 4, "")
+        network_settled(data, 4, "")
     })
     .await;
-    let before = footprint(&lab, &data);
-    let kept_net = taken_by(&data, "kept");
-    let changed_net = taken_by(&data, "changed");
-    let pool_before: Vec<_> = network_wired(&data)
+    let before = footprint(&lab, data);
+    let kept_net = taken_by(data, "kept");
+    let changed_net = taken_by(data, "changed");
+    let pool_before: Vec<_> = network_wired(data)
         .into_iter()
         .filter(|w| w.instance.is_none())
         .collect();
@@ -349,7 +350,7 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
     kill(first).await;
     write("two");
     let t = Instant::now();
-    let second = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), &config).await;
+    let second = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), config).await;
     let restart = t.elapsed();
     let addr = second.addr;
     let kept_after = instance_of(&lab, addr, "kept.localhost").await;
@@ -372,11 +373,11 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
 
     // The adopted instance keeps its namespace, lease and veth: reconcile left them alone.
     assert_eq!(
-        taken_by(&data, "kept"),
+        taken_by(data, "kept"),
         kept_net,
         "the adopted instance's namespace"
     );
-    let (_, leases, _) = network_on_disk(&data);
+    let (_, leases, _) = network_on_disk(data);
     let (links, _) = lab.state();
     let kept_ip = kept_net.ip.clone().unwrap();
     let kept_veth = kept_net.veth.clone().unwrap();
@@ -384,7 +385,7 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
     assert!(links.contains(&kept_veth), "{kept_veth} in {links:?}");
     // The changed app's old instance released its namespace, lease and veth; the killed
     // run's pool is released too.
-    let changed_now = taken_by(&data, "changed");
+    let changed_now = taken_by(data, "changed");
     assert_ne!(changed_now.dir, changed_net.dir);
     assert!(!changed_net.dir.exists(), "{changed_net:?}");
     let changed_ip = changed_net.ip.clone().unwrap();
@@ -402,10 +403,10 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
     }
     // The new pool fills: the same footprint as before the kill.
     eventually("the second run's pool is full", || {
-        network_settled(&data, 4, "")
+        network_settled(data, 4, "")
     })
     .await;
-    let after = footprint(&lab, &data);
+    let after = footprint(&lab, data);
     eprintln!("after the restart: {after:?}");
     // The isolation rules stayed in place across the restart (their counter was not reset by
     // a rebuild, which would leave the adopted instance unisolated meanwhile) and still refuse.
@@ -426,7 +427,7 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
     // 3. An upgrade (a second `serve` on the same config takes over, the old process exits,
     // then the new one reconciles while its own pool fills): the same instances, same network.
     let t = Instant::now();
-    let third = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), &config).await;
+    let third = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), config).await;
     let serving = t.elapsed();
     assert_eq!(third.addr, addr, "the same listening socket");
     let mut second = second;
@@ -450,13 +451,13 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
     );
     fetches(&lab, addr, "kept.localhost").await;
     fetches(&lab, addr, "changed.localhost").await;
-    assert_eq!(taken_by(&data, "kept"), kept_net);
-    assert_eq!(taken_by(&data, "changed"), changed_now);
+    assert_eq!(taken_by(data, "kept"), kept_net);
+    assert_eq!(taken_by(data, "changed"), changed_now);
     eventually("the pool is full after the upgrade", || {
-        network_settled(&data, 4, "")
+        network_settled(data, 4, "")
     })
     .await;
-    let upgraded = footprint(&lab, &data);
+    let upgraded = footprint(&lab, data);
     assert_eq!(upgraded, before, "after the upgrade");
     let second = third;
 
@@ -472,14 +473,14 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
         !kept_net.dir.exists()
     })
     .await;
-    let (_, leases, _) = network_on_disk(&data);
+    let (_, leases, _) = network_on_disk(data);
     let (links, _) = lab.state();
     assert!(!leases.contains(&kept_ip), "{kept_ip} in {leases:?}");
     assert!(!links.contains(&kept_veth), "{kept_veth} in {links:?}");
 
     // 5. SIGTERM: nothing of the network is left.
     terminate(second).await;
-    let end = footprint(&lab, &data);
+    let end = footprint(&lab, data);
     let (_, rules) = lab.state();
     eprintln!("after SIGTERM: {end:?}; whole test {:?}", t0.elapsed());
     assert_eq!(
@@ -493,7 +494,7 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
             .any(|r| r.contains("SLS-IN") || r.contains("CNI-DN") || r.contains("10.252.")),
         "{rules:#?}"
     );
-    assert_eq!(containerd.objects(&namespace), Objects::default());
+    assert_eq!(containerd.objects(namespace), Objects::default());
 }
 
 /// As after a host reboot (or a crash that took the instances down with it): the gateway is
@@ -588,6 +589,84 @@ async fn a_restart_after_the_kernel_state_is_gone_releases_every_lease() {
     terminate(second).await;
     let end = footprint(&lab, data);
     eprintln!("after SIGTERM: {end:?}");
+    assert_eq!(
+        (end.wired, end.leases, end.mounts, end.veths),
+        (0, 0, 0, 0),
+        "{end:?}"
+    );
+    assert_eq!(
+        world.containerd.objects(&world.namespace),
+        Objects::default()
+    );
+}
+
+/// A bridge app with a standby (a task created ahead, in a namespace taken from the pool): the
+/// instance that took the standby is adopted after a SIGKILL with its network, the killed
+/// run's unstarted standby is removed with its namespace and lease, and the new gateway's
+/// standby and pool bring the footprint back to what it was; SIGTERM leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_standby_across_a_sigkill() {
+    if !can_run_with("a_bridge_standby_across_a_sigkill", NETLAB_PROGRAMS) {
+        return;
+    }
+    let lab = NetLab::new(53);
+    let world = World::new();
+    let data = &world.data;
+    world.write(&lab, "one");
+    // Only `kept`, with a standby.
+    let config = std::fs::read_to_string(&world.config).unwrap();
+    let kept_only = config.split("[[apps]]\nname = \"changed\"").next().unwrap();
+    std::fs::write(
+        &world.config,
+        format!("{kept_only}scale = {{ standby = true }}\n"),
+    )
+    .unwrap();
+    let first = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), &world.config).await;
+    let addr = first.addr;
+    let kept = instance_of(&lab, addr, "kept.localhost").await;
+    fetches(&lab, addr, "kept.localhost").await;
+    // The instance, the next standby and a full pool.
+    eventually("a standby and a full pool", || network_settled(data, 4, "")).await;
+    let before = footprint(&lab, data);
+    // The first standby (`kept-sb0-…`) runs the instance; the next one waits.
+    let (kept_net, standby_net): (Vec<_>, Vec<_>) = network_wired(data)
+        .into_iter()
+        .filter(|w| w.instance.is_some())
+        .partition(|w| {
+            w.instance
+                .as_deref()
+                .is_some_and(|i| i.starts_with("kept-sb0-"))
+        });
+    assert_eq!(kept_net.len(), 1, "{:#?}", network_wired(data));
+    let kept_net = kept_net[0].clone();
+    eprintln!("with a standby: {before:?}; instance {kept_net:?}; standby {standby_net:?}");
+    assert_eq!(standby_net.len(), 1, "{:#?}", network_wired(data));
+    kill(first).await;
+
+    let second = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), &world.config).await;
+    let addr = second.addr;
+    assert_eq!(instance_of(&lab, addr, "kept.localhost").await, kept);
+    fetches(&lab, addr, "kept.localhost").await;
+    assert!(
+        no_cold_start(&second.log(), "kept"),
+        "adopted: {}",
+        second.log()
+    );
+    assert!(kept_net.dir.exists(), "the adopted instance's namespace");
+    assert!(!standby_net[0].dir.exists(), "the old standby's namespace");
+    let (_, leases, _) = network_on_disk(data);
+    assert!(
+        !leases.contains(standby_net[0].ip.as_ref().unwrap()),
+        "{leases:?}"
+    );
+    eventually("a new standby and a full pool", || {
+        network_settled(data, 4, "")
+    })
+    .await;
+    assert_eq!(footprint(&lab, data), before);
+
+    terminate(second).await;
+    let end = footprint(&lab, data);
     assert_eq!(
         (end.wired, end.leases, end.mounts, end.veths),
         (0, 0, 0, 0),
