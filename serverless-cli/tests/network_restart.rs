@@ -10,7 +10,7 @@
 //! network at once, and SIGTERM leaves no veth, lease, mounted namespace or rule of ours. And
 //! when the instances and the kernel's state died with the gateway (as after a reboot), the
 //! next one releases every namespace directory and lease the data dir kept. A bridge app with a
-//! standby keeps the same footprint across a SIGKILL too.
+//! standby keeps the same footprint across a SIGKILL and a containerd restart too.
 //!
 //! Needs root, `containerd`, `runc`, `ctr` and what a [`NetLab`] needs ([`NETLAB_PROGRAMS`]).
 
@@ -601,17 +601,22 @@ async fn a_restart_after_the_kernel_state_is_gone_releases_every_lease() {
 }
 
 /// A bridge app with a standby (a task created ahead, in a namespace taken from the pool): the
-/// instance that took the standby is adopted after a SIGKILL with its network, the killed
+/// instance that took the standby is adopted after a SIGKILL of the gateway and a restart of
+/// containerd, with its network; the killed
 /// run's unstarted standby is removed with its namespace and lease, and the new gateway's
 /// standby and pool bring the footprint back to what it was; SIGTERM leaves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bridge_standby_across_a_sigkill() {
-    if !can_run_with("a_bridge_standby_across_a_sigkill", NETLAB_PROGRAMS) {
+async fn a_bridge_standby_across_a_sigkill_and_a_containerd_restart() {
+    if !can_run_with(
+        "a_bridge_standby_across_a_sigkill_and_a_containerd_restart",
+        NETLAB_PROGRAMS,
+    ) {
         return;
     }
     let lab = NetLab::new(53);
-    let world = World::new();
-    let data = &world.data;
+    let mut world = World::new();
+    let data = world.data.clone();
+    let data = &data;
     world.write(&lab, "one");
     // Only `kept`, with a standby.
     let config = std::fs::read_to_string(&world.config).unwrap();
@@ -642,6 +647,8 @@ async fn a_bridge_standby_across_a_sigkill() {
     eprintln!("with a standby: {before:?}; instance {kept_net:?}; standby {standby_net:?}");
     assert_eq!(standby_net.len(), 1, "{:#?}", network_wired(data));
     kill(first).await;
+    // containerd restarts too (the shims and the instances live on).
+    world.containerd.restart();
 
     let second = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), &world.config).await;
     let addr = second.addr;
