@@ -43,6 +43,15 @@ int main(int argc, char **argv) {
         clock_gettime(CLOCK_REALTIME, &now);
         return clock_settime(CLOCK_REALTIME, &now) < 0;
     }
+    if (!strcmp(argv[1], "compat32")) { /* a 32-bit system call: getpid through int 0x80 */
+#if defined(__x86_64__)
+        long r;
+        __asm__ volatile("int $0x80" : "=a"(r) : "a"(20L) : "memory");
+        return r <= 0;
+#else
+        return 1;
+#endif
+    }
     if (!strcmp(argv[1], "pid1") && argc > 2) { /* runs argv[2..], never reaps anything */
         if (fork() == 0) { execv(argv[2], argv + 2); return 127; }
         for (;;) pause();
@@ -125,7 +134,7 @@ const PROGRAMS: [(&str, &str); 1] = [("gcc", "gcc")];
 
 /// Each probe is a shell command; its exit status is written to /www/index.html as
 /// `name=0|1` lines, then httpd serves it.
-const PROBES: [(&str, &str); 11] = [
+const PROBES: [(&str, &str); 12] = [
     ("unshare_user", "/bin/busybox unshare -U /bin/busybox true"),
     ("unshare_net", "/bin/busybox unshare -n /bin/busybox true"),
     ("unshare_mount", "/bin/busybox unshare -m /bin/busybox true"),
@@ -141,6 +150,9 @@ const PROBES: [(&str, &str); 11] = [
     ("kernel_module", "/bin/sysprobe module"),
     // Sets the clock to what it reads: harmless should it ever succeed.
     ("clock", "/bin/sysprobe clock"),
+    // The default filter knows the native architecture only: a 32-bit call is refused
+    // (SIGSYS), where Docker's profile allows the x86 and x32 tables.
+    ("compat32", "/bin/sysprobe compat32"),
 ];
 
 fn probing(image: &Path, name: &str, configure: impl FnOnce(&mut AppSpec)) -> AppSpec {
@@ -215,6 +227,9 @@ async fn defaults_deny_what_relaxing_allows() {
         );
     }
     assert!(!relaxed["sysrq"], "{relaxed:?}");
+    if cfg!(target_arch = "x86_64") {
+        assert!(relaxed["compat32"], "{relaxed:?}");
+    }
     // Without the filter a process may join a new keyring and trace another of its own
     // instance (same ids, same capabilities); no module loads and the clock stays: those need
     // capabilities only the host's user namespace grants.

@@ -6,6 +6,13 @@
 //! capability (`mount` by `CAP_SYS_ADMIN`, `chroot` by `CAP_SYS_CHROOT`, …) is allowed only when
 //! that capability is in the set. Everything not allowed fails with `EPERM` (a denial, not a
 //! kill), `clone3` with `ENOSYS` so libcs fall back to `clone`.
+//!
+//! The filter covers the machine's native architecture only (Docker's also covers x86 and x32
+//! on x86_64, arm on aarch64): a 32-bit system call is refused with `SIGSYS`, as systemd's
+//! `SystemCallArchitectures=native` does, which closes the compat syscall tables to strangers'
+//! images and keeps runc from compiling the filter two more times on every start (see
+//! docs/src/architecture.md, "Cold start"). An image of 32-bit binaries runs with a profile
+//! file that lists their architecture (`security.seccomp = "<path>"`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
