@@ -250,6 +250,7 @@ async fn gateway_cold(
         "[[apps]]\nname = \"{name}\"\nnetwork = \"none\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n[apps.scale]\nstandby = {standby}\n"
     ))
     .await?;
+    lab.settle().await?;
     let host = format!("{name}.localhost");
     let t = Instant::now();
     let mut tx = connect(gw).await?;

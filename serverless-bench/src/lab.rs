@@ -313,13 +313,25 @@ impl Lab {
             .unwrap_or((0, 0))
     }
 
-    /// Waits until the backend holds no container at all.
+    /// Waits until the backend's background work is done (the next spare shim, the network
+    /// pool's refill, CNI DEL of released namespaces; see `ContainerdBackend::settled`), so
+    /// that each measured start begins from the same state and a peer measured next does not
+    /// share the CPU with it. Without this, a start often ran while the previous one's spare
+    /// shim or namespace was being remade: in the sandbox scenario every other start, which
+    /// with three modes interleaved favoured a different mode in each run.
+    pub(crate) async fn settle(&self) -> Res<()> {
+        tokio::time::timeout(Duration::from_secs(30), self.containerd.settled())
+            .await
+            .map_err(|_| "the backend's background work did not finish within 30 s".into())
+    }
+
+    /// Waits until the backend holds no container at all and has settled.
     pub(crate) async fn wait_empty(&self, timeout: Duration) -> Res<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = self.containerd.list().await.context("list containers")?;
             if left.is_empty() {
-                return Ok(());
+                return self.settle().await;
             }
             if Instant::now() > deadline {
                 return Err(format!("containers still there after {timeout:?}: {left:?}").into());

@@ -46,6 +46,12 @@ pub(crate) async fn run(out: &Path) -> Res<()> {
         "net_cold_bridge_minus_none_p50_ms",
         format!("{:.1}", p50("bridge") - p50("none")),
     );
+    let paired = crate::util::paired_difference(&value, "bridge", "none");
+    headline(
+        "net_cold_bridge_minus_none_paired_p50_ms",
+        format!("{:.1}", paired.p50),
+    );
+    value["bridge_minus_none_paired"] = json!(paired);
     headline(
         "net_pool_refill_p50_ms",
         format!(
@@ -200,6 +206,7 @@ async fn cold(lab: &Lab, gw: SocketAddr, name: &str, mode: &str) -> Res<Duration
         "[[apps]]\nname = \"{name}\"\nnetwork = \"{mode}\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n"
     ))
     .await?;
+    lab.settle().await?;
     let t = Instant::now();
     let mut tx = connect(gw).await?;
     let req = http::Request::get("/")

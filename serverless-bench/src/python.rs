@@ -225,6 +225,7 @@ async fn cold_starts(
 /// to be gone.
 async fn gateway_cold(lab: &Lab, name: &str, toml: &str) -> Res<Duration> {
     lab.deploy(toml).await?;
+    lab.settle().await?;
     let took = first_request(lab.gateway.listen_addr(), name).await?;
     lab.gateway.engine().remove(name).await;
     lab.wait_empty(Duration::from_secs(30)).await?;

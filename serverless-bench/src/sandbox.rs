@@ -52,10 +52,16 @@ pub(crate) async fn run(out: &Path) -> Res<()> {
         "sandbox_cold_userns_cost_p50_ms",
         format!("{:.1}", p("full", "p50") - p("no_userns", "p50")),
     );
+    let paired = crate::util::paired_difference(&value, "full", "no_userns");
+    headline(
+        "sandbox_cold_userns_cost_paired_p50_ms",
+        format!("{:.1}", paired.p50),
+    );
     headline(
         "sandbox_cold_userns_cost_p99_ms",
         format!("{:.1}", p("full", "p99") - p("no_userns", "p99")),
     );
+    value["userns_cost_paired"] = json!(paired);
     crate::util::write_json(out, "sandbox", &value)
 }
 
@@ -107,6 +113,7 @@ async fn cold(lab: &Lab, gw: SocketAddr, name: &str, security: &str) -> Res<Dura
         "[[apps]]\nname = \"{name}\"\nnetwork = \"none\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n[apps.security]\n{security}"
     ))
     .await?;
+    lab.settle().await?;
     let t = Instant::now();
     let mut tx = connect(gw).await?;
     let req = http::Request::get("/")

@@ -64,6 +64,24 @@ pub(crate) fn summary(values: &[f64]) -> Summary {
     }
 }
 
+/// The summary of `a[i] - b[i]` over the `samples` of modes `a` and `b` in a scenario's
+/// `value`: what one mode costs over another when each pair of samples ran back to back,
+/// steadier than the difference of two medians on a noisy machine.
+pub(crate) fn paired_difference(value: &serde_json::Value, a: &str, b: &str) -> Summary {
+    let samples = |k: &str| -> Vec<f64> {
+        value[k]["samples"]
+            .as_array()
+            .map(|s| s.iter().filter_map(serde_json::Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let d: Vec<f64> = samples(a)
+        .iter()
+        .zip(samples(b))
+        .map(|(x, y)| x - y)
+        .collect();
+    summary(&d)
+}
+
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

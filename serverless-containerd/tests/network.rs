@@ -386,7 +386,18 @@ async fn prepare_of_a_bridge_app_fills_the_pool_so_the_first_start_is_pooled() {
         "nothing is wired before a bridge app is prepared"
     );
     h.backend.prepare(&bridge).await.expect("prepare");
-    serverless_testkit::eventually("the pool is full after prepare", || wired() == 2).await;
+    // `settled` returns once the fill is done: two namespaces, each with its ADD result.
+    tokio::time::timeout(Duration::from_secs(30), h.backend.settled())
+        .await
+        .expect("the backend settles within 30 s");
+    let complete = std::fs::read_dir(h.dir.path().join("data/network/wired"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().join("result.json").exists())
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!((wired(), complete), (2, 2), "the pool after settled");
     // The first cold start of the app takes a wired namespace: no CNI on its path.
     let (_, phases) = start_phases(&h, &bridge).await;
     assert!(

@@ -24,6 +24,13 @@ fn spares(h: &BackendHarness) -> (Vec<String>, Vec<(u32, String)>) {
     (keepers, shims)
 }
 
+/// Waits for the backend's background work, at most 30 s.
+async fn settled(h: &BackendHarness) {
+    tokio::time::timeout(Duration::from_secs(30), h.backend.settled())
+        .await
+        .expect("the backend settles within 30 s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_start_joins_the_spare_shim() {
     if !can_run("a_cold_start_joins_the_spare_shim") {
@@ -33,12 +40,13 @@ async fn a_cold_start_joins_the_spare_shim() {
     let app = h.app("spare");
     // Deploying makes the first spare.
     h.backend.prepare(&app).await.expect("prepare");
-    eventually("the first spare shim", || {
-        let (keepers, shims) = spares(&h);
-        keepers.len() == 1 && shims.len() == 1
-    })
-    .await;
+    // `settled` returns once it is made.
+    settled(&h).await;
     let (keepers, shims) = spares(&h);
+    assert!(
+        keepers.len() == 1 && shims.len() == 1,
+        "{keepers:?} {shims:?}"
+    );
     let (keeper, spare_pid) = (keepers[0].clone(), shims[0].0);
     assert_eq!(shims[0].1, keeper);
     if let Some((rss, pss)) = memory_kib(spare_pid) {
@@ -63,12 +71,14 @@ async fn a_cold_start_joins_the_spare_shim() {
         started.phases
     );
 
-    // The claimed keeper goes, a new spare comes; the claimed shim serves the instance.
-    eventually("the keeper's removal and the next spare", || {
-        let (keepers, shims) = spares(&h);
-        keepers.len() == 1 && keepers[0] != keeper && shims.len() == 2
-    })
-    .await;
+    // The claimed keeper goes, a new spare comes (both done once `settled` returns); the
+    // claimed shim serves the instance.
+    settled(&h).await;
+    let (keepers, shims) = spares(&h);
+    assert!(
+        keepers.len() == 1 && keepers[0] != keeper && shims.len() == 2,
+        "{keepers:?} {shims:?}"
+    );
     assert!(std::path::Path::new(&format!("/proc/{spare_pid}")).exists());
 
     // Stopping the instance ends its shim.

@@ -64,6 +64,12 @@ impl ShimPool {
         !self.lock().live.is_empty()
     }
 
+    /// Whether no spare shim is being made (or waiting to be) and no keeper is being removed.
+    pub(super) fn is_quiet(&self) -> bool {
+        let state = self.lock();
+        !state.filling && state.background.iter().all(JoinHandle::is_finished)
+    }
+
     /// Keeps `task` for shutdown to await.
     pub(super) fn track(&self, task: JoinHandle<()>) {
         let mut state = self.lock();

@@ -30,7 +30,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +92,25 @@ pub(crate) struct Network {
     refilling: AsyncMutex<()>,
     closed: AtomicBool,
     next: AtomicU64,
+    /// Refills (scheduled or running) and releases in flight: the background work
+    /// [`is_quiet`](Self::is_quiet) waits for.
+    busy: AtomicUsize,
+}
+
+/// Counts one piece of background work in [`Network::busy`] while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A wired namespace.
@@ -163,6 +182,7 @@ impl Network {
             refilling: AsyncMutex::new(()),
             closed: AtomicBool::new(false),
             next: AtomicU64::new(started << 16),
+            busy: AtomicUsize::new(0),
         })
     }
 
@@ -223,16 +243,31 @@ impl Network {
         if self.closed.load(Ordering::Acquire) {
             return Err(NetworkError::Closed);
         }
-        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        // Taken under the pool's lock, so that a namespace is always in the pool, being
+        // wired, or taken (a reconcile running meanwhile keeps it).
+        let pooled = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let cni_id = pool.pop();
+            if let Some(c) = &cni_id {
+                self.taken
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_owned(), c.clone());
+            }
+            cni_id
+        };
         let (cni_id, from_pool) = match pooled {
             Some(cni_id) => (cni_id, true),
-            None => (self.wire().await?, false),
+            None => {
+                let cni_id = self.wire().await?;
+                self.taken
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_owned(), cni_id.clone());
+                self.done_wiring(&cni_id);
+                (cni_id, false)
+            }
         };
-        self.taken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_owned(), cni_id.clone());
-        self.done_wiring(&cni_id);
         let result = self.name(&cni_id, id, hostname).await;
         if result.is_err() {
             let _ = self.detach(id).await;
@@ -249,7 +284,9 @@ impl Network {
     /// bridge app (so its first cold start already takes a wired namespace) and after each take.
     pub(crate) fn refill(self: &Arc<Self>) {
         let this = Arc::clone(self);
+        self.busy.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
+            let _busy = Busy(&this.busy);
             tokio::time::sleep(REFILL_DELAY).await;
             let Ok(_refilling) = this.refilling.try_lock() else {
                 return;
@@ -412,6 +449,7 @@ impl Network {
     /// CNI DEL (address lease, veth, NAT and firewall entries), the namespace and its
     /// directory. Idempotent.
     async fn release(&self, cni_id: &str) -> Result<(), NetworkError> {
+        let _busy = Busy::new(&self.busy);
         let dir = self.wired_dir(cni_id);
         if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
             return Ok(());
@@ -489,6 +527,11 @@ impl Network {
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
                 .any(|c| c == cni_id)
+    }
+
+    /// Whether no refill is scheduled or running and no namespace is being released.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
     }
 
     /// Stops refills, releases the pool and removes the isolation rules if this engine
