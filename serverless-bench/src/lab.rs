@@ -319,7 +319,11 @@ impl Lab {
     /// share the CPU with it. Without this, a start often ran while the previous one's spare
     /// shim or namespace was being remade: in the sandbox scenario every other start, which
     /// with three modes interleaved favoured a different mode in each run.
+    /// `BENCH_SETTLE=0` skips it, to see what back-to-back starts pay.
     pub(crate) async fn settle(&self) -> Res<()> {
+        if serverless_testkit::env_num("BENCH_SETTLE", 1u8)? == 0 {
+            return Ok(());
+        }
         tokio::time::timeout(Duration::from_secs(30), self.containerd.settled())
             .await
             .map_err(|_| "the backend's background work did not finish within 30 s".into())

@@ -74,7 +74,7 @@ pub(super) fn python_section(md: &mut String, p: &Value) {
         f(&p["no_boost_vs_boost"]),
         f(&p["ctr_cpus"]["summary"]["p50"]) / base,
     );
-    md.push_str("Backend phases (medians, ms) of each serverless variant: `port_ready` is the interpreter's boot until it listens, `boosted` the time spent above the slot, `slot_applied` the task update back to the slot's quota (after the port is found and before the request is forwarded, so an instance is never `Ready` above its slot).\n\n");
+    md.push_str("Backend phases (medians, ms) of each serverless variant: `port_ready` is the interpreter's boot until it listens, `boosted` the time from the task's start until it listens, above the slot (the update back to the slot's quota runs behind the start, off the request's path; `slot_applied` appears only for a standby started at its slot because the boost budget was spent).\n\n");
     let keys = ["boost", "no_boost", "unthrottled", "standby"];
     let mut names: Vec<String> = Vec::new();
     for k in keys {

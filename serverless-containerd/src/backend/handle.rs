@@ -101,11 +101,15 @@ impl ContainerdBackend {
 
     /// Waits until the work this backend does in the background after a start or a stop is
     /// done: the next spare shim made and an old keeper removed, the network pool refilled,
-    /// released namespaces' CNI DEL run. Nothing needs to call it; tests and benchmarks do, so
+    /// released namespaces' CNI DEL run, a boosted instance's slot applied (so it also waits
+    /// for a boosted start in progress). Nothing needs to call it; tests and benchmarks do, so
     /// that each measured cold start begins from the same state rather than sharing the CPU
     /// with the previous one's aftermath.
     pub async fn settled(&self) {
-        while !(self.inner.shims.is_quiet() && self.inner.network.is_quiet()) {
+        while !(self.inner.shims.is_quiet()
+            && self.inner.network.is_quiet()
+            && self.inner.boost.in_use() == 0)
+        {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }

@@ -289,15 +289,19 @@ impl ContainerdBackend {
                 phases.push(("port_ready", port_ready));
                 listener
             }
-            // Boosted: the slot is applied the moment it listens (or at the startup timeout).
+            // Boosted: the slot is applied the moment it listens, behind the start (or at the
+            // startup timeout).
             Some(permit) => {
                 let deadline = t + app.limits.startup_timeout;
-                let apply = self.apply_slot(app, id, name);
+                let apply = {
+                    let (backend, app) = (self.clone(), app.clone());
+                    let (id, name) = (id.to_owned(), name.to_owned());
+                    async move { backend.apply_slot(&app, &id, &name).await }
+                };
                 let ((listener, port_ready), boosted) =
                     boost::until_listening(permit, deadline, listen, apply).await?;
                 phases.push(("port_ready", port_ready));
-                phases.push(("boosted", boosted.boosted));
-                phases.push(("slot_applied", boosted.slot_applied));
+                phases.push(("boosted", boosted));
                 listener
             }
         };
