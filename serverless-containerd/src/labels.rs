@@ -24,14 +24,18 @@ pub(crate) const SPEC_HASH: &str = "serverless.spec-hash";
 pub(crate) fn spec_hash(
     app: &serverless_core::AppSpec,
     image: &crate::image::PreparedImage,
+    engine: &str,
 ) -> String {
-    hash_parts(app, &image.chain_id, &image.config)
+    hash_parts(app, &image.chain_id, &image.config, engine)
 }
 
+/// `engine`: the engine-wide settings the instance is made with (see
+/// `ContainerdBackend::engine_inputs`).
 fn hash_parts(
     app: &serverless_core::AppSpec,
     chain_id: &str,
     config: &Option<oci_spec::image::Config>,
+    engine: &str,
 ) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -45,6 +49,8 @@ fn hash_parts(
     h.update(chain_id.as_bytes());
     h.update(b"\n");
     h.update(serde_json::to_vec(config).unwrap_or_default());
+    h.update(b"\n");
+    h.update(engine.as_bytes());
     h.finalize()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -61,7 +67,7 @@ mod tests {
     #[test]
     fn spec_hash_follows_what_the_instance_runs() {
         let app = AppSpec::new("a", ImageRef::Registry("example/a:1".into()));
-        let hash = |app: &AppSpec, chain: &str| hash_parts(app, chain, &None);
+        let hash = |app: &AppSpec, chain: &str| hash_parts(app, chain, &None, "");
         let base = hash(&app, "sha256:1");
         assert_eq!(base.len(), 32);
         assert_eq!(base, hash(&app.clone(), "sha256:1"), "stable");
@@ -85,6 +91,10 @@ mod tests {
             ("slot", hash(&slot, "sha256:1")),
             ("limits", hash(&limits, "sha256:1")),
             ("image layers", hash(&app, "sha256:2")),
+            (
+                "engine settings",
+                hash_parts(&app, "sha256:1", &None, "userns 1 2"),
+            ),
         ] {
             assert_ne!(base, changed, "{what} counts");
         }

@@ -47,7 +47,10 @@ impl ContainerdBackend {
         let mut hashes = Vec::with_capacity(apps.len());
         for app in apps {
             match self.prepared(app).await {
-                Ok(image) => hashes.push((app, labels::spec_hash(app, &image))),
+                Ok(image) => hashes.push((
+                    app,
+                    labels::spec_hash(app, &image, &self.engine_inputs(app)),
+                )),
                 // Its deploy reports this; its instances are not adopted.
                 Err(error) => {
                     tracing::warn!(app = %app.name, %error, "preparing the image to adopt instances failed")

@@ -114,6 +114,22 @@ impl ContainerdBackend {
         }
     }
 
+    /// The engine-wide settings an instance of `app` is made with — the bridge network's
+    /// (`[network]`) for a `bridge` app, the user namespace's range for a `userns` one — as
+    /// text for its spec hash: a restart with other settings replaces the instance instead of
+    /// adopting it.
+    pub(super) fn engine_inputs(&self, app: &serverless_core::AppSpec) -> String {
+        let mut out = String::new();
+        if app.network == serverless_core::NetworkMode::Bridge {
+            out.push_str(&serde_json::to_string(self.inner.network.config()).unwrap_or_default());
+        }
+        if app.security.userns {
+            let map = self.inner.userns;
+            out.push_str(&format!("\nuserns {} {}", map.base, map.size));
+        }
+        out
+    }
+
     /// The started instances, by container id.
     pub(super) fn instances(&self) -> MutexGuard<'_, HashMap<String, Arc<Instance>>> {
         self.inner

@@ -105,7 +105,10 @@ impl ContainerdBackend {
             (labels::MANAGED.to_owned(), "true".to_owned()),
             (labels::APP.to_owned(), app.name.clone()),
             (labels::INSTANCE.to_owned(), id.to_owned()),
-            (labels::SPEC_HASH.to_owned(), labels::spec_hash(app, &image)),
+            (
+                labels::SPEC_HASH.to_owned(),
+                labels::spec_hash(app, &image, &self.engine_inputs(app)),
+            ),
         ]
         .into();
         if standby {
