@@ -8,7 +8,6 @@ use std::process::Stdio;
 
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
 use super::NetworkError;
 
@@ -25,6 +24,8 @@ pub(crate) struct Invocation<'a> {
     /// When set, plugins run inside this network namespace (via `nsenter`): the bridge, its
     /// NAT and routes live there instead of in the engine's own namespace.
     pub(crate) host_netns: Option<&'a Path>,
+    /// Off the request's path: the plugins run at the lowest CPU priority.
+    pub(crate) background: bool,
 }
 
 /// The conflist's chain run with ADD; returns the last plugin's result.
@@ -79,16 +80,7 @@ async fn exec(
         config["prevResult"] = prev.clone();
     }
     let stdin = serde_json::to_vec(&config).map_err(|e| NetworkError::Cni(e.to_string()))?;
-    let mut cmd = match inv.host_netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", ns.display()))
-                .arg("--")
-                .arg(&binary);
-            c
-        }
-        None => Command::new(&binary),
-    };
+    let mut cmd = super::plumbing(inv.host_netns, &binary, inv.background);
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)

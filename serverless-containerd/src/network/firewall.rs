@@ -14,8 +14,6 @@
 
 use std::path::Path;
 
-use tokio::process::Command;
-
 use super::NetworkError;
 
 fn input_chain(bridge: &str) -> String {
@@ -76,7 +74,7 @@ async fn holds_input_rules(host_netns: Option<&Path>, chain: &str) -> bool {
         }
     }
     // `-S` lists the chain (`-N`) and then one line per rule.
-    output(host_netns, "iptables", &["-w", "5", "-S", chain])
+    output(host_netns, false, "iptables", &["-w", "5", "-S", chain])
         .await
         .is_ok_and(|listed| listed.lines().count() == INPUT_RULES.len() + 1)
 }
@@ -110,9 +108,11 @@ pub(crate) async fn uninstall(bridge: &str, host_netns: Option<&Path>) {
 pub(crate) async fn isolate_port(
     veth: &str,
     host_netns: Option<&Path>,
+    background: bool,
 ) -> Result<(), NetworkError> {
     command(
         host_netns,
+        background,
         "ip",
         &[
             "link",
@@ -146,34 +146,29 @@ async fn ensure_first(
 async fn run(host_netns: Option<&Path>, args: &[&str]) -> Result<(), NetworkError> {
     let mut all = vec!["-w", "5"];
     all.extend_from_slice(args);
-    command(host_netns, "iptables", &all).await
+    command(host_netns, false, "iptables", &all).await
 }
 
 /// Runs `program` (in `host_netns` when set) and fails with its stderr.
-pub(crate) async fn command(
+async fn command(
     host_netns: Option<&Path>,
+    background: bool,
     program: &str,
     args: &[&str],
 ) -> Result<(), NetworkError> {
-    output(host_netns, program, args).await.map(drop)
+    output(host_netns, background, program, args)
+        .await
+        .map(drop)
 }
 
 /// Runs `program` (in `host_netns` when set): its stdout, or a failure with its stderr.
 async fn output(
     host_netns: Option<&Path>,
+    background: bool,
     program: &str,
     args: &[&str],
 ) -> Result<String, NetworkError> {
-    let mut cmd = match host_netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", ns.display()))
-                .arg("--")
-                .arg(program);
-            c
-        }
-        None => Command::new(program),
-    };
+    let mut cmd = super::plumbing(host_netns, Path::new(program), background);
     let out = cmd
         .args(args)
         .kill_on_drop(true)

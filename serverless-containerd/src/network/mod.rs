@@ -224,11 +224,17 @@ impl Network {
         self.dir.join("wired").join(cni_id)
     }
 
-    fn invocation<'a>(&'a self, cni_id: &'a str, netns: &'a Path) -> cni::Invocation<'a> {
+    fn invocation<'a>(
+        &'a self,
+        cni_id: &'a str,
+        netns: &'a Path,
+        background: bool,
+    ) -> cni::Invocation<'a> {
         cni::Invocation {
             container_id: cni_id,
             netns,
             host_netns: self.host_netns.as_deref(),
+            background,
         }
     }
 
@@ -259,7 +265,7 @@ impl Network {
         let (cni_id, from_pool) = match pooled {
             Some(cni_id) => (cni_id, true),
             None => {
-                let cni_id = self.wire().await?;
+                let cni_id = self.wire(false).await?;
                 self.taken
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -297,7 +303,7 @@ impl Network {
                 {
                     return;
                 }
-                match this.wire().await {
+                match this.wire(true).await {
                     Ok(cni_id) => {
                         this.pool
                             .lock()
@@ -314,8 +320,9 @@ impl Network {
         });
     }
 
-    /// Makes a namespace and wires it (CNI ADD); returns its CNI id.
-    async fn wire(&self) -> Result<String, NetworkError> {
+    /// Makes a namespace and wires it (CNI ADD); returns its CNI id. `background`: for the
+    /// pool (at the lowest CPU priority, see [`plumbing`]), not for a start waiting on it.
+    async fn wire(&self, background: bool) -> Result<String, NetworkError> {
         self.rules
             .get_or_try_init(|| firewall::install(&self.config.bridge, self.host_netns.as_deref()))
             .await?;
@@ -325,7 +332,7 @@ impl Network {
             .unwrap_or_else(|e| e.into_inner())
             .insert(cni_id.clone());
         let t = tokio::time::Instant::now();
-        let result = self.wire_inner(&cni_id).await;
+        let result = self.wire_inner(&cni_id, background).await;
         match &result {
             Ok(()) => tracing::debug!(cni_id, elapsed = ?t.elapsed(), "namespace wired (CNI ADD)"),
             Err(_) => {
@@ -343,7 +350,7 @@ impl Network {
             .remove(cni_id);
     }
 
-    async fn wire_inner(&self, cni_id: &str) -> Result<(), NetworkError> {
+    async fn wire_inner(&self, cni_id: &str, background: bool) -> Result<(), NetworkError> {
         let dir = self.wired_dir(cni_id);
         let io = |what: &'static str| move |e| NetworkError::Io(format!("{what} for {cni_id}"), e);
         tokio::fs::create_dir_all(&dir)
@@ -360,16 +367,16 @@ impl Network {
             &serde_json::json!({"cniVersion": "1.0.0", "name": "lo", "plugins": [{"type": "loopback"}]}),
             &cni::Invocation {
                 host_netns: None,
-                ..self.invocation(cni_id, &netns)
+                ..self.invocation(cni_id, &netns, background)
             },
         )
         .await?;
-        let result = cni::add(&self.conflist, &self.invocation(cni_id, &netns)).await?;
+        let result = cni::add(&self.conflist, &self.invocation(cni_id, &netns, background)).await?;
         tokio::fs::write(dir.join("result.json"), result.to_string())
             .await
             .map_err(io("saving the CNI result"))?;
         if let (_, Some(veth)) = cni::parse_result(&result) {
-            firewall::isolate_port(&veth, self.host_netns.as_deref()).await?;
+            firewall::isolate_port(&veth, self.host_netns.as_deref(), background).await?;
         }
         Ok(())
     }
@@ -467,7 +474,7 @@ impl Network {
         let del = cni::del(
             &self.conflist,
             prev.as_ref(),
-            &self.invocation(cni_id, ns_arg),
+            &self.invocation(cni_id, ns_arg, true),
         )
         .await;
         if mounted {
@@ -527,6 +534,11 @@ impl Network {
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
                 .any(|c| c == cni_id)
+    }
+
+    /// The `[network]` settings in use.
+    pub(crate) fn config(&self) -> &NetworkConfig {
+        &self.config
     }
 
     /// Whether no refill is scheduled or running and no namespace is being released.
@@ -613,6 +625,30 @@ fn is_mounted(path: &Path) -> bool {
 }
 
 /// Points the spec's network namespace at the wired one and bind-mounts the `/etc` files.
+/// A command of the network's plumbing (a CNI plugin, `iptables`, `ip`): inside `host_netns`
+/// when set (`nsenter --net`), and for work off the request's path — a refill of the pool, a
+/// release — at the lowest CPU priority (`nice -n 19`, inherited by what it spawns, such as the
+/// plugins' `iptables`), so that a cold start does not share the CPU equally with it.
+fn plumbing(
+    host_netns: Option<&Path>,
+    program: &Path,
+    background: bool,
+) -> tokio::process::Command {
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if background {
+        argv.extend(["nice", "-n", "19"].map(Into::into));
+    }
+    if let Some(ns) = host_netns {
+        argv.push("nsenter".into());
+        argv.push(format!("--net={}", ns.display()).into());
+        argv.push("--".into());
+    }
+    argv.push(program.into());
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
+}
+
 pub(crate) fn apply(spec: &mut Spec, attached: &Attached) -> Result<(), BackendError> {
     let err = |e: oci_spec::OciSpecError| {
         BackendError::new(ErrorKind::Image, "building the OCI runtime spec failed").with_source(e)
