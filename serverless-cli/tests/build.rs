@@ -31,16 +31,6 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dockerfile-app")
 }
 
-/// SIGTERM, and the exit status must be success.
-async fn terminate(mut gateway: GatewayProcess) {
-    gateway.signal("TERM");
-    let status = tokio::time::timeout(Duration::from_secs(60), gateway.child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{}", gateway.log());
-}
-
 /// The admin API's address, from the gateway's `… admin on http://ADDR` line.
 fn admin_addr(gateway: &GatewayProcess) -> String {
     let log = gateway.log();
@@ -114,7 +104,7 @@ async fn serve_builds_a_dockerfile_app_and_serves_it_from_zero() {
     // ENV and USER of the final stage, seen by the running app (WORKDIR: httpd serves `.`).
     let who = get(gateway.addr, "site.localhost", "/cgi-bin/whoami").await;
     assert_eq!(who.body, "mode=production uid=1000\n", "{who:?}");
-    terminate(gateway).await;
+    gateway.terminate().await;
 }
 
 /// `serverless deploy DIR` builds the folder, deploys it to a running gateway and prints the
@@ -228,7 +218,7 @@ async fn deploy_dir_builds_deploys_and_rebuilds_from_cache() {
             app.canonicalize().unwrap().display()
         )
     );
-    terminate(gateway).await;
+    gateway.terminate().await;
 }
 
 /// Bad build options name the field and the value, before anything is built.
@@ -481,6 +471,6 @@ HTTPServer(("", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
         gateway.log()
     );
     assert_eq!(answer.body, "python3 says hi from /hello\n");
-    terminate(gateway).await;
+    gateway.terminate().await;
     drop(registry);
 }

@@ -68,25 +68,6 @@ fn admin_addr(gateway: &GatewayProcess) -> SocketAddr {
         .unwrap_or_else(|| panic!("no admin address: {}", gateway.log()))
 }
 
-/// Sends SIGKILL and waits for the process to be gone.
-async fn kill(mut gateway: GatewayProcess) {
-    gateway.signal("KILL");
-    tokio::time::timeout(Duration::from_secs(10), gateway.child.wait())
-        .await
-        .expect("exits on SIGKILL")
-        .unwrap();
-}
-
-/// SIGTERM, and the exit status must be success.
-async fn terminate(mut gateway: GatewayProcess) {
-    gateway.signal("TERM");
-    let status = tokio::time::timeout(Duration::from_secs(60), gateway.child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{}", gateway.log());
-}
-
 /// The namespace taken by an instance of `app` (instance ids start with the app's name).
 fn taken_by(data: &Path, app: &str) -> Wired {
     let wired = network_wired(data);
@@ -347,7 +328,7 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
     assert!(refused >= 1, "the refusal was the rules': {refused}");
 
     // 2. SIGKILL; one app changes; the next gateway adopts the other.
-    kill(first).await;
+    first.kill().await;
     write("two");
     let t = Instant::now();
     let second = GatewayProcess::start_in(&lab, SERVERLESS.as_ref(), config).await;
@@ -479,7 +460,7 @@ async fn sigkilled_gateway_adopts_bridge_instances_with_their_network() {
     assert!(!links.contains(&kept_veth), "{kept_veth} in {links:?}");
 
     // 5. SIGTERM: nothing of the network is left.
-    terminate(second).await;
+    second.terminate().await;
     let end = footprint(&lab, data);
     let (_, rules) = lab.state();
     eprintln!("after SIGTERM: {end:?}; whole test {:?}", t0.elapsed());
@@ -522,7 +503,7 @@ async fn a_restart_after_the_kernel_state_is_gone_releases_every_lease() {
     instance_of(&lab, addr, "changed.localhost").await;
     eventually("the pool is full", || network_settled(data, 4, "")).await;
     let old = network_wired(data);
-    kill(first).await;
+    first.kill().await;
 
     // The instances die; the kernel forgets their network.
     for id in world.containerd.container_ids(&world.namespace) {
@@ -586,7 +567,7 @@ async fn a_restart_after_the_kernel_state_is_gone_releases_every_lease() {
         second.log()
     );
 
-    terminate(second).await;
+    second.terminate().await;
     let end = footprint(&lab, data);
     eprintln!("after SIGTERM: {end:?}");
     assert_eq!(
@@ -646,7 +627,7 @@ async fn a_bridge_standby_across_a_sigkill_and_a_containerd_restart() {
     let kept_net = kept_net[0].clone();
     eprintln!("with a standby: {before:?}; instance {kept_net:?}; standby {standby_net:?}");
     assert_eq!(standby_net.len(), 1, "{:#?}", network_wired(data));
-    kill(first).await;
+    first.kill().await;
     // containerd restarts too (the shims and the instances live on).
     world.containerd.restart();
 
@@ -672,7 +653,7 @@ async fn a_bridge_standby_across_a_sigkill_and_a_containerd_restart() {
     .await;
     assert_eq!(footprint(&lab, data), before);
 
-    terminate(second).await;
+    second.terminate().await;
     let end = footprint(&lab, data);
     assert_eq!(
         (end.wired, end.leases, end.mounts, end.veths),

@@ -43,25 +43,6 @@ fn containerds(config: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Sends SIGKILL and waits for the process to be gone.
-async fn kill(mut gateway: GatewayProcess) {
-    gateway.signal("KILL");
-    tokio::time::timeout(Duration::from_secs(10), gateway.child.wait())
-        .await
-        .expect("exits on SIGKILL")
-        .unwrap();
-}
-
-/// SIGTERM, and the exit status must be success.
-async fn terminate(mut gateway: GatewayProcess) {
-    gateway.signal("TERM");
-    let status = tokio::time::timeout(Duration::from_secs(60), gateway.child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{}", gateway.log());
-}
-
 /// With the embedded containerd (the default): after a SIGKILL the next gateway starts within
 /// seconds (it adopts the containerd left running instead of starting a second one on the
 /// same root) and the warm instance answers with no cold start. A containerd that no longer
@@ -99,7 +80,7 @@ async fn sigkilled_gateway_adopts_its_containerd_and_warm_instance() {
     let warm = instance_of(first.addr, "web.localhost").await;
     let daemon = containerds(&containerd_config);
     assert_eq!(daemon.len(), 1, "one embedded containerd: {daemon:?}");
-    kill(first).await;
+    first.kill().await;
     assert_eq!(
         containerds(&containerd_config),
         daemon,
@@ -129,7 +110,7 @@ async fn sigkilled_gateway_adopts_its_containerd_and_warm_instance() {
 
     // Wedged: the containerd stops answering (SIGSTOP) and the gateway dies. The next one
     // stops it (SIGKILL reaches a stopped process) and starts its own.
-    kill(second).await;
+    second.kill().await;
     signal(daemon[0], "STOP");
     let t = Instant::now();
     let third = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
@@ -143,7 +124,7 @@ async fn sigkilled_gateway_adopts_its_containerd_and_warm_instance() {
     assert_ne!(now, daemon, "the wedged containerd was replaced");
     assert!(restart < Duration::from_secs(30), "{}", third.log());
 
-    terminate(third).await;
+    third.terminate().await;
     let left = containerds(&containerd_config);
     let shims: Vec<_> = shims().into_iter().filter(|s| s.serves(&socket)).collect();
     eprintln!("after SIGTERM: containerd {left:?}, shims {shims:?}");
@@ -187,7 +168,7 @@ async fn restart_adopts_unchanged_apps_and_replaces_changed_ones() {
     let kept = instance_of(first.addr, "kept.localhost").await;
     let changed = instance_of(first.addr, "changed.localhost").await;
     let before = containerd.container_ids(&namespace);
-    kill(first).await;
+    first.kill().await;
 
     write("two");
     let second = GatewayProcess::start(SERVERLESS.as_ref(), &config).await;
@@ -210,7 +191,7 @@ async fn restart_adopts_unchanged_apps_and_replaces_changed_ones() {
     );
     assert!(survivors[0].starts_with("kept-"), "{survivors:?}");
 
-    terminate(second).await;
+    second.terminate().await;
     assert_eq!(containerd.objects(&namespace), Objects::default());
 }
 
@@ -411,7 +392,7 @@ async fn upgrade_under_load_fails_no_request() {
     assert_eq!(after, warm, "the same instance answers: {}", current.log());
     assert_eq!(containerds(&containerd_config).len(), 1);
 
-    terminate(current).await;
+    current.terminate().await;
     let left = containerds(&containerd_config);
     let shims: Vec<_> = shims().into_iter().filter(|s| s.serves(&socket)).collect();
     assert!(left.is_empty(), "containerd left running: {left:?}");

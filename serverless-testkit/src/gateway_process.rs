@@ -102,6 +102,25 @@ impl GatewayProcess {
         }
     }
 
+    /// Sends SIGKILL and waits (at most 10 s) for the process to be gone.
+    pub async fn kill(mut self) {
+        self.signal("KILL");
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exits on SIGKILL")
+            .expect("wait for the gateway");
+    }
+
+    /// Sends SIGTERM and waits (at most 60 s) for it to exit; the exit status must be success.
+    pub async fn terminate(mut self) {
+        self.signal("TERM");
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .expect("wait for the gateway");
+        assert!(status.success(), "{}", self.log());
+    }
+
     /// What it wrote to stderr so far.
     pub fn log(&self) -> String {
         self.stderr
