@@ -276,6 +276,30 @@ impl Lab {
         })
     }
 
+    /// A cold start of a fresh app (so it has no instance): deploys app `name` from its
+    /// `[[apps]]` table, waits for the backend to settle, times one request from connect to the
+    /// response head (it must answer 200), then removes the app and waits until its containers
+    /// are gone and the backend settled again.
+    pub(crate) async fn cold_request(&self, name: &str, app_toml: &str) -> Res<Duration> {
+        self.deploy(app_toml).await?;
+        self.settle().await?;
+        let t = Instant::now();
+        let mut tx = serverless_testkit::connect(self.gateway.listen_addr()).await?;
+        let req = http::Request::get("/")
+            .header(http::header::HOST, format!("{name}.localhost"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let res = tx.send_request(req).await.context("cold request")?;
+        let took = t.elapsed();
+        let status = res.status();
+        http_body_util::BodyExt::collect(res.into_body()).await?;
+        if status != http::StatusCode::OK {
+            return Err(format!("cold request to {name} answered {status}").into());
+        }
+        self.gateway.engine().remove(name).await;
+        self.wait_empty(Duration::from_secs(30)).await?;
+        Ok(took)
+    }
+
     /// Deploys one app from a `[[apps]]` TOML table (`{dir}` = the lab's temp dir).
     pub(crate) async fn deploy(&self, app_toml: &str) -> Res<AppSpec> {
         let toml = app_toml.replace("{dir}", &self.dir.path().display().to_string());

@@ -7,15 +7,13 @@
 //! [`NetLab`]'s engine namespace (made here, removed at the end), never in the machine's own,
 //! and the app (busybox httpd) only answers the gateway, which dials it inside its namespace.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use http::StatusCode;
 use serde_json::json;
 use tokio::time::Instant;
 
-use serverless_testkit::{busybox_image, connect, env_num, NetLab};
+use serverless_testkit::{busybox_image, env_num, NetLab};
 
 use crate::lab::Lab;
 use crate::util::{headline, ms, noise, summary, Context, Res};
@@ -79,11 +77,10 @@ async fn measure_pooled(netlab: &NetLab, runs: usize) -> Res<serde_json::Value> 
     })
     .await?;
     let result = async {
-        let gw = lab.gateway.listen_addr();
         let wired = lab.dir.path().join("containerd/network/wired");
         // One unrecorded round each: the image is unpacked, the bridge and its rules made.
-        cold(&lab, gw, "warmnone", "none").await?;
-        cold(&lab, gw, "warmbridge", "bridge").await?;
+        cold(&lab, "warmnone", "none").await?;
+        cold(&lab, "warmbridge", "bridge").await?;
         let (mut none, mut bridge, mut take, mut pooled) = (vec![], vec![], vec![], 0);
         let mut phases_of: [std::collections::BTreeMap<&'static str, Vec<f64>>; 2] =
             Default::default();
@@ -99,12 +96,12 @@ async fn measure_pooled(netlab: &NetLab, runs: usize) -> Res<serde_json::Value> 
             }
         };
         for i in 0..runs {
-            let t = cold(&lab, gw, &format!("none{i}"), "none").await?;
+            let t = cold(&lab, &format!("none{i}"), "none").await?;
             none.push(ms(t));
             record(0);
             // The pool refills in the background after each take: start from a full one.
             wait_for(&wired, 2).await?;
-            let t = cold(&lab, gw, &format!("bridge{i}"), "bridge").await?;
+            let t = cold(&lab, &format!("bridge{i}"), "bridge").await?;
             bridge.push(ms(t));
             record(1);
             let phases = lab
@@ -150,11 +147,10 @@ async fn measure_unpooled(netlab: &NetLab, runs: usize) -> Res<serde_json::Value
     })
     .await?;
     let result = async {
-        let gw = lab.gateway.listen_addr();
-        cold(&lab, gw, "warm", "bridge").await?;
+        cold(&lab, "warm", "bridge").await?;
         let (mut total, mut add) = (vec![], vec![]);
         for i in 0..runs {
-            let t = cold(&lab, gw, &format!("wired{i}"), "bridge").await?;
+            let t = cold(&lab, &format!("wired{i}"), "bridge").await?;
             total.push(ms(t));
             let phases = lab
                 .rec
@@ -199,27 +195,13 @@ async fn wait_for(dir: &Path, n: usize) -> Res<()> {
     }
 }
 
-/// A fresh app (so it has no instance) with `network = mode`: time one request from connect to
-/// the response head, then remove it and wait until its container is gone.
-async fn cold(lab: &Lab, gw: SocketAddr, name: &str, mode: &str) -> Res<Duration> {
-    lab.deploy(&format!(
-        "[[apps]]\nname = \"{name}\"\nnetwork = \"{mode}\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n"
-    ))
-    .await?;
-    lab.settle().await?;
-    let t = Instant::now();
-    let mut tx = connect(gw).await?;
-    let req = http::Request::get("/")
-        .header(http::header::HOST, format!("{name}.localhost"))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-    let res = tx.send_request(req).await.context("cold request")?;
-    let took = t.elapsed();
-    let status = res.status();
-    http_body_util::BodyExt::collect(res.into_body()).await?;
-    if status != StatusCode::OK {
-        return Err(format!("cold request to {name} answered {status}").into());
-    }
-    lab.gateway.engine().remove(name).await;
-    lab.wait_empty(Duration::from_secs(30)).await?;
-    Ok(took)
+/// A cold start of a fresh app with `network = mode` (see [`Lab::cold_request`]).
+async fn cold(lab: &Lab, name: &str, mode: &str) -> Res<Duration> {
+    lab.cold_request(
+        name,
+        &format!(
+            "[[apps]]\nname = \"{name}\"\nnetwork = \"{mode}\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n"
+        ),
+    )
+    .await
 }

@@ -220,16 +220,10 @@ async fn cold_starts(
     Ok(value)
 }
 
-/// Deploys the app (with a standby, deploy returns once the standby is made), times one
-/// request from connect to the response head, removes the app and waits for its containers
-/// to be gone.
+/// A cold start of app `name` (see [`Lab::cold_request`]; with a standby, deploy returns once
+/// the standby is made).
 async fn gateway_cold(lab: &Lab, name: &str, toml: &str) -> Res<Duration> {
-    lab.deploy(toml).await?;
-    lab.settle().await?;
-    let took = first_request(lab.gateway.listen_addr(), name).await?;
-    lab.gateway.engine().remove(name).await;
-    lab.wait_empty(Duration::from_secs(30)).await?;
-    Ok(took)
+    lab.cold_request(name, toml).await
 }
 
 /// One request to app `name` through the gateway: connect to response head; must be 200.

@@ -5,18 +5,16 @@
 //! sandboxed app is deployed, in an unrecorded round: a cold start only prepares its snapshot
 //! on top of them.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use http::StatusCode;
 use serde_json::json;
 use tokio::time::Instant;
 
-use serverless_testkit::{busybox_image, connect, env_num};
+use serverless_testkit::{busybox_image, env_num};
 
 use crate::lab::Lab;
-use crate::util::{headline, ms, noise, summary, Context, Res};
+use crate::util::{headline, ms, noise, summary, Res};
 
 /// The modes, each with the `[apps.security]` table its apps get.
 const MODES: [(&str, &str); 3] = [
@@ -66,20 +64,19 @@ pub(crate) async fn run(out: &Path) -> Res<()> {
 }
 
 async fn measure(lab: &Lab, runs: usize) -> Res<serde_json::Value> {
-    let gw = lab.gateway.listen_addr();
     // Unrecorded: the image imported, its remapped copy made, runc and the init warm.
     let t = Instant::now();
-    cold(lab, gw, "warmfull", MODES[0].1).await?;
+    cold(lab, "warmfull", MODES[0].1).await?;
     let first_deploy = ms(t.elapsed());
     for (mode, security) in &MODES[1..] {
-        cold(lab, gw, &format!("warm{}", mode.replace('_', "")), security).await?;
+        cold(lab, &format!("warm{}", mode.replace('_', "")), security).await?;
     }
     let mut samples: [Vec<f64>; 3] = Default::default();
     let mut phases: [std::collections::BTreeMap<&'static str, Vec<f64>>; 3] = Default::default();
     for i in 0..runs {
         for (m, (mode, security)) in MODES.iter().enumerate() {
             let name = format!("{}{i}", mode.replace('_', ""));
-            samples[m].push(ms(cold(lab, gw, &name, security).await?));
+            samples[m].push(ms(cold(lab, &name, security).await?));
             for (p, d) in lab
                 .rec
                 .starts()
@@ -106,27 +103,13 @@ async fn measure(lab: &Lab, runs: usize) -> Res<serde_json::Value> {
     Ok(value)
 }
 
-/// A fresh app (so it has no instance) with this `[apps.security]` table: time one request
-/// from connect to the response head, then remove it and wait until its container is gone.
-async fn cold(lab: &Lab, gw: SocketAddr, name: &str, security: &str) -> Res<Duration> {
-    lab.deploy(&format!(
-        "[[apps]]\nname = \"{name}\"\nnetwork = \"none\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n[apps.security]\n{security}"
-    ))
-    .await?;
-    lab.settle().await?;
-    let t = Instant::now();
-    let mut tx = connect(gw).await?;
-    let req = http::Request::get("/")
-        .header(http::header::HOST, format!("{name}.localhost"))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-    let res = tx.send_request(req).await.context("cold request")?;
-    let took = t.elapsed();
-    let status = res.status();
-    http_body_util::BodyExt::collect(res.into_body()).await?;
-    if status != StatusCode::OK {
-        return Err(format!("cold request to {name} answered {status}").into());
-    }
-    lab.gateway.engine().remove(name).await;
-    lab.wait_empty(Duration::from_secs(30)).await?;
-    Ok(took)
+/// A cold start of a fresh app with this `[apps.security]` table (see [`Lab::cold_request`]).
+async fn cold(lab: &Lab, name: &str, security: &str) -> Res<Duration> {
+    lab.cold_request(
+        name,
+        &format!(
+            "[[apps]]\nname = \"{name}\"\nnetwork = \"none\"\nimage = \"oci-archive:{{dir}}/web.tar\"\n[apps.limits]\nstop_grace = \"0s\"\n[apps.security]\n{security}"
+        ),
+    )
+    .await
 }
