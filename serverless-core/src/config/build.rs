@@ -94,6 +94,9 @@ pub(crate) fn parse(
         Some(text) => {
             match text.strip_prefix(BUILD_PREFIX) {
                 Some(dir) => Some(dir.to_owned()),
+                // A built app's normalized form (an `AppSpec` serialized): the builder's tag
+                // for the app next to its build table.
+                None if build.is_some() && text == BuildSpec::image_tag(app) => None,
                 None => {
                     if build.is_some() {
                         return Err(ConfigError::invalid(
@@ -222,6 +225,22 @@ mod tests {
             c.apps[0].image,
             ImageRef::Registry("localhost/serverless-build/a:latest".into())
         );
+    }
+
+    /// A built app's spec, serialized (as the admin API and the fuzz target do), parses back
+    /// to the same spec: its image is the builder's tag, next to its build table. Found by
+    /// the config fuzz target (`image = "build:ghive:./hello.tar"`).
+    #[test]
+    fn a_built_apps_normalized_spec_round_trips() {
+        let c =
+            Config::from_toml("[[apps]]\nname = \"hello\"\nimage = \"build:ghive:./hello.tar\"\n")
+                .unwrap();
+        let json = serde_json::to_string(&c.apps[0]).unwrap();
+        let again = crate::AppSpec::from_json(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+        assert_eq!(again, c.apps[0]);
+        // Another app's tag next to a build table is still refused.
+        let other = json.replace("serverless-build/hello:", "serverless-build/other:");
+        assert!(crate::AppSpec::from_json(&other).is_err(), "{other}");
     }
 
     #[test]
