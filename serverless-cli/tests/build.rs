@@ -267,66 +267,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Debian's `docker-registry` on a free loopback port, with its own config and storage; killed
-/// on drop.
-struct Registry {
-    child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    async fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("sl-reg-")
-            .tempdir()
-            .unwrap();
-        let addr = format!("127.0.0.1:{}", free_port().unwrap());
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n",
-                dir.path().join("storage").display(),
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("docker-registry starts");
-        let registry = Registry {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&registry.addr)
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "docker-registry did not listen on {} within 20s",
-                registry.addr
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        registry
-    }
-}
-
 /// `buildah ARGS…` with storage under `dir`, to completion; panics with its stderr on failure.
 async fn buildah(dir: &Path, args: &[&str]) -> String {
     let mut cmd = std::process::Command::new("buildah");
@@ -374,7 +314,7 @@ async fn a_python_dockerfile_from_a_registry_base_builds_and_serves_from_zero() 
 
     // The base goes to the registry the way an image gets there: pulled into a builder's
     // storage and pushed.
-    let registry = Registry::start().await;
+    let registry = DockerRegistry::start(|_| String::new()).await;
     let reference = format!("{}/debian/python3:bookworm", registry.addr);
     let push_store = dir.path().join("push");
     let id = buildah(

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,26 +19,17 @@ use serverless_containerd::{ImageBuilder, PullProgress};
 use serverless_core::{AppSpec, ContainerBackend, ErrorKind, ImageRef};
 use serverless_testkit::{
     busybox_image, can_run, can_run_with, free_port, http_get, loopback_app, BackendHarness,
-    BUSYBOX,
+    DockerRegistry, BUSYBOX,
 };
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-/// A `docker-registry` on a free loopback port; killed on drop.
+/// The test's `docker-registry`, and the login it pushes with.
 struct Registry {
-    child: Child,
-    addr: String,
+    server: DockerRegistry,
     /// User and password the test pushes with (a registry with `htpasswd` auth).
     login: Option<(String, String)>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Registry {
@@ -52,56 +43,17 @@ impl Registry {
         if !can_run_with(test, &[("docker-registry", "docker-registry")]) {
             return None;
         }
-        let dir = tempfile::Builder::new()
-            .prefix("sl-reg-")
-            .tempdir()
-            .expect("temp dir");
-        let port = free_port().expect("a free port");
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n{}",
-                dir.path().join("storage").display(),
-                extra(&addr),
-            ),
-        )
-        .expect("write config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry starts");
-        let registry = Registry {
-            child,
-            addr,
+        Some(Registry {
+            server: DockerRegistry::start(extra).await,
             login: None,
-            _dir: dir,
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&registry.addr)
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "docker-registry did not listen on {} within 20s",
-                registry.addr
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Some(registry)
+        })
     }
 
     fn client(&self) -> oci_client::Client {
         // The library installs it on its first pull; the test pushes before that.
         let _ = rustls::crypto::ring::default_provider().install_default();
         oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(vec![self.addr.clone()]),
+            protocol: ClientProtocol::HttpsExcept(vec![self.server.addr.clone()]),
             ..ClientConfig::default()
         })
     }
@@ -144,7 +96,9 @@ async fn push_image(
     let client = registry.client();
     let (blobs, manifest_digest) =
         archive_blobs(image, dir, &format!("{repo}-{tag:?}").replace('/', "_"));
-    let reference: Reference = format!("{}/{repo}:x", registry.addr).parse().expect("ref");
+    let reference: Reference = format!("{}/{repo}:x", registry.server.addr)
+        .parse()
+        .expect("ref");
     if let Some((user, password)) = &registry.login {
         client
             .auth(
@@ -174,7 +128,7 @@ async fn push_image(
         .await
         .expect("push manifest by digest");
     if let Some(tag) = tag {
-        let tagged: Reference = format!("{}/{repo}:{tag}", registry.addr)
+        let tagged: Reference = format!("{}/{repo}:{tag}", registry.server.addr)
             .parse()
             .expect("ref");
         client
@@ -208,7 +162,7 @@ async fn push_index(registry: &Registry, repo: &str, tag: &str, entries: &[(Stri
         "manifests": manifests,
     }))
     .expect("index json");
-    let tagged: Reference = format!("{}/{repo}:{tag}", registry.addr)
+    let tagged: Reference = format!("{}/{repo}:{tag}", registry.server.addr)
         .parse()
         .expect("ref");
     registry
@@ -262,7 +216,9 @@ async fn push_docker_image(registry: &Registry, repo: &str, tag: &str, dir: &Pat
     });
     let layer_gz = gzip.wait_with_output().expect("gzip output").stdout;
     writer.join().expect("gzip writer");
-    let reference: Reference = format!("{}/{repo}:x", registry.addr).parse().expect("ref");
+    let reference: Reference = format!("{}/{repo}:x", registry.server.addr)
+        .parse()
+        .expect("ref");
     client
         .push_blob(&reference, config.clone(), &config_digest)
         .await
@@ -306,7 +262,7 @@ async fn push_docker_image(registry: &Registry, repo: &str, tag: &str, dir: &Pat
         }],
     }))
     .expect("list json");
-    let tagged: Reference = format!("{}/{repo}:{tag}", registry.addr)
+    let tagged: Reference = format!("{}/{repo}:{tag}", registry.server.addr)
         .parse()
         .expect("ref");
     client
@@ -344,7 +300,7 @@ async fn pull_by_tag_and_digest_then_serve() {
     .await;
 
     // By tag: pull, start, serve.
-    let tagged = app("pulled", &format!("{}/test/httpd:1", registry.addr));
+    let tagged = app("pulled", &format!("{}/test/httpd:1", registry.server.addr));
     h.backend.prepare(&tagged).await.expect("pull by tag");
     {
         let events = events.lock().expect("lock");
@@ -353,7 +309,10 @@ async fn pull_by_tag_and_digest_then_serve() {
         assert!(last.total > 1_000_000, "busybox layer counted: {last:?}");
         assert_eq!(last.layers, 2);
         assert!(events.iter().any(|e| !e.skipped && e.done < e.total));
-        assert_eq!(last.reference, format!("{}/test/httpd:1", registry.addr));
+        assert_eq!(
+            last.reference,
+            format!("{}/test/httpd:1", registry.server.addr)
+        );
     }
     let id = h.id("pulled");
     let started = h.backend.start(&tagged, &id).await.expect("start");
@@ -367,7 +326,10 @@ async fn pull_by_tag_and_digest_then_serve() {
 
     // By digest: all blobs present already, so everything is skipped.
     events.lock().expect("lock").clear();
-    let by_digest = app("digest", &format!("{}/test/httpd@{digest}", registry.addr));
+    let by_digest = app(
+        "digest",
+        &format!("{}/test/httpd@{digest}", registry.server.addr),
+    );
     h.backend.prepare(&by_digest).await.expect("pull by digest");
     assert!(events.lock().expect("lock").iter().all(|e| e.skipped));
     let id = h.id("digest");
@@ -384,7 +346,7 @@ async fn pull_by_tag_and_digest_then_serve() {
 
     // Docker v2 media types: a manifest list, a schema 2 manifest, a gzipped layer.
     push_docker_image(&registry, "test/docker", "1", dir.path()).await;
-    let docker = app("docker", &format!("{}/test/docker:1", registry.addr));
+    let docker = app("docker", &format!("{}/test/docker:1", registry.server.addr));
     h.backend
         .prepare(&docker)
         .await
@@ -420,7 +382,10 @@ async fn pull_by_tag_and_digest_then_serve() {
         ],
     )
     .await;
-    let multi = app("multi", &format!("{}/test/httpd:multi", registry.addr));
+    let multi = app(
+        "multi",
+        &format!("{}/test/httpd:multi", registry.server.addr),
+    );
     h.backend.prepare(&multi).await.expect("pull through index");
 
     // No amd64 entry: an error naming what there is.
@@ -431,7 +396,7 @@ async fn pull_by_tag_and_digest_then_serve() {
         &[(arm, arm_size, arches().1)],
     )
     .await;
-    let reference = format!("{}/test/httpd:armonly", registry.addr);
+    let reference = format!("{}/test/httpd:armonly", registry.server.addr);
     let err = h
         .backend
         .prepare(&app("armonly", &reference))
@@ -469,10 +434,13 @@ async fn pull_errors_name_the_reference() {
 
     for (reference, want) in [
         (
-            format!("{}/test/httpd:nope", registry.addr),
+            format!("{}/test/httpd:nope", registry.server.addr),
             "no such image",
         ),
-        (format!("{}/test/missing:1", registry.addr), "no such image"),
+        (
+            format!("{}/test/missing:1", registry.server.addr),
+            "no such image",
+        ),
         (
             format!(
                 "127.0.0.1:{}/test/httpd:1",
@@ -518,7 +486,7 @@ async fn pull_from_a_registry_that_wants_auth() {
         return;
     };
     let h = BackendHarness::start().await;
-    let reference = format!("{}/test/httpd:1", registry.addr);
+    let reference = format!("{}/test/httpd:1", registry.server.addr);
     let err = h
         .backend
         .prepare(&app("auth", &reference))
@@ -564,7 +532,7 @@ async fn pull_with_credentials() {
         dir.path(),
     )
     .await;
-    let reference = format!("{}/private/httpd:1", registry.addr);
+    let reference = format!("{}/private/httpd:1", registry.server.addr);
 
     // Without credentials: refused, saying none are configured.
     let h = BackendHarness::start().await;
@@ -581,7 +549,7 @@ async fn pull_with_credentials() {
     h.shutdown().await;
 
     // A wrong password: refused, naming the user (and never the password).
-    let addr = registry.addr.clone();
+    let addr = registry.server.addr.clone();
     let h = BackendHarness::start_with(|b| b.registry_auth(&addr, "robot", "wrong-password")).await;
     let err = h
         .backend

@@ -15,6 +15,7 @@
 //!   [`AppToml`] (`[[apps]]` with `network = "none"`), for those harnesses ([`apps_toml`]).
 //! - **containerd:** [`Containerd`] (start, stop, SIGKILL, restart), [`ctr`] rows and
 //!   [`container_ids`].
+//! - **Registry:** [`DockerRegistry`], Debian's `docker-registry` on loopback.
 //! - **Images:** [`busybox_image`] (busybox httpd with CGI scripts), [`hello_image`] (the demo
 //!   app), each also written as an archive ([`busybox_archive`], [`hello_archive`]);
 //!   [`python_archive`], a Python standard-library server on Debian (debootstrap, cached under
@@ -51,6 +52,7 @@ mod leaks;
 mod load;
 mod netlab;
 mod procs;
+mod registry;
 mod require;
 mod util;
 
@@ -82,5 +84,6 @@ pub use procs::{
     children_of, fds, instance_pids, memory_kib, parent_of, peak_rss_kib, processes, rss_kib,
     signal,
 };
+pub use registry::DockerRegistry;
 pub use require::{can_run, can_run_with};
 pub use util::{env_num, eventually, exclusive, shared, unique, BoxError};
